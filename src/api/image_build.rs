@@ -1,0 +1,236 @@
+//! `ImageBuild`: the user's request to build one image, and the status kiln reports back.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::recipe::BuildRecipe;
+
+/// A request to build one container image on the node(s) that will run it.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "kiln.dev",
+    version = "v1alpha1",
+    kind = "ImageBuild",
+    namespaced,
+    shortname = "ib",
+    category = "kiln",
+    status = "ImageBuildStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "A request to build one container image on the node(s) that will run it.",
+    printcolumn(name = "Image", type_ = "string", json_path = ".spec.image"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Nodes", type_ = "string", json_path = ".status.nodeNames"),
+    printcolumn(name = "Digest", type_ = "string", json_path = ".status.shortDigest"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.reason", priority = 1),
+    printcolumn(name = "Image-Ref", type_ = "string", json_path = ".status.imageRef", priority = 1)
+)]
+#[serde(rename_all = "camelCase")]
+// The recipe's own rule is repeated here: schemars drops extensions of flattened structs.
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!(has(self.dockerfile) && has(self.dockerfileInline))",
+     "message": "set either dockerfile or dockerfileInline, not both"},
+    {"rule": "!(has(self.placement) && has(self.placement.nodeName) && has(self.placement.allNodes) && self.placement.allNodes)",
+     "message": "placement.nodeName and placement.allNodes are mutually exclusive"}
+]))]
+pub struct ImageBuildSpec {
+    /// What to build.
+    #[serde(flatten)]
+    pub recipe: BuildRecipe,
+
+    /// Where to build: by default one ready node of the `default` pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+
+    /// Give up an attempt after this many seconds (it is cancelled and the build fails with
+    /// reason `DeadlineExceeded`). Unset means no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub timeout_seconds: Option<i64>,
+
+    /// How many times a failed attempt is retried before the build fails. Defaults to 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 20))]
+    pub backoff_limit: Option<i32>,
+
+    /// Delete the ImageBuild this many seconds after it finished (succeeded or failed).
+    /// Unset keeps it until it is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub ttl_seconds_after_finished: Option<i64>,
+}
+
+/// Which builders may run the build.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    /// The BuilderPool to use. Defaults to `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub pool: Option<String>,
+    /// Build on exactly this node (never moved elsewhere, even if the node is lost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub node_name: Option<String>,
+    /// Build only on nodes with all these labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Build on every ready node of the pool that matches, so the image is everywhere.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all_nodes: bool,
+}
+
+/// Default retry count when `backoffLimit` is unset.
+pub const DEFAULT_BACKOFF_LIMIT: i32 = 2;
+/// Default pool when `placement.pool` is unset.
+pub const DEFAULT_POOL: &str = "default";
+
+impl ImageBuildSpec {
+    /// The pool this build runs in.
+    pub fn pool(&self) -> &str {
+        self.placement
+            .as_ref()
+            .and_then(|p| p.pool.as_deref())
+            .unwrap_or(DEFAULT_POOL)
+    }
+
+    /// Retries allowed after the first attempt.
+    pub fn backoff_limit(&self) -> i32 {
+        self.backoff_limit.unwrap_or(DEFAULT_BACKOFF_LIMIT)
+    }
+}
+
+/// Lifecycle of an `ImageBuild`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum BuildPhase {
+    /// Accepted; waiting for a builder.
+    Pending,
+    /// Running on at least one node.
+    Building,
+    /// The image exists on every target node.
+    Succeeded,
+    /// Gave up: see `reason` and `message`.
+    Failed,
+}
+
+/// What kind of digest `digest` is.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum DigestKind {
+    /// The image manifest digest (containerd nodes); `imageRef` pins it.
+    Manifest,
+    /// Docker's image ID, the config digest (Docker-runtime nodes have no manifest).
+    ImageID,
+}
+
+/// What kiln observed and decided about an `ImageBuild`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageBuildStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pending, Building, Succeeded or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<BuildPhase>,
+    /// kstatus conditions: `Ready`, `Reconciling`, `Stalled`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "super::schema::conditions")]
+    pub conditions: Vec<Condition>,
+    /// The image digest (see `digestKind`); identical on every node when it is a manifest digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Whether `digest` is a manifest digest or Docker's image ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest_kind: Option<DigestKind>,
+    /// The first 12 hex digits of `digest`, for display.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub short_digest: Option<String>,
+    /// `name@digest`, when the digest is a manifest digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_ref: Option<String>,
+    /// The image config digest, when BuildKit reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_digest: Option<String>,
+    /// The nodes the build targets, comma-separated, for display.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_names: Option<String>,
+    /// One entry per target node: the latest attempt there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "node_results")]
+    pub nodes: Vec<NodeResult>,
+    /// The exact source built, e.g. the git commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_source: Option<String>,
+    /// Steps done so far on the slowest node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// Failed attempts so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_attempts: Option<i32>,
+    /// When the first attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the build finished (succeeded or failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// A CamelCase word for why the build is in its phase, e.g. `StepFailed`, `Unschedulable`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A human-readable explanation, e.g. the failed step and its last log lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+fn node_results(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    super::schema::list_map::<NodeResult>(generator, "name")
+}
+
+/// The outcome on one node.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeResult {
+    /// Node name.
+    pub name: String,
+    /// Phase of the latest attempt on this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<super::node_build::NodeBuildPhase>,
+    /// The NodeBuild of the latest attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_build: Option<String>,
+    /// The image digest on this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Attempt number (1-based).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<i32>,
+    /// When the attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the attempt finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// Why the attempt ended as it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Build progress in steps.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// Steps finished (including cached ones).
+    pub completed: i32,
+    /// Steps known so far.
+    pub total: i32,
+    /// Steps answered from cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached: Option<i32>,
+    /// Name of the step running now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<String>,
+}

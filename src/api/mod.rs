@@ -1,0 +1,33 @@
+//! The kiln API (`kiln.dev/v1alpha1`): custom resource types and their pure helpers.
+//!
+//! - [`ImageBuild`]: a user's request to build one image (namespaced, like a Job).
+//! - [`NodeBuild`]: one attempt of an `ImageBuild` on one node (namespaced, like a Pod).
+//! - [`BuilderPool`]: where and how BuildKit builders run (cluster-scoped).
+//!
+//! Everything here is free of I/O, so the controller, the agent and the CLI share it and it is
+//! tested without a server.
+
+// The derive's `printcolumn(...)` lists repeat `type_ = "string"`, which clippy's
+// duplicated_attributes lint mistakes for repeated attributes.
+#[allow(clippy::duplicated_attributes)]
+pub mod builder_pool;
+pub mod conditions;
+pub mod crds;
+#[allow(clippy::duplicated_attributes)]
+pub mod image_build;
+#[allow(clippy::duplicated_attributes)]
+pub mod node_build;
+pub mod recipe;
+pub mod reference;
+mod schema;
+pub mod validation;
+
+pub use builder_pool::{BuilderPool, BuilderPoolSpec, BuilderPoolStatus};
+pub use image_build::{ImageBuild, ImageBuildSpec, ImageBuildStatus};
+pub use node_build::{NodeBuild, NodeBuildSpec, NodeBuildStatus};
+pub use recipe::BuildRecipe;
+
+/// The API group of every kiln resource.
+pub const GROUP: &str = "kiln.dev";
+/// The served and stored API version.
+pub const VERSION: &str = "v1alpha1";

@@ -1,0 +1,130 @@
+//! `NodeBuild`: one attempt of an `ImageBuild` on one node, written by the controller and
+//! executed (and reported on) by that node's agent.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::image_build::{DigestKind, Progress};
+use super::recipe::BuildRecipe;
+
+/// Label carrying the node a NodeBuild is bound to, so each agent watches only its own.
+pub const NODE_LABEL: &str = "kiln.dev/node";
+/// Label carrying the name of the owning ImageBuild.
+pub const IMAGE_BUILD_LABEL: &str = "kiln.dev/image-build";
+/// Label carrying the pool a NodeBuild runs in.
+pub const POOL_LABEL: &str = "kiln.dev/pool";
+
+/// One attempt of an ImageBuild on one node, like a Pod is one run of a Job.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "kiln.dev",
+    version = "v1alpha1",
+    kind = "NodeBuild",
+    namespaced,
+    category = "kiln",
+    status = "NodeBuildStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "One attempt of an ImageBuild on one node; created by the controller, run by that node's agent.",
+    printcolumn(name = "Node", type_ = "string", json_path = ".spec.nodeName"),
+    printcolumn(name = "Attempt", type_ = "integer", json_path = ".spec.attempt"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Digest", type_ = "string", json_path = ".status.digest", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeBuildSpec {
+    /// The node that runs this attempt. Fixed at creation.
+    #[schemars(length(min = 1, max = 253))]
+    pub node_name: String,
+    /// The BuilderPool whose builder on `nodeName` runs it.
+    #[schemars(length(min = 1, max = 253))]
+    pub pool: String,
+    /// Name of the owning ImageBuild (same namespace).
+    #[schemars(length(min = 1, max = 253))]
+    pub image_build: String,
+    /// The ImageBuild `metadata.generation` this attempt builds.
+    #[schemars(range(min = 1))]
+    pub generation: i64,
+    /// Attempt number, starting at 1.
+    #[schemars(range(min = 1))]
+    pub attempt: i32,
+    /// Cancel the attempt if it has not finished by then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Time>,
+    /// Set by the controller to ask the agent to stop this attempt.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancel: bool,
+    /// What to build, resolved from the ImageBuild.
+    pub build: BuildRecipe,
+}
+
+/// Lifecycle of one attempt.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum NodeBuildPhase {
+    /// Waiting for the agent (or for a free build slot on the node).
+    Queued,
+    /// BuildKit is building it.
+    Running,
+    /// The image is in the node's image store.
+    Succeeded,
+    /// The attempt failed; see `reason` and `message`.
+    Failed,
+    /// Stopped on request (`spec.cancel`, deletion, or deadline).
+    Cancelled,
+}
+
+impl NodeBuildPhase {
+    /// True once the attempt can no longer change.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// What the agent reports about one attempt.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeBuildStatus {
+    /// Queued, Running, Succeeded, Failed or Cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<NodeBuildPhase>,
+    /// kstatus conditions of this attempt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "super::schema::conditions")]
+    pub conditions: Vec<Condition>,
+    /// The agent instance that ran the attempt (changes when the agent restarts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// Position in the node's queue while `Queued` (0 = next).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<i32>,
+    /// The image digest produced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Whether `digest` is a manifest digest or Docker's image ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest_kind: Option<DigestKind>,
+    /// The image config digest, when BuildKit reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_digest: Option<String>,
+    /// The exact source built, e.g. the git commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_source: Option<String>,
+    /// Steps done so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+    /// When BuildKit started the build.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the attempt finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// A CamelCase word for why the attempt ended, e.g. `StepFailed`, `AgentRestarted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A human-readable explanation, e.g. the failed step and its last log lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}

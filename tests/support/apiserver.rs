@@ -1,0 +1,408 @@
+//! A real kube-apiserver + etcd for tests, envtest style, from `$KUBEBUILDER_ASSETS`.
+//!
+//! One server per test binary (startup costs seconds), shared by its tests; each test gets its
+//! own namespace. Certificates are made with `openssl`: a CA, a serving cert for 127.0.0.1, and
+//! an admin client cert in `system:masters`. RBAC authorization is on, so clients acting as a
+//! ServiceAccount see exactly the permissions a cluster would give them.
+//! Both processes are supervised (see `process.rs`) and stop when the test binary exits.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use tokio::sync::OnceCell;
+
+use super::process::{Supervised, free_port, run};
+
+/// A running apiserver with the kiln CRDs installed.
+pub struct ApiServer {
+    /// Base URL, e.g. `https://127.0.0.1:41234`.
+    pub url: String,
+    /// Directory with certificates, the kubeconfig and logs.
+    pub dir: PathBuf,
+    ca_pem: String,
+    _etcd: Supervised,
+    apiserver: Supervised,
+}
+
+static SHARED: OnceCell<ApiServer> = OnceCell::const_new();
+
+/// The directory holding `kube-apiserver` and `etcd`.
+pub fn assets_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("KUBEBUILDER_ASSETS") {
+        return PathBuf::from(dir);
+    }
+    let cache = std::env::var("KILN_CACHE").map(PathBuf::from).unwrap_or_else(|_| {
+        PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache/kiln")
+    });
+    cache.join("envtest/bin")
+}
+
+impl ApiServer {
+    /// The apiserver shared by this test binary, started on first use.
+    pub async fn shared() -> &'static ApiServer {
+        SHARED.get_or_init(|| async { ApiServer::start().await }).await
+    }
+
+    async fn start() -> ApiServer {
+        let assets = assets_dir();
+        for bin in ["kube-apiserver", "etcd"] {
+            assert!(
+                assets.join(bin).is_file(),
+                "{bin} not found in {} — run `make test-env` (or set KUBEBUILDER_ASSETS)",
+                assets.display()
+            );
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-apiserver-")
+            .tempdir()
+            .expect("temp dir")
+            .keep();
+        make_certs(&dir);
+
+        let (client_port, peer_port, api_port) = (free_port(), free_port(), free_port());
+        let etcd = Supervised::spawn(
+            "etcd",
+            &assets.join("etcd").to_string_lossy(),
+            &strings(&[
+                "--name=kiln-test",
+                &format!("--data-dir={}", dir.join("etcd").display()),
+                &format!("--listen-client-urls=http://127.0.0.1:{client_port}"),
+                &format!("--advertise-client-urls=http://127.0.0.1:{client_port}"),
+                &format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
+                &format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
+                &format!("--initial-cluster=kiln-test=http://127.0.0.1:{peer_port}"),
+                "--unsafe-no-fsync=true",
+            ]),
+            &[],
+            &dir.join("etcd.log"),
+            Some(&dir),
+        );
+        let d = |f: &str| dir.join(f).display().to_string();
+        let apiserver = Supervised::spawn(
+            "kube-apiserver",
+            &assets.join("kube-apiserver").to_string_lossy(),
+            &strings(&[
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                &format!("--secure-port={api_port}"),
+                "--insecure-port=0",
+                &format!("--etcd-servers=http://127.0.0.1:{client_port}"),
+                &format!("--cert-dir={}", d("certs")),
+                &format!("--tls-cert-file={}", d("server.crt")),
+                &format!("--tls-private-key-file={}", d("server.key")),
+                &format!("--client-ca-file={}", d("ca.crt")),
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--allow-privileged=true",
+                "--authorization-mode=RBAC",
+                &format!("--service-account-issuer=https://127.0.0.1:{api_port}"),
+                &format!("--service-account-key-file={}", d("sa.pub")),
+                &format!("--service-account-signing-key-file={}", d("sa.key")),
+                "--disable-admission-plugins=ServiceAccount",
+                "--endpoint-reconciler-type=none",
+                "--event-ttl=1h",
+            ]),
+            &[],
+            &dir.join("kube-apiserver.log"),
+            None,
+        );
+        let url = format!("https://127.0.0.1:{api_port}");
+        let ca_pem = std::fs::read_to_string(dir.join("ca.crt")).expect("ca.crt");
+        write_kubeconfig(&dir, &url, &ca_pem);
+        let server = ApiServer {
+            url,
+            dir,
+            ca_pem,
+            _etcd: etcd,
+            apiserver,
+        };
+        server.wait_ready().await;
+        server.install_crds().await;
+        server
+    }
+
+    /// Path of an admin kubeconfig (for `kubectl --kubeconfig`).
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig")
+    }
+
+    /// A client with cluster-admin rights, bound to the calling test's runtime.
+    pub async fn client(&self) -> Client {
+        let kubeconfig = Kubeconfig::read_from(self.kubeconfig()).expect("read kubeconfig");
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .expect("kubeconfig is valid");
+        Client::try_from(config).expect("client")
+    }
+
+    /// A client that acts as ServiceAccount `name` in `namespace` (created if missing), with
+    /// only the rights RBAC grants it.
+    pub async fn client_as_service_account(&self, namespace: &str, name: &str) -> Client {
+        let admin = self.client().await;
+        let sas: Api<ServiceAccount> = Api::namespaced(admin, namespace);
+        let sa = ServiceAccount {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match sas.create(&PostParams::default(), &sa).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.is_already_exists() => {}
+            Err(e) => panic!("create ServiceAccount {namespace}/{name}: {e}"),
+        }
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                audiences: Some(vec![self.url.clone()]),
+                expiration_seconds: Some(3600),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let token = sas
+            .create_token_request(name, &PostParams::default(), &request)
+            .await
+            .expect("TokenRequest")
+            .status
+            .expect("token status")
+            .token
+            .expect("token in TokenRequest status");
+        let mut config = Config::new(self.url.parse().expect("url"));
+        config.root_cert = Some(vec![pem_to_der(&self.ca_pem)]);
+        config.auth_info.token = Some(token.into());
+        config.default_namespace = namespace.to_owned();
+        Client::try_from(config).expect("client")
+    }
+
+    /// Creates a fresh namespace for one test.
+    pub async fn namespace(&self, client: &Client, prefix: &str) -> String {
+        let name = format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
+        name
+    }
+
+    /// Runs `kubectl` against this server; returns (success, stdout, stderr).
+    pub fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
+        let out = std::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .output()
+            .expect("kubectl is installed");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let client = self.client().await;
+        loop {
+            let ready = client
+                .request_text(http::Request::get("/readyz").body(Vec::new()).expect("request"))
+                .await
+                .is_ok_and(|body| body.trim() == "ok");
+            let default_ns = ready
+                && Api::<Namespace>::all(client.clone())
+                    .get_opt("default")
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some();
+            if default_ns {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline && self.apiserver.is_running(),
+                "kube-apiserver did not become ready in 60 s; log tail:\n{}",
+                self.apiserver.log_tail(30)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn install_crds(&self) {
+        let client = self.client().await;
+        let version = client.apiserver_version().await.expect("server version");
+        let minor = version
+            .minor
+            .trim_end_matches('+')
+            .parse()
+            .expect("numeric minor version");
+        let crds: Api<CustomResourceDefinition> = Api::all(client);
+        for crd in kiln::api::crds::for_server(minor) {
+            let name = crd.metadata.name.clone().expect("CRD name");
+            crds.patch(&name, &PatchParams::apply("kiln-test").force(), &Patch::Apply(&crd))
+                .await
+                .unwrap_or_else(|e| panic!("install CRD {name}: {e}"));
+        }
+        for crd in kiln::api::crds::all() {
+            let name = crd.metadata.name.expect("CRD name");
+            wait_established(&crds, &name).await;
+        }
+    }
+}
+
+/// Waits until a CRD reports `Established=True`.
+pub async fn wait_established(crds: &Api<CustomResourceDefinition>, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let established = crds.get(name).await.ok().and_then(|c| c.status).is_some_and(|s| {
+            s.conditions
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        });
+        if established {
+            return;
+        }
+        assert!(Instant::now() < deadline, "CRD {name} not Established within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn pem_to_der(pem: &str) -> Vec<u8> {
+    use base64::Engine;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .expect("PEM body is base64")
+}
+
+/// A CA, a serving certificate for 127.0.0.1/localhost, an admin client certificate and a
+/// ServiceAccount signing key, all ECDSA P-256 (fast to generate).
+fn make_certs(dir: &Path) {
+    let p = |f: &str| dir.join(f).display().to_string();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let mut args = vec!["req", "-x509"];
+    args.extend(ec);
+    let (ca_key, ca_crt) = (p("ca.key"), p("ca.crt"));
+    args.extend([
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca_crt,
+        "-subj",
+        "/CN=kiln-test-ca",
+        "-days",
+        "2",
+    ]);
+    run("openssl", &args);
+
+    let sign = |name: &str, subj: &str, ext: &str| {
+        let (key, csr, crt, extfile) = (
+            p(&format!("{name}.key")),
+            p(&format!("{name}.csr")),
+            p(&format!("{name}.crt")),
+            p(&format!("{name}.ext")),
+        );
+        std::fs::write(&extfile, ext).expect("write ext file");
+        let mut args = vec!["req"];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &csr, "-subj", subj]);
+        run("openssl", &args);
+        run(
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca_crt,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                &extfile,
+            ],
+        );
+    };
+    sign(
+        "server",
+        "/CN=kube-apiserver",
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    );
+    sign(
+        "admin",
+        "/O=system:masters/CN=kiln-admin",
+        "extendedKeyUsage=clientAuth\n",
+    );
+    run(
+        "openssl",
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            &p("sa.key"),
+        ],
+    );
+    run("openssl", &["ec", "-in", &p("sa.key"), "-pubout", "-out", &p("sa.pub")]);
+}
+
+fn write_kubeconfig(dir: &Path, url: &str, ca_pem: &str) {
+    use base64::Engine;
+    let b64 = |f: &str| {
+        let text = if f == "ca.crt" {
+            ca_pem.to_owned()
+        } else {
+            std::fs::read_to_string(dir.join(f)).expect("cert file")
+        };
+        base64::engine::general_purpose::STANDARD.encode(text)
+    };
+    let kubeconfig = format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: kiln-test
+  cluster:
+    server: {url}
+    certificate-authority-data: {ca}
+users:
+- name: admin
+  user:
+    client-certificate-data: {cert}
+    client-key-data: {key}
+contexts:
+- name: kiln-test
+  context:
+    cluster: kiln-test
+    user: admin
+    namespace: default
+current-context: kiln-test
+",
+        ca = b64("ca.crt"),
+        cert = b64("admin.crt"),
+        key = b64("admin.key"),
+    );
+    std::fs::write(dir.join("kubeconfig"), kubeconfig).expect("write kubeconfig");
+}

@@ -1,0 +1,8 @@
+//! Shared test support: real processes (kube-apiserver, etcd, dockerd) and their clean-up.
+#![allow(dead_code)]
+
+pub mod apiserver;
+pub mod process;
+pub mod docker;
+pub mod git;
+pub mod http;
