@@ -3,6 +3,3 @@
 
 pub mod apiserver;
 pub mod process;
-pub mod docker;
-pub mod git;
-pub mod http;
