@@ -27,5 +27,6 @@ unit: ## Unit tests only (no apiserver, no BuildKit)
 test: test-env lint ## Lint, then every test, against a real kube-apiserver and a real BuildKit
 	KUBEBUILDER_ASSETS="$$(hack/test-env.sh)" $(CARGO) test --locked --all-targets
 
-generate: ## Regenerate crds/ from the Rust types
+generate: ## Regenerate crds/ and deploy/ from the Rust code
 	$(CARGO) run --locked --quiet -- crds > crds/kiln.dev.yaml
+	$(CARGO) run --locked --quiet -- manifests > deploy/kiln.yaml

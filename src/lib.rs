@@ -6,3 +6,8 @@
 
 pub mod api;
 pub mod cli;
+pub mod controller;
+pub mod deploy;
+pub mod http;
+pub mod leader;
+pub mod metrics;

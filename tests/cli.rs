@@ -81,13 +81,22 @@ spec:
 apiVersion: kiln.dev/v1alpha1
 kind: BuilderPool
 metadata: {name: default}
-spec: {gc: {keepDuration: 48h}}
+spec: {gc: {keepDuration: 48h, keepStorageMiB: 100}}
+---
+apiVersion: kiln.dev/v1alpha1
+kind: BuilderPool
+metadata: {name: typo}
+spec: {gc: {keepStorageMB: 100}}
 "#;
     let out = kiln(&["validate", "-o", "json", "-f", "-"], Some(manifest));
     assert_eq!(out.status.code(), Some(2), "invalid input exits 2");
     let verdicts: serde_json::Value = serde_json::from_slice(&out.stdout).expect("-o json prints JSON");
     assert_eq!(verdicts[0]["valid"], false);
     assert_eq!(verdicts[1]["valid"], true, "the pool is fine");
+    assert_eq!(
+        verdicts[2]["errors"][0]["field"], "spec.gc.keepStorageMB",
+        "a misspelt field is reported, not dropped"
+    );
     let fields: Vec<&str> = verdicts[0]["errors"]
         .as_array()
         .expect("errors")

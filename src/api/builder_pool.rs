@@ -112,7 +112,7 @@ pub struct GcSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
     /// Keep at most this much cache, in MiB. Defaults to 10% of the disk (BuildKit's default).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "keepStorageMiB")]
     #[schemars(range(min = 1))]
     pub keep_storage_mib: Option<i64>,
     /// Keep cache used within this long, as a Go duration such as `48h` or `90m`.

@@ -13,6 +13,7 @@
 pub mod builder_pool;
 pub mod conditions;
 pub mod crds;
+pub mod heartbeat;
 #[allow(clippy::duplicated_attributes)]
 pub mod image_build;
 #[allow(clippy::duplicated_attributes)]

@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod controller;
 mod crds;
+mod manifests;
 mod validate;
 
 /// Exit codes scripts can rely on.
@@ -33,6 +35,10 @@ enum Command {
     Crds(crds::Args),
     /// Check ImageBuild and BuilderPool manifests offline, with the rules the controller applies.
     Validate(validate::Args),
+    /// Print the install manifests: namespace, RBAC, controller Deployment, default pool.
+    Manifests(manifests::Args),
+    /// Run the controller: BuilderPools to builder DaemonSets, ImageBuilds to node builds.
+    Controller(controller::Args),
 }
 
 /// Output formats for commands that print data.
@@ -51,6 +57,11 @@ impl Cli {
         let code = match self.command {
             Command::Crds(args) => crds::run(&args),
             Command::Validate(args) => validate::run(&args),
+            Command::Manifests(args) => manifests::run(&args),
+            Command::Controller(args) => {
+                init_logging();
+                controller::run(args)
+            }
         };
         ExitCode::from(code)
     }
@@ -63,4 +74,33 @@ fn read_input(path: &PathBuf) -> std::io::Result<String> {
     } else {
         std::fs::read_to_string(path)
     }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs an async command on a fresh multi-threaded runtime.
+fn block_on(future: impl Future<Output = u8>) -> u8 {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(future),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            exit::FAILURE
+        }
+    }
+}
+
+/// `host-pid`, for identities when no pod name is given.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "kiln".into());
+    format!("{host}-{}", std::process::id())
 }

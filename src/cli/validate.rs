@@ -116,13 +116,69 @@ fn check(file: &str, value: serde_yaml::Value) -> Verdict {
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(value: serde_yaml::Value) -> Result<T, Vec<Problem>> {
-    serde_yaml::from_value(value).map_err(|e| {
+/// Parses a document into its type; fields the type does not know are reported, because the
+/// apiserver would silently drop them.
+fn parse<T: serde::de::DeserializeOwned + Serialize>(value: serde_yaml::Value) -> Result<T, Vec<Problem>> {
+    let schema_error = |e: &dyn std::fmt::Display| {
         vec![Problem {
             field: String::new(),
             message: format!("does not match the schema: {e}"),
         }]
-    })
+    };
+    let typed: T = serde_yaml::from_value(value.clone()).map_err(|e| schema_error(&e))?;
+    let given = serde_json::to_value(&value).map_err(|e| schema_error(&e))?;
+    let kept = serde_json::to_value(&typed).map_err(|e| schema_error(&e))?;
+    let mut unknown = Vec::new();
+    unknown_fields(&given, &kept, "", &mut unknown);
+    if unknown.is_empty() {
+        Ok(typed)
+    } else {
+        Err(unknown
+            .into_iter()
+            .map(|field| Problem {
+                field,
+                message: "unknown field: the apiserver would drop it (check its spelling)".into(),
+            })
+            .collect())
+    }
+}
+
+/// Collects paths present in `given` but missing from `kept`.
+fn unknown_fields(given: &serde_json::Value, kept: &serde_json::Value, at: &str, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (given, kept) {
+        (Value::Object(g), Value::Object(k)) => {
+            for (key, value) in g {
+                let path = if at.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{at}.{key}")
+                };
+                match k.get(key) {
+                    Some(kv) => unknown_fields(value, kv, &path, out),
+                    // Empty values may be omitted on the way back; only real content is lost.
+                    None if !is_empty(value) && path != "status" => out.push(path),
+                    None => {}
+                }
+            }
+        }
+        (Value::Array(g), Value::Array(k)) => {
+            for (i, (gv, kv)) in g.iter().zip(k).enumerate() {
+                unknown_fields(gv, kv, &format!("{at}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn is_empty(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Null | serde_json::Value::Bool(false) => true,
+        serde_json::Value::Object(m) => m.is_empty(),
+        serde_json::Value::Array(a) => a.is_empty(),
+        serde_json::Value::String(s) => s.is_empty(),
+        _ => false,
+    }
 }
 
 fn to_problems(r: Result<(), ValidationErrors>) -> Result<(), Vec<Problem>> {

@@ -140,9 +140,8 @@ impl ApiServer {
         Client::try_from(config).expect("client")
     }
 
-    /// A client that acts as ServiceAccount `name` in `namespace` (created if missing), with
-    /// only the rights RBAC grants it.
-    pub async fn client_as_service_account(&self, namespace: &str, name: &str) -> Client {
+    /// A bearer token for ServiceAccount `name` in `namespace` (created if missing).
+    pub async fn service_account_token(&self, namespace: &str, name: &str) -> String {
         let admin = self.client().await;
         let sas: Api<ServiceAccount> = Api::namespaced(admin, namespace);
         let sa = ServiceAccount {
@@ -165,19 +164,57 @@ impl ApiServer {
             }),
             ..Default::default()
         };
-        let token = sas
-            .create_token_request(name, &PostParams::default(), &request)
+        sas.create_token_request(name, &PostParams::default(), &request)
             .await
             .expect("TokenRequest")
             .status
             .expect("token status")
             .token
-            .expect("token in TokenRequest status");
+            .expect("token in TokenRequest status")
+    }
+
+    /// A client that acts as ServiceAccount `name` in `namespace` (created if missing), with
+    /// only the rights RBAC grants it.
+    pub async fn client_as_service_account(&self, namespace: &str, name: &str) -> Client {
+        let token = self.service_account_token(namespace, name).await;
         let mut config = Config::new(self.url.parse().expect("url"));
         config.root_cert = Some(vec![pem_to_der(&self.ca_pem)]);
         config.auth_info.token = Some(token.into());
         config.default_namespace = namespace.to_owned();
         Client::try_from(config).expect("client")
+    }
+
+    /// A kubeconfig file acting as ServiceAccount `name` in `namespace`, for kiln processes
+    /// that must run with exactly the RBAC of their install manifests.
+    pub async fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> PathBuf {
+        use base64::Engine;
+        let token = self.service_account_token(namespace, name).await;
+        let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
+        let path = self.dir.join(format!("kubeconfig-{namespace}-{name}"));
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: {url}\n    certificate-authority-data: {ca}\n\
+             users:\n- name: sa\n  user:\n    token: {token}\ncontexts:\n- name: t\n  context:\n    cluster: t\n    user: sa\n    namespace: {namespace}\n\
+             current-context: t\n",
+            url = self.url
+        );
+        std::fs::write(&path, text).expect("write kubeconfig");
+        path
+    }
+
+    /// Applies YAML or JSON manifests with `kubectl apply --server-side`.
+    pub fn apply_manifests(&self, yaml: &str) {
+        let file = self
+            .dir
+            .join(format!("manifests-{}.yaml", uuid::Uuid::new_v4().simple()));
+        std::fs::write(&file, yaml).expect("write manifests");
+        let (ok, _, err) = self.kubectl(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            &file.display().to_string(),
+        ]);
+        assert!(ok, "kubectl apply failed: {err}");
     }
 
     /// Creates a fresh namespace for one test.

@@ -1,0 +1,222 @@
+//! `kiln controller`: reconciles BuilderPools into builder DaemonSets (and, next, ImageBuilds
+//! into NodeBuilds), behind leader election, serving `/healthz`, `/readyz` and `/metrics`.
+
+pub mod pool;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use tracing::{info, warn};
+
+use crate::api::BuilderPool;
+use crate::api::heartbeat::HEARTBEAT_LABEL;
+use crate::http::{self, Reply};
+use crate::leader::{self, Elector};
+use crate::metrics::Metrics;
+
+/// Field manager for objects the controller owns.
+pub const FIELD_MANAGER: &str = "kiln-controller";
+/// Field manager for status writes (separate: on 1.20 one manager cannot own both).
+pub const STATUS_FIELD_MANAGER: &str = "kiln-controller-status";
+
+/// What every reconcile needs.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// The controller's namespace, where builders and heartbeats live.
+    pub namespace: String,
+    /// The kiln image agents run when a pool names none.
+    pub agent_image: String,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Controller errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An API call failed.
+    #[error("{action}: {source}")]
+    Kube {
+        /// What the controller was doing.
+        action: &'static str,
+        /// The API error.
+        source: kube::Error,
+    },
+    /// Rendering produced an invalid object (a bug).
+    #[error(transparent)]
+    Render(#[from] pool::render::RenderError),
+    /// Leader election failed.
+    #[error(transparent)]
+    Leader(#[from] leader::Error),
+    /// The probe/metrics server could not start.
+    #[error("cannot serve probes and metrics on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The kiln CRDs are not installed.
+    #[error("the kiln CRDs are not installed ({0}); install them with `kiln crds | kubectl apply --server-side -f -`")]
+    CrdsMissing(kube::Error),
+}
+
+impl Error {
+    /// Wraps a kube error with what was being done.
+    pub fn kube(action: &'static str) -> impl Fn(kube::Error) -> Error {
+        move |source| Error::Kube { action, source }
+    }
+
+    /// A short category for metrics.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "api",
+            Error::Render(_) => "render",
+            Error::Leader(_) => "leader",
+            Error::Listen { .. } => "listen",
+            Error::CrdsMissing(_) => "crds",
+        }
+    }
+}
+
+/// Settings of `kiln controller`.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Namespace for builders, heartbeats and the leader Lease.
+    pub namespace: String,
+    /// Default agent image.
+    pub agent_image: String,
+    /// Probe and metrics address.
+    pub listen: SocketAddr,
+    /// Leader election (off only for single-replica debugging).
+    pub leader_election: bool,
+    /// This replica's identity in the leader Lease.
+    pub identity: String,
+    /// Lease duration for leader election.
+    pub lease_duration: Duration,
+}
+
+/// Name of the leader election Lease.
+pub const LEADER_LEASE: &str = "kiln-controller";
+
+/// Runs the controller until it fails or loses leadership.
+pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let (addr, serve) = {
+        let metrics = metrics.clone();
+        let ready = ready.clone();
+        http::bind(
+            settings.listen,
+            Arc::new(move |path: &str| match path {
+                "/healthz" => Reply::ok("ok"),
+                "/readyz" if ready.load(Ordering::Relaxed) => Reply::ok("ok"),
+                "/readyz" => Reply::status(http::StatusCode::SERVICE_UNAVAILABLE, "not ready"),
+                "/metrics" => Reply {
+                    status: http::StatusCode::OK,
+                    content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    body: metrics.encode(),
+                },
+                _ => Reply::status(http::StatusCode::NOT_FOUND, "not found"),
+            }),
+        )
+        .await
+        .map_err(|source| Error::Listen {
+            addr: settings.listen,
+            source,
+        })?
+    };
+    info!(%addr, "serving /healthz, /readyz and /metrics");
+    tokio::spawn(serve);
+
+    Api::<BuilderPool>::all(client.clone())
+        .list_metadata(&kube::api::ListParams::default().limit(1))
+        .await
+        .map_err(Error::CrdsMissing)?;
+    ready.store(true, Ordering::Relaxed);
+
+    let elector = Elector::new(
+        client.clone(),
+        &settings.namespace,
+        LEADER_LEASE,
+        &settings.identity,
+        settings.lease_duration,
+    );
+    if settings.leader_election {
+        elector.acquire().await?;
+    }
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        namespace: settings.namespace.clone(),
+        agent_image: settings.agent_image.clone(),
+        metrics,
+    });
+    let pools = pool_controller(ctx);
+    if settings.leader_election {
+        tokio::select! {
+            () = pools => Ok(()),
+            lost = elector.keep() => Err(lost.into()),
+        }
+    } else {
+        pools.await;
+        Ok(())
+    }
+}
+
+async fn pool_controller(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let ns = ctx.namespace.clone();
+    let builders = watcher::Config::default().labels("app.kubernetes.io/component=builder");
+    let heartbeats = watcher::Config::default().labels(&format!("{HEARTBEAT_LABEL}=true"));
+    let controller = Controller::new(Api::<BuilderPool>::all(client.clone()), watcher::Config::default());
+    let store = controller.store();
+    let all_pools = move || {
+        store
+            .state()
+            .iter()
+            .map(|p| ObjectRef::from_obj(&**p))
+            .collect::<Vec<_>>()
+    };
+    controller
+        .owns(Api::<DaemonSet>::namespaced(client.clone(), &ns), builders)
+        .watches(Api::<Lease>::namespaced(client.clone(), &ns), heartbeats, |lease| {
+            pool::reconcile::pool_of_lease(&lease).map(|p| ObjectRef::<BuilderPool>::new(&p))
+        })
+        .watches(Api::<Node>::all(client), watcher::Config::default(), move |_node| {
+            all_pools()
+        })
+        .shutdown_on_signal()
+        .run(timed_pool_reconcile, pool_error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "pool reconcile failed");
+            }
+        })
+        .await;
+}
+
+async fn timed_pool_reconcile(pool: Arc<BuilderPool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let start = Instant::now();
+    let result = pool::reconcile::reconcile(pool, ctx.clone()).await;
+    ctx.metrics.reconciled(
+        "builderpool",
+        start.elapsed().as_secs_f64(),
+        result.as_ref().err().map(Error::category),
+    );
+    result
+}
+
+fn pool_error_policy(_pool: Arc<BuilderPool>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(%error, "BuilderPool reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}

@@ -1,0 +1,7 @@
+//! The BuilderPool controller: renders and applies each pool's builder DaemonSets, labels nodes
+//! with their detected runtime, and derives pool status from agent heartbeats.
+
+pub mod reconcile;
+pub mod render;
+pub mod runtime;
+pub mod status;

@@ -1,0 +1,235 @@
+//! BuilderPool reconcile: read nodes and heartbeats → validate → render → apply → status.
+//!
+//! Everything that decides is pure (`runtime`, `render`, `status`); this file only reads and
+//! writes. Every write is a server-side apply of the complete desired state, so running it
+//! twice changes nothing the second time, and status is written only when it differs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::render::{self, Input, POOL_LABEL};
+use super::runtime::{self, RUNTIME_LABEL};
+use super::status::{self, SelectedNode};
+use crate::api::BuilderPool;
+use crate::api::builder_pool::{BuilderPoolStatus, RuntimeKind};
+use crate::api::conditions::{self, Desired, READY, STALLED, Status};
+use crate::api::heartbeat::{HEARTBEAT_LABEL, Heartbeat};
+use crate::api::validation;
+use crate::controller::{Context, Error, FIELD_MANAGER, STATUS_FIELD_MANAGER};
+
+/// Field manager for the runtime label kiln puts on nodes.
+pub const NODE_FIELD_MANAGER: &str = "kiln-controller-nodes";
+/// Re-check pools at least this often even when nothing happens.
+const RESYNC: Duration = Duration::from_secs(300);
+
+/// Reconciles one BuilderPool.
+pub async fn reconcile(pool: Arc<BuilderPool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = pool.name_any();
+    if pool.meta().deletion_timestamp.is_some() {
+        // Owner references let the garbage collector remove the DaemonSets.
+        return Ok(Action::await_change());
+    }
+    if let Err(invalid) = validation::builder_pool(&pool.spec) {
+        warn!(pool = %name, %invalid, "invalid BuilderPool");
+        let conditions = vec![
+            Desired::new(READY, Status::False, "InvalidSpec", invalid.to_string()),
+            Desired::new(STALLED, Status::True, "InvalidSpec", invalid.to_string()),
+        ];
+        let mut next = pool.status.clone().unwrap_or_default();
+        next.observed_generation = pool.metadata.generation;
+        next.conditions = conditions::merge(&next.conditions, &conditions, pool.metadata.generation, &now_time());
+        write_status(&ctx, &pool, next).await?;
+        return Ok(Action::await_change());
+    }
+
+    let selected = select_nodes(&ctx, &pool).await?;
+    let detected = pool.spec.runtime.as_ref().is_none_or(|r| r.kind == RuntimeKind::Auto);
+    if detected {
+        label_nodes(&ctx, &selected).await?;
+    }
+    let flavours: BTreeSet<RuntimeKind> = match pool.spec.runtime.as_ref().map(|r| r.kind) {
+        Some(kind) if kind != RuntimeKind::Auto => BTreeSet::from([kind]),
+        _ => selected
+            .iter()
+            .filter_map(|n| n.runtime.as_ref().ok().copied())
+            .collect(),
+    };
+    apply_builders(&ctx, &pool, &flavours, detected).await?;
+    prune_builders(&ctx, &name, &flavours).await?;
+
+    let heartbeats = heartbeats(&ctx, &name).await?;
+    let now = Timestamp::now();
+    let next = status::derive(
+        pool.metadata.generation,
+        &selected,
+        &heartbeats,
+        pool.status.as_ref(),
+        now,
+    );
+    if pool.status.as_ref() != Some(&next) {
+        write_status(&ctx, &pool, next).await?;
+    }
+    let requeue = status::next_expiry(&heartbeats, now)
+        .and_then(|t| t.duration_since(now).try_into().ok())
+        .map(|d: Duration| d + Duration::from_millis(200))
+        .unwrap_or(RESYNC)
+        .min(RESYNC);
+    Ok(Action::requeue(requeue))
+}
+
+/// Nodes matching the pool's nodeSelector, each with its runtime.
+async fn select_nodes(ctx: &Context, pool: &BuilderPool) -> Result<Vec<SelectedNode>, Error> {
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let selector: Vec<String> = pool
+        .spec
+        .node_selector
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let params = ListParams::default().labels(&selector.join(","));
+    let list = nodes.list(&params).await.map_err(Error::kube("list nodes"))?;
+    Ok(list
+        .items
+        .iter()
+        .map(|node| SelectedNode {
+            name: node.name_any(),
+            runtime: runtime::resolve(pool.spec.runtime.as_ref(), node),
+        })
+        .collect())
+}
+
+/// Records each node's detected runtime in a label the DaemonSets select on.
+async fn label_nodes(ctx: &Context, selected: &[SelectedNode]) -> Result<(), Error> {
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    for node in selected {
+        let Ok(kind) = &node.runtime else { continue };
+        let current = nodes.get_metadata(&node.name).await.map_err(Error::kube("read node"))?;
+        if current.labels().get(RUNTIME_LABEL).map(String::as_str) == Some(runtime::slug(*kind)) {
+            continue;
+        }
+        let patch = json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": node.name, "labels": {RUNTIME_LABEL: runtime::slug(*kind)}},
+        });
+        nodes
+            .patch(
+                &node.name,
+                &PatchParams::apply(NODE_FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(Error::kube("label node"))?;
+        info!(node = %node.name, runtime = runtime::slug(*kind), "labelled node with its runtime");
+    }
+    Ok(())
+}
+
+async fn apply_builders(
+    ctx: &Context,
+    pool: &BuilderPool,
+    flavours: &BTreeSet<RuntimeKind>,
+    detected: bool,
+) -> Result<(), Error> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let daemonsets: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let configs: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    for &kind in flavours {
+        let input = Input {
+            pool,
+            kind,
+            detected,
+            namespace: &ctx.namespace,
+            default_agent_image: &ctx.agent_image,
+        };
+        let rendered = render::render(&input).map_err(Error::Render)?;
+        if let Some(config) = &rendered.config {
+            let name = config.name_any();
+            configs
+                .patch(&name, &params, &Patch::Apply(config))
+                .await
+                .map_err(Error::kube("apply buildkitd ConfigMap"))?;
+        }
+        let name = rendered.daemonset.name_any();
+        daemonsets
+            .patch(&name, &params, &Patch::Apply(&rendered.daemonset))
+            .await
+            .map_err(Error::kube("apply builder DaemonSet"))?;
+    }
+    Ok(())
+}
+
+/// Deletes this pool's DaemonSets (and configs) for flavours no node needs any more.
+async fn prune_builders(ctx: &Context, pool: &str, keep: &BTreeSet<RuntimeKind>) -> Result<(), Error> {
+    let keep: BTreeSet<&str> = keep.iter().map(|k| runtime::slug(*k)).collect();
+    let params = ListParams::default().labels(&format!("{POOL_LABEL}={pool},app.kubernetes.io/component=builder"));
+    let daemonsets: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let configs: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    for ds in daemonsets
+        .list_metadata(&params)
+        .await
+        .map_err(Error::kube("list DaemonSets"))?
+    {
+        let flavour = ds.labels().get(RUNTIME_LABEL).cloned().unwrap_or_default();
+        if !keep.contains(flavour.as_str()) {
+            let name = ds.name_any();
+            info!(%pool, daemonset = %name, "removing builders for a runtime no selected node has");
+            daemonsets
+                .delete(&name, &DeleteParams::background())
+                .await
+                .map_err(Error::kube("delete DaemonSet"))?;
+            match configs.delete(&name, &DeleteParams::background()).await {
+                Ok(_) | Err(kube::Error::Api(_)) => {}
+                Err(e) => return Err(Error::kube("delete ConfigMap")(e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn heartbeats(ctx: &Context, pool: &str) -> Result<Vec<Heartbeat>, Error> {
+    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let params = ListParams::default().labels(&format!("{HEARTBEAT_LABEL}=true,{POOL_LABEL}={pool}"));
+    let list = leases
+        .list(&params)
+        .await
+        .map_err(Error::kube("list heartbeat leases"))?;
+    Ok(list.items.iter().filter_map(Heartbeat::from_lease).collect())
+}
+
+async fn write_status(ctx: &Context, pool: &BuilderPool, status: BuilderPoolStatus) -> Result<(), Error> {
+    let api: Api<BuilderPool> = Api::all(ctx.client.clone());
+    let patch = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "BuilderPool", "status": status});
+    api.patch_status(
+        &pool.name_any(),
+        &PatchParams::apply(STATUS_FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::kube("write BuilderPool status"))?;
+    Ok(())
+}
+
+fn now_time() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now())
+}
+
+/// Maps a heartbeat Lease to the pool it belongs to.
+pub fn pool_of_lease(lease: &Lease) -> Option<String> {
+    lease.labels().get(POOL_LABEL).cloned()
+}
+
+/// Labels of a node, for mapping node events to pools.
+pub fn node_labels(node: &Node) -> BTreeMap<String, String> {
+    node.labels().clone()
+}

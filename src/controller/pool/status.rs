@@ -1,0 +1,281 @@
+//! Derives a BuilderPool's status from its nodes and their heartbeats.
+//!
+//! Pure, so the rules that keep status quiet are unit-tested: a heartbeat renewal alone does not
+//! change status (`lastHeartbeat` moves only when readiness flips or it is a minute old), so a
+//! reconcile with nothing new computes an identical status and writes nothing.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+use super::runtime::Unsupported;
+use crate::api::builder_pool::{BuilderNode, BuilderPoolStatus, RuntimeKind};
+use crate::api::conditions::{self, Desired, READY, RECONCILING, Status};
+use crate::api::heartbeat::Heartbeat;
+
+/// How stale the recorded `lastHeartbeat` may get before status is rewritten for it alone.
+pub const HEARTBEAT_RECORD_INTERVAL: SignedDuration = SignedDuration::from_secs(60);
+
+/// A node the pool selects, with its runtime.
+#[derive(Clone, Debug)]
+pub struct SelectedNode {
+    /// Node name.
+    pub name: String,
+    /// Its flavour, or why kiln cannot build there.
+    pub runtime: Result<RuntimeKind, Unsupported>,
+}
+
+/// Computes the pool status.
+pub fn derive(
+    generation: Option<i64>,
+    nodes: &[SelectedNode],
+    heartbeats: &[Heartbeat],
+    previous: Option<&BuilderPoolStatus>,
+    now: Timestamp,
+) -> BuilderPoolStatus {
+    let mut out = Vec::with_capacity(nodes.len());
+    let mut unsupported = Vec::new();
+    for node in nodes {
+        let prev = previous.and_then(|p| p.nodes.iter().find(|n| n.name == node.name));
+        let beat = heartbeats.iter().find(|h| h.node == node.name);
+        let entry = match &node.runtime {
+            Err(u) => {
+                unsupported.push(node.name.clone());
+                BuilderNode {
+                    name: node.name.clone(),
+                    ready: false,
+                    message: Some(format!(
+                        "{} ({})",
+                        u.reason,
+                        if u.runtime_version.is_empty() {
+                            "unknown"
+                        } else {
+                            &u.runtime_version
+                        }
+                    )),
+                    ..Default::default()
+                }
+            }
+            Ok(kind) => builder_node(&node.name, *kind, beat, prev, now),
+        };
+        out.push(entry);
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    let desired = i32::try_from(nodes.len() - unsupported.len()).unwrap_or(i32::MAX);
+    let ready = i32::try_from(out.iter().filter(|n| n.ready).count()).unwrap_or(i32::MAX);
+
+    let mut desired_conditions = Vec::new();
+    let unsupported_note = if unsupported.is_empty() {
+        String::new()
+    } else {
+        format!("; unsupported runtime on {}", unsupported.join(", "))
+    };
+    if desired == 0 {
+        let message = if nodes.is_empty() {
+            "no node matches the pool's nodeSelector".to_owned()
+        } else {
+            format!("no node can run a builder{unsupported_note}")
+        };
+        desired_conditions.push(Desired::new(READY, Status::False, "NoNodes", message));
+    } else if ready == desired {
+        desired_conditions.push(Desired::new(
+            READY,
+            Status::True,
+            "BuildersReady",
+            format!("{ready}/{desired} builders ready{unsupported_note}"),
+        ));
+    } else {
+        let waiting: Vec<&str> = out
+            .iter()
+            .filter(|n| !n.ready && n.runtime.is_some())
+            .map(|n| n.name.as_str())
+            .collect();
+        let message = format!(
+            "{ready}/{desired} builders ready; waiting for {}{unsupported_note}",
+            waiting.join(", ")
+        );
+        desired_conditions.push(Desired::new(READY, Status::False, "BuildersNotReady", message.clone()));
+        desired_conditions.push(Desired::new(RECONCILING, Status::True, "BuildersNotReady", message));
+    }
+    let existing = previous.map(|p| p.conditions.as_slice()).unwrap_or_default();
+    BuilderPoolStatus {
+        observed_generation: generation,
+        desired_nodes: desired,
+        ready_nodes: ready,
+        nodes: out,
+        conditions: conditions::merge(existing, &desired_conditions, generation, &Time(now)),
+    }
+}
+
+fn builder_node(
+    name: &str,
+    kind: RuntimeKind,
+    beat: Option<&Heartbeat>,
+    prev: Option<&BuilderNode>,
+    now: Timestamp,
+) -> BuilderNode {
+    let Some(beat) = beat else {
+        return BuilderNode {
+            name: name.to_owned(),
+            runtime: Some(kind),
+            ready: false,
+            last_heartbeat: prev.and_then(|p| p.last_heartbeat.clone()),
+            message: Some("no heartbeat from the node's agent yet".to_owned()),
+            ..Default::default()
+        };
+    };
+    let ready = beat.is_fresh(now);
+    let recorded = prev.and_then(|p| p.last_heartbeat.as_ref()).map(|t| t.0);
+    let keep_recorded = prev.is_some_and(|p| p.ready == ready)
+        && recorded.is_some_and(|r| beat.renewed.duration_since(r) < HEARTBEAT_RECORD_INTERVAL);
+    let last_heartbeat = if keep_recorded { recorded } else { Some(beat.renewed) };
+    BuilderNode {
+        name: name.to_owned(),
+        runtime: Some(kind),
+        ready,
+        platforms: beat.capacity.platforms.clone(),
+        running: beat.capacity.running,
+        capacity: Some(beat.capacity.max_concurrent_builds),
+        buildkit_version: beat.capacity.buildkit_version.clone(),
+        last_heartbeat: last_heartbeat.map(Time),
+        message: (!ready).then(|| format!("heartbeat expired at {}: BuildKit or the agent is down", beat.expires())),
+    }
+}
+
+/// When the status would next change by itself: the earliest expiry of a fresh heartbeat.
+pub fn next_expiry(heartbeats: &[Heartbeat], now: Timestamp) -> Option<Timestamp> {
+    heartbeats
+        .iter()
+        .filter(|h| h.is_fresh(now))
+        .map(Heartbeat::expires)
+        .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::heartbeat::Capacity;
+
+    fn ts(s: i64) -> Timestamp {
+        Timestamp::from_second(s).expect("ts")
+    }
+
+    fn beat(node: &str, renewed: i64, running: i32) -> Heartbeat {
+        Heartbeat {
+            pool: "default".into(),
+            node: node.into(),
+            renewed: ts(renewed),
+            duration: SignedDuration::from_secs(15),
+            capacity: Capacity {
+                max_concurrent_builds: 2,
+                running,
+                platforms: vec!["linux/amd64".into()],
+                ..Default::default()
+            },
+        }
+    }
+
+    fn nodes() -> Vec<SelectedNode> {
+        vec![
+            SelectedNode {
+                name: "a".into(),
+                runtime: Ok(RuntimeKind::Containerd),
+            },
+            SelectedNode {
+                name: "b".into(),
+                runtime: Ok(RuntimeKind::Docker),
+            },
+            SelectedNode {
+                name: "c".into(),
+                runtime: Err(Unsupported {
+                    runtime_version: "cri-o://1.28".into(),
+                    reason: "CRI-O is not supported".into(),
+                }),
+            },
+        ]
+    }
+
+    #[test]
+    fn counts_ready_builders_and_names_the_missing_and_unsupported() {
+        let s = derive(Some(3), &nodes(), &[beat("a", 100, 1)], None, ts(105));
+        assert_eq!((s.desired_nodes, s.ready_nodes), (2, 1));
+        assert!(s.nodes[0].ready && !s.nodes[1].ready && !s.nodes[2].ready);
+        assert_eq!(s.nodes[0].running, 1);
+        assert!(
+            s.nodes[2]
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("cri-o://1.28"))
+        );
+        let ready = conditions::find(&s.conditions, READY).expect("Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "BuildersNotReady")
+        );
+        assert!(
+            ready.message.contains("waiting for b") && ready.message.contains("unsupported runtime on c"),
+            "{}",
+            ready.message
+        );
+        assert!(conditions::is_true(&s.conditions, RECONCILING));
+        assert_eq!(s.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn all_ready_is_ready_and_expiry_makes_it_not_ready() {
+        let beats = [beat("a", 100, 0), beat("b", 101, 0)];
+        let s = derive(Some(1), &nodes(), &beats, None, ts(105));
+        assert!(conditions::is_true(&s.conditions, READY));
+        assert!(!conditions::is_true(&s.conditions, RECONCILING));
+        assert_eq!(next_expiry(&beats, ts(105)), Some(ts(115)));
+        let later = derive(Some(1), &nodes(), &beats, Some(&s), ts(116));
+        assert_eq!(later.ready_nodes, 0);
+        assert!(later.nodes[0].message.as_deref().is_some_and(|m| m.contains("expired")));
+    }
+
+    #[test]
+    fn renewals_alone_do_not_change_status() {
+        let first = derive(
+            Some(1),
+            &nodes(),
+            &[beat("a", 100, 0), beat("b", 100, 0)],
+            None,
+            ts(101),
+        );
+        let renewed = derive(
+            Some(1),
+            &nodes(),
+            &[beat("a", 105, 0), beat("b", 106, 0)],
+            Some(&first),
+            ts(107),
+        );
+        assert_eq!(first, renewed, "a renewal is not news");
+        let minute_later = derive(
+            Some(1),
+            &nodes(),
+            &[beat("a", 161, 0), beat("b", 162, 0)],
+            Some(&renewed),
+            ts(163),
+        );
+        assert_eq!(
+            minute_later.nodes[0].last_heartbeat,
+            Some(Time(ts(161))),
+            "recorded again after a minute"
+        );
+        let busy = derive(
+            Some(1),
+            &nodes(),
+            &[beat("a", 105, 2), beat("b", 106, 0)],
+            Some(&first),
+            ts(107),
+        );
+        assert_ne!(first, busy, "a change in running builds is news");
+    }
+
+    #[test]
+    fn no_nodes_is_not_ready_with_a_reason() {
+        let s = derive(Some(1), &[], &[], None, ts(1));
+        let ready = conditions::find(&s.conditions, READY).expect("Ready");
+        assert_eq!(ready.reason, "NoNodes");
+        assert!(ready.message.contains("nodeSelector"));
+    }
+}

@@ -1,0 +1,112 @@
+//! Prometheus metrics for the controller (and, later, builds), served at `/metrics`.
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of per-controller reconcile metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    /// `builderpool` or `imagebuild`.
+    pub controller: String,
+    /// `success` or `error`.
+    pub result: String,
+}
+
+/// Labels of per-controller error metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// `builderpool` or `imagebuild`.
+    pub controller: String,
+    /// A short error category.
+    pub error: String,
+}
+
+/// Labels naming a controller.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    /// `builderpool` or `imagebuild`.
+    pub controller: String,
+}
+
+/// All metrics of one process.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    reconciles: Family<ReconcileLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    durations: Family<ControllerLabels, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("kiln");
+        let reconciles = Family::<ReconcileLabels, Counter>::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let durations = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 12))
+        });
+        registry.register("reconciles", "Reconciles by controller and result", reconciles.clone());
+        registry.register(
+            "reconcile_errors",
+            "Reconcile errors by controller and category",
+            errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconcile",
+            durations.clone(),
+        );
+        Self {
+            registry: Mutex::new(registry),
+            reconciles,
+            errors,
+            durations,
+        }
+    }
+}
+
+impl Metrics {
+    /// Records one reconcile.
+    pub fn reconciled(&self, controller: &str, seconds: f64, error: Option<&str>) {
+        let result = if error.is_some() { "error" } else { "success" };
+        self.reconciles
+            .get_or_create(&ReconcileLabels {
+                controller: controller.into(),
+                result: result.into(),
+            })
+            .inc();
+        self.durations
+            .get_or_create(&ControllerLabels {
+                controller: controller.into(),
+            })
+            .observe(seconds);
+        if let Some(error) = error {
+            self.errors
+                .get_or_create(&ErrorLabels {
+                    controller: controller.into(),
+                    error: error.into(),
+                })
+                .inc();
+        }
+    }
+
+    /// Lets other modules register their own metrics.
+    pub fn register<M: prometheus_client::registry::Metric>(&self, name: &str, help: &str, metric: M) {
+        if let Ok(mut r) = self.registry.lock() {
+            r.register(name, help, metric);
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Ok(r) = self.registry.lock() {
+            let _ = prometheus_client::encoding::text::encode(&mut out, &r);
+        }
+        out
+    }
+}

@@ -1,0 +1,84 @@
+//! Two `kiln controller` replicas: only the Lease holder reconciles, and when it dies the other
+//! takes over within the lease duration.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kiln::api::BuilderPool;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use support::apiserver::ApiServer;
+use support::kiln::{ControllerProcess, eventually};
+
+const LEASE_SECONDS: u64 = 4;
+
+fn holder(lease: &Lease) -> Option<String> {
+    lease.spec.as_ref().and_then(|s| s.holder_identity.clone())
+}
+
+#[tokio::test]
+async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_dies() {
+    let server = ApiServer::shared().await;
+    let client = server.client().await;
+    let ns = server.namespace(&client, "leader").await;
+    let lease_arg = format!("--lease-duration-seconds={LEASE_SECONDS}");
+    let mut first = ControllerProcess::start(server, &ns, "replica-a", &[&lease_arg]);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let leader = eventually(Duration::from_secs(20), "a leader", || async {
+        leases
+            .get_opt("kiln-controller")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| holder(&l))
+    })
+    .await;
+    assert_eq!(leader, "replica-a");
+    let second = ControllerProcess::start(server, &ns, "replica-b", &[&lease_arg]);
+    eventually(Duration::from_secs(10), "replica-b serving probes", || async {
+        second.get("/healthz")
+    })
+    .await;
+
+    // Work arrives: only the leader acts on it.
+    let name = format!("lead-{ns}");
+    let pool = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "BuilderPool", "metadata": {"name": name},
+                      "spec": {"nodeSelector": {"kiln.dev/test": ns}}});
+    Api::<BuilderPool>::all(client.clone())
+        .patch(&name, &PatchParams::apply("kiln-test"), &Patch::Apply(&pool))
+        .await
+        .expect("pool");
+    eventually(Duration::from_secs(20), "the leader reconciling", || async {
+        (first.counter("kiln_reconciles_total", &["builderpool"]) > 0.0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        second.counter("kiln_reconciles_total", &["builderpool"]),
+        0.0,
+        "the standby must not act"
+    );
+    assert_eq!(
+        holder(&leases.get("kiln-controller").await.expect("lease")).as_deref(),
+        Some("replica-a")
+    );
+
+    // The leader dies without a word; the standby takes over within the lease duration.
+    let killed = Instant::now();
+    first.process.kill();
+    eventually(Duration::from_secs(LEASE_SECONDS * 3), "replica-b leading", || async {
+        let l = leases.get("kiln-controller").await.ok()?;
+        (holder(&l).as_deref() == Some("replica-b")).then_some(())
+    })
+    .await;
+    println!(
+        "standby took over {:?} after the leader was killed (lease {LEASE_SECONDS}s)",
+        killed.elapsed()
+    );
+    eventually(Duration::from_secs(20), "the new leader reconciling", || async {
+        (second.counter("kiln_reconciles_total", &["builderpool"]) > 0.0).then_some(())
+    })
+    .await;
+}
