@@ -30,3 +30,20 @@ test: test-env lint ## Lint, then every test, against a real kube-apiserver and 
 generate: ## Regenerate crds/ and deploy/ from the Rust code
 	$(CARGO) run --locked --quiet -- crds > crds/kiln.dev.yaml
 	$(CARGO) run --locked --quiet -- manifests > deploy/kiln.yaml
+
+# --- Real cluster (hack/cluster) ---
+# A real single-node Kubernetes v1.20 cluster on this machine (root, Debian): see
+# docs/real-cluster.md. RUNTIME=containerd (default) or RUNTIME=docker.
+.PHONY: cluster-up cluster-down e2e-cluster images
+
+cluster-up: ## Start the local cluster (RUNTIME=containerd|docker); prints the kubeconfig path
+	hack/cluster/up.sh
+
+cluster-down: ## Stop the local cluster and restore the host (safe to repeat)
+	hack/cluster/down.sh
+
+images: ## Build the pause, busybox and kiln images; load them into the local cluster if up
+	hack/cluster/images.sh
+
+e2e-cluster: ## End-to-end tests on $KUBECONFIG's cluster, or on a local one (docker) started and stopped for them
+	hack/cluster/e2e.sh

@@ -1,6 +1,7 @@
 //! `kiln controller`: reconciles BuilderPools into builder DaemonSets (and, next, ImageBuilds
 //! into NodeBuilds), behind leader election, serving `/healthz`, `/readyz` and `/metrics`.
 
+pub mod build;
 pub mod pool;
 
 use std::net::SocketAddr;

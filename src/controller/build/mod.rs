@@ -1,0 +1,8 @@
+//! The ImageBuild controller: schedules attempts onto ready builders as NodeBuilds, retries,
+//! cancels and expires them, and aggregates their results into the ImageBuild's status.
+
+pub mod naming;
+pub mod plan;
+#[cfg(test)]
+mod plan_tests;
+pub mod schedule;

@@ -1,0 +1,302 @@
+//! Unit tests of the ImageBuild decide step.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::ObjectMeta;
+
+use super::plan::{Observed, decide};
+use super::schedule::Candidate;
+use crate::api::conditions::{self, READY, RECONCILING, STALLED};
+use crate::api::heartbeat::{Capacity, Heartbeat};
+use crate::api::image_build::{BuildPhase, DigestKind, ImageBuild, ImageBuildSpec, Placement};
+use crate::api::node_build::{NodeBuild, NodeBuildPhase, NodeBuildStatus};
+use crate::api::recipe::{BuildRecipe, BuildSource, HttpSource};
+
+fn ts(s: i64) -> Timestamp {
+    Timestamp::from_second(1_800_000_000 + s).expect("ts")
+}
+
+fn build(spec: impl FnOnce(&mut ImageBuildSpec)) -> ImageBuild {
+    let mut s = ImageBuildSpec {
+        recipe: BuildRecipe {
+            image: "example.com/app:dev".into(),
+            source: BuildSource::Http(HttpSource {
+                url: "http://x/c.tar".into(),
+                sha256: None,
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    spec(&mut s);
+    ImageBuild {
+        metadata: ObjectMeta {
+            name: Some("app".into()),
+            namespace: Some("dev".into()),
+            uid: Some("uid-app".into()),
+            generation: Some(1),
+            ..Default::default()
+        },
+        spec: s,
+        status: None,
+    }
+}
+
+fn beat(node: &str, renewed: i64) -> Heartbeat {
+    Heartbeat {
+        pool: "default".into(),
+        node: node.into(),
+        renewed: ts(renewed),
+        duration: SignedDuration::from_secs(15),
+        capacity: Capacity {
+            max_concurrent_builds: 2,
+            ..Default::default()
+        },
+    }
+}
+
+fn plan_at(b: &ImageBuild, nbs: &[NodeBuild], beats: &[Heartbeat], now: i64) -> super::plan::Plan {
+    decide(&Observed {
+        build: b,
+        node_builds: nbs.iter().collect(),
+        candidates: beats
+            .iter()
+            .map(|h| Candidate {
+                heartbeat: h,
+                labels: None,
+            })
+            .collect(),
+        affinity: None,
+        now: ts(now),
+    })
+}
+
+/// The NodeBuild a plan created, with a status as the agent would report it.
+fn reported(
+    mut nb: NodeBuild,
+    created: i64,
+    phase: NodeBuildPhase,
+    reason: Option<&str>,
+    done: Option<i64>,
+) -> NodeBuild {
+    nb.metadata.creation_timestamp = Some(Time(ts(created)));
+    nb.status = Some(NodeBuildStatus {
+        phase: Some(phase),
+        reason: reason.map(Into::into),
+        message: reason.map(|r| format!("{r}: step RUN exit 1")),
+        completion_time: done.map(|d| Time(ts(d))),
+        digest: (phase == NodeBuildPhase::Succeeded).then(|| format!("sha256:{}", "ab".repeat(32))),
+        digest_kind: (phase == NodeBuildPhase::Succeeded).then_some(DigestKind::Manifest),
+        ..Default::default()
+    });
+    nb
+}
+
+#[test]
+fn first_reconcile_dispatches_one_attempt_to_a_ready_builder() {
+    let b = build(|_| {});
+    let p = plan_at(&b, &[], &[beat("n1", 0)], 1);
+    assert_eq!(p.create.len(), 1);
+    let nb = &p.create[0];
+    assert_eq!(nb.metadata.name.as_deref(), Some("app-1-1"));
+    assert_eq!(
+        (nb.spec.node_name.as_str(), nb.spec.attempt, nb.spec.generation),
+        ("n1", 1, 1)
+    );
+    assert_eq!(
+        nb.metadata.owner_references.as_ref().map(|o| o[0].uid.as_str()),
+        Some("uid-app")
+    );
+    assert_eq!(
+        nb.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("kiln.dev/node"))
+            .map(String::as_str),
+        Some("n1")
+    );
+    assert_eq!(p.status.phase, Some(BuildPhase::Pending));
+    assert!(conditions::is_true(&p.status.conditions, RECONCILING));
+    assert_eq!(p.events[0].reason, "Scheduled");
+}
+
+#[test]
+fn no_ready_builder_is_unschedulable_with_a_reason_and_a_recheck() {
+    let b = build(|s| {
+        s.placement = Some(Placement {
+            node_name: Some("n9".into()),
+            ..Default::default()
+        })
+    });
+    let p = plan_at(&b, &[], &[beat("n1", 0)], 1);
+    assert!(p.create.is_empty());
+    assert_eq!(p.status.reason.as_deref(), Some("Unschedulable"));
+    assert!(p.status.message.as_deref().is_some_and(|m| m.contains("\"n9\"")));
+    let reconciling = conditions::find(&p.status.conditions, RECONCILING).expect("Reconciling");
+    assert_eq!(reconciling.reason, "Unschedulable");
+    assert!(p.requeue.is_some(), "re-checked, not a hot loop and not forgotten");
+}
+
+#[test]
+fn success_sets_ready_digest_and_image_ref() {
+    let b = build(|_| {});
+    let nb = plan_at(&b, &[], &[beat("n1", 0)], 1).create.remove(0);
+    let done = reported(nb, 1, NodeBuildPhase::Succeeded, None, Some(5));
+    let p = plan_at(&b, &[done], &[beat("n1", 0)], 6);
+    assert_eq!(p.status.phase, Some(BuildPhase::Succeeded));
+    assert!(conditions::is_true(&p.status.conditions, READY));
+    assert!(!conditions::is_true(&p.status.conditions, RECONCILING));
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    assert_eq!(p.status.digest.as_deref(), Some(digest.as_str()));
+    assert_eq!(p.status.image_ref, Some(format!("example.com/app@{digest}")));
+    assert_eq!(p.status.short_digest.as_deref(), Some("abababababab"));
+    assert!(p.events.iter().any(|e| e.reason == "Succeeded"));
+    assert!(p.create.is_empty() && p.cancel.is_empty());
+}
+
+#[test]
+fn failures_retry_with_backoff_then_stall_after_the_backoff_limit() {
+    let b = build(|s| s.backoff_limit = Some(1));
+    let first = plan_at(&b, &[], &[beat("n1", 0)], 1).create.remove(0);
+    let failed = reported(first, 1, NodeBuildPhase::Failed, Some("StepFailed"), Some(3));
+    let waiting = plan_at(&b, std::slice::from_ref(&failed), &[beat("n1", 3)], 4);
+    assert!(waiting.create.is_empty(), "the retry waits for its backoff");
+    assert_eq!(waiting.status.reason.as_deref(), Some("Retrying"));
+    assert!(waiting.requeue.is_some_and(|d| d.as_secs() <= 2));
+    let retry = plan_at(&b, std::slice::from_ref(&failed), &[beat("n1", 5)], 6);
+    assert_eq!(retry.create[0].spec.attempt, 2);
+    assert_eq!(retry.create[0].metadata.name.as_deref(), Some("app-1-2"));
+    assert!(retry.events.iter().any(|e| e.reason == "Retrying" && e.warning));
+    let second = reported(
+        retry.create[0].clone(),
+        6,
+        NodeBuildPhase::Failed,
+        Some("StepFailed"),
+        Some(8),
+    );
+    let stalled = plan_at(&b, &[failed, second], &[beat("n1", 8)], 20);
+    assert!(stalled.create.is_empty(), "no retries beyond backoffLimit");
+    assert_eq!(stalled.status.phase, Some(BuildPhase::Failed));
+    assert!(conditions::is_true(&stalled.status.conditions, STALLED));
+    assert_eq!(stalled.status.reason.as_deref(), Some("StepFailed"));
+    assert!(
+        stalled
+            .status
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("exit 1") && m.contains("backoffLimit 1"))
+    );
+    assert_eq!(stalled.status.failed_attempts, Some(2));
+}
+
+#[test]
+fn dockerfile_errors_are_not_retried() {
+    let b = build(|_| {});
+    let nb = plan_at(&b, &[], &[beat("n1", 0)], 1).create.remove(0);
+    let failed = reported(nb, 1, NodeBuildPhase::Failed, Some("DockerfileParse"), Some(2));
+    let p = plan_at(&b, &[failed], &[beat("n1", 0)], 30);
+    assert!(p.create.is_empty());
+    assert_eq!(p.status.phase, Some(BuildPhase::Failed));
+}
+
+#[test]
+fn a_lost_node_is_cancelled_and_the_retry_goes_elsewhere() {
+    let b = build(|_| {});
+    let nb = plan_at(&b, &[], &[beat("n1", 0), beat("n2", 0)], 1).create.remove(0);
+    let node = nb.spec.node_name.clone();
+    let other = if node == "n1" { "n2" } else { "n1" };
+    let running = reported(nb, 1, NodeBuildPhase::Running, None, None);
+    // The builder on `node` stopped heartbeating at 0; its lease ran out at 15.
+    let beats = [beat(&node, 0), beat(other, 40)];
+    let p = plan_at(&b, &[running], &beats, 41);
+    assert_eq!(p.cancel, vec!["app-1-1".to_owned()]);
+    assert_eq!(p.create.len(), 1);
+    assert_eq!(p.create[0].spec.node_name, other);
+    assert!(p.events.iter().any(|e| e.note.contains("NodeLost")));
+}
+
+#[test]
+fn deadline_cancels_and_stalls() {
+    let b = build(|s| s.timeout_seconds = Some(2));
+    let nb = plan_at(&b, &[], &[beat("n1", 0)], 0).create.remove(0);
+    assert!(nb.spec.deadline.is_some());
+    let running = reported(nb, 0, NodeBuildPhase::Running, None, None);
+    let p = plan_at(&b, &[running], &[beat("n1", 2)], 3);
+    assert_eq!(p.cancel, vec!["app-1-1".to_owned()]);
+    assert_eq!(p.status.reason.as_deref(), Some("DeadlineExceeded"));
+    assert!(conditions::is_true(&p.status.conditions, STALLED));
+}
+
+#[test]
+fn a_new_generation_cancels_the_old_attempt_and_builds_anew() {
+    let mut b = build(|_| {});
+    let old = reported(
+        plan_at(&b, &[], &[beat("n1", 0)], 0).create.remove(0),
+        0,
+        NodeBuildPhase::Running,
+        None,
+        None,
+    );
+    b.metadata.generation = Some(2);
+    let p = plan_at(&b, &[old], &[beat("n1", 1)], 1);
+    assert_eq!(p.cancel, vec!["app-1-1".to_owned()]);
+    assert_eq!(p.create[0].metadata.name.as_deref(), Some("app-2-1"));
+    assert_eq!(p.status.observed_generation, Some(2));
+    assert!(p.status.conditions.iter().all(|c| c.observed_generation == Some(2)));
+}
+
+#[test]
+fn all_nodes_builds_everywhere_and_reports_each_node() {
+    let b = build(|s| {
+        s.placement = Some(Placement {
+            all_nodes: true,
+            ..Default::default()
+        })
+    });
+    let beats = [beat("n1", 0), beat("n2", 0)];
+    let created = plan_at(&b, &[], &beats, 1).create;
+    assert_eq!(created.len(), 2);
+    let done: Vec<NodeBuild> = created
+        .into_iter()
+        .map(|nb| reported(nb, 1, NodeBuildPhase::Succeeded, None, Some(4)))
+        .collect();
+    let p = plan_at(&b, &done, &beats, 5);
+    assert_eq!(p.status.phase, Some(BuildPhase::Succeeded));
+    assert_eq!(p.status.nodes.len(), 2);
+    assert_eq!(p.status.node_names.as_deref(), Some("n1,n2"));
+}
+
+#[test]
+fn finished_builds_are_deleted_after_their_ttl() {
+    let b = build(|s| s.ttl_seconds_after_finished = Some(10));
+    let nb = reported(
+        plan_at(&b, &[], &[beat("n1", 0)], 0).create.remove(0),
+        0,
+        NodeBuildPhase::Succeeded,
+        None,
+        Some(2),
+    );
+    let mut b2 = b.clone();
+    b2.status = Some(plan_at(&b, std::slice::from_ref(&nb), &[beat("n1", 0)], 3).status);
+    let early = plan_at(&b2, std::slice::from_ref(&nb), &[beat("n1", 0)], 5);
+    assert!(!early.delete && early.requeue.is_some());
+    let late = plan_at(&b2, &[nb], &[beat("n1", 0)], 14);
+    assert!(late.delete);
+}
+
+#[test]
+fn an_unchanged_world_yields_an_unchanged_status() {
+    let b = build(|_| {});
+    let nb = reported(
+        plan_at(&b, &[], &[beat("n1", 0)], 0).create.remove(0),
+        0,
+        NodeBuildPhase::Running,
+        None,
+        None,
+    );
+    let mut b2 = b.clone();
+    b2.status = Some(plan_at(&b, std::slice::from_ref(&nb), &[beat("n1", 0)], 1).status);
+    let again = plan_at(&b2, &[nb], &[beat("n1", 2)], 3);
+    assert_eq!(Some(&again.status), b2.status.as_ref());
+    assert!(again.events.is_empty(), "no repeated events");
+}

@@ -1,0 +1,259 @@
+//! Choosing node(s) for an attempt among the pool's ready builders. Pure.
+//!
+//! Filters, in order: fresh heartbeat, `placement.nodeName`, `placement.nodeSelector` (node
+//! labels), platforms (the builder must list every requested platform), nodes to avoid (where
+//! the previous attempt was lost). Then, for a single target, free capacity first, then cache
+//! affinity (the node that last built the same source and Dockerfile), then the least busy,
+//! then the name (so the choice is deterministic).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::jiff::Timestamp;
+
+use crate::api::heartbeat::Heartbeat;
+use crate::api::image_build::Placement;
+
+/// A builder as the scheduler sees it.
+#[derive(Clone, Debug)]
+pub struct Candidate<'a> {
+    /// Its heartbeat.
+    pub heartbeat: &'a Heartbeat,
+    /// The node's labels.
+    pub labels: Option<&'a BTreeMap<String, String>>,
+}
+
+/// Why nothing could be scheduled, phrased for the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unschedulable(pub String);
+
+/// Picks the target nodes: all matching ready builders for `allNodes`, otherwise one.
+pub fn choose(
+    placement: Option<&Placement>,
+    platforms: &[String],
+    candidates: &[Candidate<'_>],
+    avoid: &[String],
+    affinity: Option<&str>,
+    pool: &str,
+    now: Timestamp,
+) -> Result<Vec<String>, Unschedulable> {
+    let default = Placement::default();
+    let placement = placement.unwrap_or(&default);
+    if candidates.is_empty() {
+        return Err(Unschedulable(format!(
+            "pool {pool:?} has no builders: check that the BuilderPool exists and its agents run"
+        )));
+    }
+    let fresh: Vec<&Candidate<'_>> = candidates.iter().filter(|c| c.heartbeat.is_fresh(now)).collect();
+    if fresh.is_empty() {
+        return Err(Unschedulable(format!(
+            "no builder of pool {pool:?} is ready (no fresh heartbeat)"
+        )));
+    }
+    let mut matching: Vec<&Candidate<'_>> = fresh.clone();
+    if let Some(node) = &placement.node_name {
+        matching.retain(|c| &c.heartbeat.node == node);
+        if matching.is_empty() {
+            return Err(Unschedulable(format!(
+                "node {node:?} has no ready builder in pool {pool:?}"
+            )));
+        }
+    }
+    if !placement.node_selector.is_empty() {
+        matching.retain(|c| {
+            c.labels
+                .is_some_and(|l| placement.node_selector.iter().all(|(k, v)| l.get(k) == Some(v)))
+        });
+        if matching.is_empty() {
+            let sel: Vec<String> = placement
+                .node_selector
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            return Err(Unschedulable(format!(
+                "no ready builder's node matches nodeSelector {}",
+                sel.join(",")
+            )));
+        }
+    }
+    if !platforms.is_empty() {
+        matching.retain(|c| platforms.iter().all(|p| c.heartbeat.capacity.platforms.contains(p)));
+        if matching.is_empty() {
+            return Err(Unschedulable(format!(
+                "no ready builder supports platform(s) {}",
+                platforms.join(", ")
+            )));
+        }
+    }
+    if placement.all_nodes {
+        let mut nodes: Vec<String> = matching.iter().map(|c| c.heartbeat.node.clone()).collect();
+        nodes.sort();
+        return Ok(nodes);
+    }
+    if placement.node_name.is_none() && matching.len() > 1 {
+        matching.retain(|c| !avoid.contains(&c.heartbeat.node));
+        if matching.is_empty() {
+            return Err(Unschedulable(
+                "every matching builder was lost during an earlier attempt".into(),
+            ));
+        }
+    }
+    matching.sort_by(|a, b| {
+        let (ca, cb) = (&a.heartbeat.capacity, &b.heartbeat.capacity);
+        let key = |c: &Candidate<'_>| {
+            let cap = &c.heartbeat.capacity;
+            (cap.free_slots() == 0, affinity != Some(c.heartbeat.node.as_str()))
+        };
+        key(a)
+            .cmp(&key(b))
+            .then((ca.running + ca.queued).cmp(&(cb.running + cb.queued)))
+            .then(a.heartbeat.node.cmp(&b.heartbeat.node))
+    });
+    Ok(matching
+        .first()
+        .map(|c| vec![c.heartbeat.node.clone()])
+        .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::heartbeat::Capacity;
+    use k8s_openapi::jiff::SignedDuration;
+
+    fn ts(s: i64) -> Timestamp {
+        Timestamp::from_second(s).expect("ts")
+    }
+
+    fn hb(node: &str, renewed: i64, running: i32, platforms: &[&str]) -> Heartbeat {
+        Heartbeat {
+            pool: "default".into(),
+            node: node.into(),
+            renewed: ts(renewed),
+            duration: SignedDuration::from_secs(15),
+            capacity: Capacity {
+                max_concurrent_builds: 2,
+                running,
+                platforms: platforms.iter().map(|p| (*p).into()).collect(),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn pick(
+        placement: Option<&Placement>,
+        beats: &[Heartbeat],
+        labels: &BTreeMap<String, BTreeMap<String, String>>,
+        affinity: Option<&str>,
+    ) -> Result<Vec<String>, Unschedulable> {
+        let candidates: Vec<Candidate<'_>> = beats
+            .iter()
+            .map(|h| Candidate {
+                heartbeat: h,
+                labels: labels.get(&h.node),
+            })
+            .collect();
+        choose(placement, &[], &candidates, &[], affinity, "default", ts(100))
+    }
+
+    #[test]
+    fn prefers_free_capacity_then_cache_affinity_then_least_busy() {
+        let none = BTreeMap::new();
+        let beats = [hb("a", 95, 1, &[]), hb("b", 95, 0, &[]), hb("c", 95, 2, &[])];
+        assert_eq!(pick(None, &beats, &none, None), Ok(vec!["b".into()]));
+        assert_eq!(
+            pick(None, &beats, &none, Some("a")),
+            Ok(vec!["a".into()]),
+            "affinity beats load while there is room"
+        );
+        assert_eq!(
+            pick(None, &beats, &none, Some("c")),
+            Ok(vec!["b".into()]),
+            "a full node loses its affinity"
+        );
+    }
+
+    #[test]
+    fn stale_heartbeats_do_not_count() {
+        let err = pick(None, &[hb("a", 50, 0, &[])], &BTreeMap::new(), None).expect_err("stale");
+        assert!(err.0.contains("no builder of pool \"default\" is ready"), "{err:?}");
+        let err = pick(None, &[], &BTreeMap::new(), None).expect_err("none");
+        assert!(err.0.contains("has no builders"), "{err:?}");
+    }
+
+    #[test]
+    fn node_name_and_selector_and_platforms_filter() {
+        let labels = BTreeMap::from([("a".to_owned(), BTreeMap::from([("gpu".to_owned(), "yes".to_owned())]))]);
+        let beats = [
+            hb("a", 95, 0, &["linux/amd64"]),
+            hb("b", 95, 0, &["linux/amd64", "linux/arm64"]),
+        ];
+        let pinned = Placement {
+            node_name: Some("zz".into()),
+            ..Default::default()
+        };
+        assert!(
+            pick(Some(&pinned), &beats, &labels, None)
+                .expect_err("absent")
+                .0
+                .contains("\"zz\"")
+        );
+        let gpu = Placement {
+            node_selector: BTreeMap::from([("gpu".into(), "yes".into())]),
+            ..Default::default()
+        };
+        assert_eq!(pick(Some(&gpu), &beats, &labels, None), Ok(vec!["a".into()]));
+        let candidates: Vec<Candidate<'_>> = beats
+            .iter()
+            .map(|h| Candidate {
+                heartbeat: h,
+                labels: None,
+            })
+            .collect();
+        let arm = choose(
+            None,
+            &["linux/arm64".into()],
+            &candidates,
+            &[],
+            None,
+            "default",
+            ts(100),
+        );
+        assert_eq!(arm, Ok(vec!["b".into()]));
+        let riscv = choose(
+            None,
+            &["linux/riscv64".into()],
+            &candidates,
+            &[],
+            None,
+            "default",
+            ts(100),
+        );
+        assert!(riscv.expect_err("none").0.contains("linux/riscv64"));
+    }
+
+    #[test]
+    fn all_nodes_takes_every_ready_match_and_lost_nodes_are_avoided() {
+        let beats = [hb("b", 95, 0, &[]), hb("a", 95, 2, &[]), hb("c", 10, 0, &[])];
+        let all = Placement {
+            all_nodes: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            pick(Some(&all), &beats, &BTreeMap::new(), None),
+            Ok(vec!["a".into(), "b".into()])
+        );
+        let candidates: Vec<Candidate<'_>> = beats
+            .iter()
+            .map(|h| Candidate {
+                heartbeat: h,
+                labels: None,
+            })
+            .collect();
+        let elsewhere = choose(None, &[], &candidates, &["b".into()], None, "default", ts(100));
+        assert_eq!(
+            elsewhere,
+            Ok(vec!["a".into()]),
+            "a full node beats one that was just lost"
+        );
+    }
+}
