@@ -5,6 +5,7 @@
 //! CLI is the front door. The roles meet only through Kubernetes objects.
 
 pub mod api;
+pub mod buildkit;
 pub mod cli;
 pub mod controller;
 pub mod deploy;

@@ -2,5 +2,8 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod docker;
+pub mod git;
+pub mod http;
 pub mod kiln;
 pub mod process;

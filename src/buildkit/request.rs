@@ -1,0 +1,630 @@
+//! What to build ([`BuildRequest`]) and its translation into a `SolveRequest`
+//! for the `dockerfile.v0` frontend.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use bollard_buildkit_proto::moby::buildkit::v1 as control;
+
+use super::Error;
+use super::llb;
+use super::worker::WorkerKind;
+
+/// Where the build context comes from. BuildKit fetches it itself; there is
+/// no local file sync.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Context {
+    /// A git repository: `git://`, `https://…/repo.git`, `git@host:repo.git`.
+    Git {
+        /// Repository URL without the `#fragment`.
+        url: String,
+        /// Branch, tag or commit. When `None`, BuildKit picks: v0.8 (Docker
+        /// 20.10) always uses `master`, newer releases the remote's default
+        /// branch — so set it.
+        reference: Option<String>,
+        /// Subdirectory of the checkout to use as the context.
+        subdir: Option<String>,
+    },
+    /// An http(s) URL of a tar archive (optionally gzip/bzip2/xz compressed),
+    /// e.g. the agent's loopback server for uploaded contexts.
+    Http {
+        /// The archive's URL.
+        url: String,
+    },
+}
+
+impl Context {
+    /// Parses the `buildctl`/`docker build` context syntax: a git URL with
+    /// optional `#ref:subdir`, or an http(s) URL of a tarball. An http(s) URL is
+    /// git when its path ends in `.git` (as BuildKit decides).
+    pub fn parse(s: &str) -> Result<Self, Error> {
+        let s = s.trim();
+        let (base, fragment) = match s.split_once('#') {
+            Some((b, f)) => (b, Some(f)),
+            None => (s, None),
+        };
+        let is_http = base.starts_with("http://") || base.starts_with("https://");
+        let is_git = base.starts_with("git://")
+            || base.starts_with("git@")
+            || base.starts_with("ssh://")
+            || base.starts_with("github.com/")
+            || (is_http && base.ends_with(".git"));
+        if is_git {
+            let (reference, subdir) = match fragment {
+                Some(f) => match f.split_once(':') {
+                    Some((r, d)) => (r, d),
+                    None => (f, ""),
+                },
+                None => ("", ""),
+            };
+            let opt = |v: &str| (!v.is_empty()).then(|| v.to_string());
+            return Ok(Context::Git {
+                url: base.to_string(),
+                reference: opt(reference),
+                subdir: opt(subdir),
+            });
+        }
+        if is_http {
+            if fragment.is_some() {
+                return Err(Error::InvalidRequest(format!(
+                    "context {s:?}: a #fragment is only meaningful for git URLs (end the repository URL in .git)"
+                )));
+            }
+            return Ok(Context::Http { url: s.to_string() });
+        }
+        Err(Error::InvalidRequest(format!(
+            "context {s:?} is neither a git URL (git://, https://….git, git@…) nor an http(s) tarball URL"
+        )))
+    }
+
+    /// The `#ref:subdir` fragment of a git context.
+    fn git_fragment(reference: &Option<String>, subdir: &Option<String>) -> String {
+        let r = reference.as_deref().unwrap_or("");
+        match subdir.as_deref().map(|d| d.trim_matches('/')) {
+            Some(d) if !d.is_empty() => format!("{r}:{d}"),
+            _ => r.to_string(),
+        }
+    }
+
+    /// The value of the frontend's `context` attribute.
+    pub fn to_url(&self) -> String {
+        match self {
+            Context::Git { url, reference, subdir } => {
+                let frag = Self::git_fragment(reference, subdir);
+                if frag.is_empty() {
+                    url.clone()
+                } else {
+                    format!("{url}#{frag}")
+                }
+            }
+            Context::Http { url } => url.clone(),
+        }
+    }
+
+    /// True when the dockerfile frontend recognises this URL as git by itself
+    /// (BuildKit v0.8 `detectGitContext`).
+    fn frontend_detects_git(url: &str) -> bool {
+        url.starts_with("git://")
+            || url.starts_with("git@")
+            || url.starts_with("github.com/")
+            || ((url.starts_with("http://") || url.starts_with("https://")) && url.ends_with(".git"))
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        match self {
+            Context::Git { url, reference, .. } => {
+                if url.is_empty() || url.contains('#') {
+                    return Err(Error::InvalidRequest(format!(
+                        "git context url {url:?} must be non-empty and carry no #fragment (use reference/subdir)"
+                    )));
+                }
+                if reference.as_deref().is_some_and(|r| r.contains(':')) {
+                    return Err(Error::InvalidRequest(format!(
+                        "git reference {reference:?} must not contain ':'"
+                    )));
+                }
+            }
+            Context::Http { url } => {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(Error::InvalidRequest(format!(
+                        "http context {url:?} must start with http:// or https://"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The git subdirectory, normalised (`None` for the repository root).
+    fn subdir(&self) -> Option<String> {
+        match self {
+            Context::Git { subdir: Some(d), .. } => {
+                let d = d.trim_matches('/');
+                (!d.is_empty() && d != ".").then(|| d.to_string())
+            }
+            _ => None,
+        }
+    }
+
+    /// The context's URL for the frontend, *without* a git subdirectory:
+    /// BuildKit v0.8's git source rejects `#ref:subdir` ("subdir not
+    /// supported yet"), so the subdirectory goes in the frontend's
+    /// `contextsubdir` attribute instead, which every version honours.
+    fn frontend_url(&self) -> String {
+        match self {
+            Context::Git { url, reference, .. } => match reference.as_deref() {
+                Some(r) if !r.is_empty() => format!("{url}#{r}"),
+                _ => url.clone(),
+            },
+            Context::Http { url } => url.clone(),
+        }
+    }
+
+    /// This context (without a git subdirectory, see [`Self::frontend_url`])
+    /// as an LLB definition, for `FrontendInputs["context"]`.
+    fn to_llb(&self) -> bollard_buildkit_proto::pb::Definition {
+        match self {
+            Context::Git { url, reference, .. } => llb::git_context(url, reference.as_deref().unwrap_or("")),
+            Context::Http { url } => llb::http_tarball_context(url),
+        }
+    }
+}
+
+/// Which Dockerfile to build.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Dockerfile {
+    /// A path inside the context (`Dockerfile`, `docker/app.Dockerfile`).
+    Path(String),
+    /// The Dockerfile's text, given directly.
+    Inline(String),
+}
+
+impl Default for Dockerfile {
+    fn default() -> Self {
+        Dockerfile::Path("Dockerfile".to_string())
+    }
+}
+
+/// Where the image goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Export {
+    /// Image references to create (`registry/app:tag`); may be empty.
+    pub names: Vec<String>,
+    /// Push to the registry (containerd/OCI workers only).
+    pub push: bool,
+    /// Unpack into the worker's snapshotter, so containers start without an
+    /// unpack step (containerd worker).
+    pub unpack: bool,
+}
+
+/// Network for `RUN` steps (the frontend's `force-network-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Network {
+    /// BuildKit's default (a sandboxed network with outbound access). On
+    /// Docker started with `--bridge=none` this fails (`could not find bridge
+    /// docker0`): use [`Network::None`] there.
+    #[default]
+    Default,
+    /// No network at all in `RUN` steps.
+    None,
+    /// The host's network; needs the daemon to allow the `network.host`
+    /// entitlement.
+    Host,
+}
+
+/// One Dockerfile build.
+///
+/// `Debug` prints secret ids but never their values, and no registry credentials.
+#[derive(Clone)]
+pub struct BuildRequest {
+    /// The build context.
+    pub context: Context,
+    /// The Dockerfile: a path in the context, or inline text.
+    pub dockerfile: Dockerfile,
+    /// The stage to build (`--target`).
+    pub target: Option<String>,
+    /// `ARG` values (`--build-arg`).
+    pub build_args: BTreeMap<String, String>,
+    /// Image labels (`--label`).
+    pub labels: BTreeMap<String, String>,
+    /// Target platforms (`linux/amd64`, …); the worker's default when empty.
+    pub platforms: Vec<String>,
+    /// Ignore the build cache for every stage.
+    pub no_cache: bool,
+    /// Exporter settings.
+    pub export: Export,
+    /// Build secrets by id, for `RUN --mount=type=secret,id=…`. Served by the
+    /// session's Secrets service; masked out of logs, progress and errors.
+    pub secrets: BTreeMap<String, Vec<u8>>,
+    /// Registry credentials as Docker config JSON (the `.dockerconfigjson` of
+    /// a `kubernetes.io/dockerconfigjson` Secret), for private base images and
+    /// `push`.
+    pub registry_auth: Option<Vec<u8>>,
+    /// Network of `RUN` steps.
+    pub network: Network,
+    /// Extra frontend attributes passed verbatim (escape hatch; e.g.
+    /// `image-resolve-mode`, `add-hosts`). They override kiln's own.
+    pub extra_frontend_attrs: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for BuildRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secrets: Vec<String> = self
+            .secrets
+            .iter()
+            .map(|(k, v)| format!("{k}=<{} bytes redacted>", v.len()))
+            .collect();
+        f.debug_struct("BuildRequest")
+            .field("context", &self.context)
+            .field("dockerfile", &self.dockerfile)
+            .field("target", &self.target)
+            .field("build_args", &self.build_args)
+            .field("labels", &self.labels)
+            .field("platforms", &self.platforms)
+            .field("no_cache", &self.no_cache)
+            .field("export", &self.export)
+            .field("secrets", &secrets)
+            .field(
+                "registry_auth",
+                &self
+                    .registry_auth
+                    .as_ref()
+                    .map(|a| format!("<{} bytes redacted>", a.len())),
+            )
+            .field("network", &self.network)
+            .field("extra_frontend_attrs", &self.extra_frontend_attrs)
+            .finish()
+    }
+}
+
+impl BuildRequest {
+    /// A request for `context` with the given Dockerfile and defaults elsewhere.
+    pub fn new(context: Context, dockerfile: Dockerfile) -> Self {
+        BuildRequest {
+            context,
+            dockerfile,
+            target: None,
+            build_args: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            platforms: Vec::new(),
+            no_cache: false,
+            export: Export::default(),
+            secrets: BTreeMap::new(),
+            registry_auth: None,
+            network: Network::default(),
+            extra_frontend_attrs: BTreeMap::new(),
+        }
+    }
+
+    /// Checks the request without contacting BuildKit.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.context.validate()?;
+        match &self.dockerfile {
+            Dockerfile::Path(p) if p.trim().is_empty() => {
+                return Err(Error::InvalidRequest("the Dockerfile path is empty".into()));
+            }
+            Dockerfile::Inline(t) if t.trim().is_empty() => {
+                return Err(Error::InvalidRequest("the inline Dockerfile is empty".into()));
+            }
+            _ => {}
+        }
+        for k in self.build_args.keys().chain(self.labels.keys()) {
+            if k.is_empty() || k.contains('=') {
+                return Err(Error::InvalidRequest(format!(
+                    "build arg / label name {k:?} must be non-empty and contain no '='"
+                )));
+            }
+        }
+        for id in self.secrets.keys() {
+            if id.is_empty() || id.contains(',') || id.contains('=') {
+                return Err(Error::InvalidRequest(format!(
+                    "secret id {id:?} must be non-empty and contain no ',' or '='"
+                )));
+            }
+        }
+        for p in &self.platforms {
+            let parts: Vec<&str> = p.split('/').collect();
+            if !(2..=3).contains(&parts.len()) || parts.iter().any(|s| s.is_empty()) {
+                return Err(Error::InvalidRequest(format!(
+                    "platform {p:?} must look like os/arch or os/arch/variant"
+                )));
+            }
+        }
+        for n in &self.export.names {
+            if n.is_empty() || n.contains(',') || n.chars().any(char::is_whitespace) {
+                return Err(Error::InvalidRequest(format!(
+                    "image name {n:?} must be a single non-empty reference"
+                )));
+            }
+        }
+        if self.export.push && self.export.names.is_empty() {
+            return Err(Error::InvalidRequest("push needs at least one image name".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The exporter for a worker: `moby` on Docker, `image` elsewhere.
+pub(crate) fn exporter_for(export: &Export, worker: WorkerKind) -> Result<(String, HashMap<String, String>), Error> {
+    let mut attrs = HashMap::new();
+    if !export.names.is_empty() {
+        attrs.insert("name".to_string(), export.names.join(","));
+    }
+    match worker {
+        WorkerKind::Moby => {
+            if export.push {
+                return Err(Error::InvalidRequest(
+                    "push is not possible on Docker's embedded BuildKit: its moby exporter only stores into Docker's image store".into(),
+                ));
+            }
+            Ok(("moby".to_string(), attrs))
+        }
+        WorkerKind::Containerd | WorkerKind::Oci | WorkerKind::Unknown => {
+            attrs.insert("push".to_string(), export.push.to_string());
+            attrs.insert("unpack".to_string(), export.unpack.to_string());
+            Ok(("image".to_string(), attrs))
+        }
+    }
+}
+
+/// Builds the `SolveRequest` for the `dockerfile.v0` frontend.
+///
+/// Exporter fields 3/4 (read by BuildKit ≤ v0.12, and Docker 20.10) and 13
+/// (v0.13+) are both set, as BuildKit's own Go client does.
+pub(crate) fn solve_request(
+    req: &BuildRequest,
+    build_ref: &str,
+    session_id: &str,
+    worker: WorkerKind,
+) -> Result<control::SolveRequest, Error> {
+    req.validate()?;
+    let context = &req.context;
+    let mut attrs: HashMap<String, String> = HashMap::new();
+    let mut inputs = HashMap::new();
+
+    let subdir = context.subdir();
+    if let Some(d) = &subdir {
+        attrs.insert("contextsubdir".into(), d.clone());
+    }
+    match &req.dockerfile {
+        Dockerfile::Path(path) => {
+            // The frontend reads the Dockerfile from the unscoped checkout,
+            // so a path relative to the subdirectory gets it as a prefix.
+            let path = path.trim_start_matches("./").trim_start_matches('/');
+            let filename = match &subdir {
+                Some(d) => format!("{d}/{path}"),
+                None => path.to_string(),
+            };
+            attrs.insert("filename".into(), filename);
+            let native = match context {
+                Context::Git { url, .. } => Context::frontend_detects_git(url),
+                Context::Http { .. } => true,
+            };
+            if native {
+                attrs.insert("context".into(), context.frontend_url());
+            } else {
+                // The frontend would take an https URL without `.git` for a
+                // tarball: hand it the git checkout as both inputs instead.
+                let def = context.to_llb();
+                inputs.insert("context".to_string(), def.clone());
+                inputs.insert("dockerfile".to_string(), def);
+            }
+        }
+        Dockerfile::Inline(text) => {
+            // With a `context` attribute the frontend ignores its inputs
+            // (BuildKit v0.8 builder/build.go), so the context goes in as an
+            // input too, built from the same URL.
+            attrs.insert("filename".into(), "Dockerfile".into());
+            inputs.insert("context".to_string(), context.to_llb());
+            inputs.insert(
+                "dockerfile".to_string(),
+                llb::single_file("Dockerfile", text.as_bytes()),
+            );
+        }
+    }
+    if let Some(t) = req.target.as_deref().filter(|t| !t.is_empty()) {
+        attrs.insert("target".into(), t.to_string());
+    }
+    for (k, v) in &req.build_args {
+        attrs.insert(format!("build-arg:{k}"), v.clone());
+    }
+    for (k, v) in &req.labels {
+        attrs.insert(format!("label:{k}"), v.clone());
+    }
+    if !req.platforms.is_empty() {
+        attrs.insert("platform".into(), req.platforms.join(","));
+    }
+    if req.no_cache {
+        attrs.insert("no-cache".into(), String::new());
+    }
+    let mut entitlements = Vec::new();
+    match req.network {
+        Network::Default => {}
+        Network::None => {
+            attrs.insert("force-network-mode".into(), "none".into());
+        }
+        Network::Host => {
+            attrs.insert("force-network-mode".into(), "host".into());
+            entitlements.push("network.host".to_string());
+        }
+    }
+    for (k, v) in &req.extra_frontend_attrs {
+        attrs.insert(k.clone(), v.clone());
+    }
+
+    let (exporter, exporter_attrs) = exporter_for(&req.export, worker)?;
+    Ok(control::SolveRequest {
+        r#ref: build_ref.to_string(),
+        session: session_id.to_string(),
+        frontend: "dockerfile.v0".to_string(),
+        frontend_attrs: attrs,
+        frontend_inputs: inputs,
+        exporter_deprecated: exporter.clone(),
+        exporter_attrs_deprecated: exporter_attrs.clone(),
+        exporters: vec![control::Exporter {
+            r#type: exporter,
+            attrs: exporter_attrs,
+        }],
+        entitlements,
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn git(url: &str, r: Option<&str>, d: Option<&str>) -> Context {
+        Context::Git {
+            url: url.into(),
+            reference: r.map(Into::into),
+            subdir: d.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn parses_contexts() {
+        assert_eq!(
+            Context::parse("https://github.com/org/app.git#main:docker").unwrap(),
+            git("https://github.com/org/app.git", Some("main"), Some("docker"))
+        );
+        assert_eq!(
+            Context::parse("git://127.0.0.1/r.git#:sub").unwrap(),
+            git("git://127.0.0.1/r.git", None, Some("sub"))
+        );
+        assert_eq!(
+            Context::parse("git@github.com:org/app.git#v1").unwrap(),
+            git("git@github.com:org/app.git", Some("v1"), None)
+        );
+        assert_eq!(
+            Context::parse("http://127.0.0.1:8080/sha256:abc.tar").unwrap(),
+            Context::Http {
+                url: "http://127.0.0.1:8080/sha256:abc.tar".into()
+            }
+        );
+        assert!(Context::parse("./local/dir").is_err());
+        assert!(Context::parse("https://host/ctx.tar#frag").is_err());
+        assert_eq!(
+            git("git://h/r.git", Some("main"), Some("/a/b/")).to_url(),
+            "git://h/r.git#main:a/b"
+        );
+    }
+
+    fn base() -> BuildRequest {
+        BuildRequest::new(
+            Context::Http {
+                url: "http://127.0.0.1:1/c.tar".into(),
+            },
+            Dockerfile::Path("Dockerfile".into()),
+        )
+    }
+
+    #[test]
+    fn solve_request_sets_legacy_and_new_exporter_fields() {
+        let mut r = base();
+        r.export.names = vec!["a:1".into(), "b:2".into()];
+        r.export.unpack = true;
+        let s = solve_request(&r, "ref1", "sess1", WorkerKind::Containerd).unwrap();
+        assert_eq!(s.exporter_deprecated, "image");
+        assert_eq!(s.exporter_attrs_deprecated["name"], "a:1,b:2");
+        assert_eq!(s.exporter_attrs_deprecated["unpack"], "true");
+        assert_eq!(s.exporter_attrs_deprecated["push"], "false");
+        assert_eq!(s.exporters.len(), 1);
+        assert_eq!(s.exporters[0].r#type, "image");
+        assert_eq!(s.frontend, "dockerfile.v0");
+        assert_eq!(s.session, "sess1");
+        assert_eq!(s.r#ref, "ref1");
+        assert_eq!(s.frontend_attrs["context"], "http://127.0.0.1:1/c.tar");
+
+        let m = solve_request(&r, "ref1", "sess1", WorkerKind::Moby).unwrap();
+        assert_eq!(m.exporter_deprecated, "moby");
+        assert_eq!(m.exporter_attrs_deprecated.len(), 1);
+        r.export.push = true;
+        assert!(solve_request(&r, "ref1", "sess1", WorkerKind::Moby).is_err());
+    }
+
+    #[test]
+    fn frontend_attrs() {
+        let mut r = base();
+        r.target = Some("final".into());
+        r.build_args.insert("V".into(), "1".into());
+        r.labels.insert("org.example".into(), "x".into());
+        r.platforms = vec!["linux/amd64".into(), "linux/arm64".into()];
+        r.no_cache = true;
+        r.network = Network::None;
+        let s = solve_request(&r, "r", "s", WorkerKind::Moby).unwrap();
+        let a = &s.frontend_attrs;
+        assert_eq!(a["target"], "final");
+        assert_eq!(a["build-arg:V"], "1");
+        assert_eq!(a["label:org.example"], "x");
+        assert_eq!(a["platform"], "linux/amd64,linux/arm64");
+        assert_eq!(a["no-cache"], "");
+        assert_eq!(a["force-network-mode"], "none");
+        assert!(s.entitlements.is_empty());
+        r.network = Network::Host;
+        let s = solve_request(&r, "r", "s", WorkerKind::Moby).unwrap();
+        assert_eq!(s.entitlements, vec!["network.host".to_string()]);
+    }
+
+    #[test]
+    fn git_subdir_becomes_contextsubdir() {
+        let r = BuildRequest::new(
+            git("git://h/r.git", Some("v1"), Some("/app/")),
+            Dockerfile::Path("./docker/Dockerfile".into()),
+        );
+        let s = solve_request(&r, "r", "s", WorkerKind::Moby).unwrap();
+        assert_eq!(s.frontend_attrs["context"], "git://h/r.git#v1");
+        assert_eq!(s.frontend_attrs["contextsubdir"], "app");
+        assert_eq!(s.frontend_attrs["filename"], "app/docker/Dockerfile");
+        let mut r = r;
+        r.dockerfile = Dockerfile::Inline("FROM scratch".into());
+        let s = solve_request(&r, "r", "s", WorkerKind::Moby).unwrap();
+        assert_eq!(s.frontend_attrs["contextsubdir"], "app");
+        assert_eq!(s.frontend_attrs["filename"], "Dockerfile");
+    }
+
+    #[test]
+    fn inline_dockerfile_goes_in_as_inputs() {
+        let mut r = base();
+        r.dockerfile = Dockerfile::Inline("FROM scratch\n".into());
+        let s = solve_request(&r, "r", "s", WorkerKind::Moby).unwrap();
+        assert!(!s.frontend_attrs.contains_key("context"));
+        assert!(s.frontend_inputs.contains_key("context"));
+        assert!(s.frontend_inputs.contains_key("dockerfile"));
+    }
+
+    #[test]
+    fn https_git_without_dot_git_uses_inputs() {
+        let r = BuildRequest::new(
+            git("https://example.com/org/repo", Some("main"), None),
+            Dockerfile::Path("Dockerfile".into()),
+        );
+        let s = solve_request(&r, "r", "s", WorkerKind::Moby).unwrap();
+        assert!(!s.frontend_attrs.contains_key("context"));
+        assert_eq!(s.frontend_inputs.len(), 2);
+    }
+
+    #[test]
+    fn debug_redacts_secrets_and_auth() {
+        let mut r = base();
+        r.secrets.insert("token".into(), b"hunter2-very-secret".to_vec());
+        r.registry_auth = Some(br#"{"auths":{"x":{"auth":"c2VjcmV0"}}}"#.to_vec());
+        let d = format!("{r:?}");
+        assert!(d.contains("token=<19 bytes redacted>"), "{d}");
+        assert!(!d.contains("hunter2"), "{d}");
+        assert!(!d.contains("c2VjcmV0"), "{d}");
+    }
+
+    #[test]
+    fn validation() {
+        let mut r = base();
+        r.platforms = vec!["amd64".into()];
+        assert!(r.validate().is_err());
+        let mut r = base();
+        r.secrets.insert(String::new(), vec![]);
+        assert!(r.validate().is_err());
+        let mut r = base();
+        r.export.push = true;
+        assert!(r.validate().is_err());
+    }
+}
