@@ -36,7 +36,9 @@ pub fn controller_rbac(o: &Options) -> Vec<Value> {
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
         "metadata": {"name": "kiln-controller"},
         "rules": [
-            rule(&["kiln.dev"], &["imagebuilds", "builderpools"], &["get", "list", "watch", "patch", "update"]),
+            // ImageBuilds are deleted when ttlSecondsAfterFinished runs out.
+                   rule(&["kiln.dev"], &["imagebuilds"], &["get", "list", "watch", "patch", "update", "delete"]),
+                   rule(&["kiln.dev"], &["builderpools"], &["get", "list", "watch", "patch", "update"]),
             rule(&["kiln.dev"], &["imagebuilds/status", "builderpools/status"], &["get", "patch", "update"]),
             rule(&["kiln.dev"], &["imagebuilds/finalizers", "builderpools/finalizers"], &["update"]),
             rule(&["kiln.dev"], &["nodebuilds"], &["get", "list", "watch", "create", "patch", "update", "delete"]),

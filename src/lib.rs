@@ -4,6 +4,7 @@
 //! `BuilderPool`s and `ImageBuild`s, the agent runs each node's builds on its BuildKit, and the
 //! CLI is the front door. The roles meet only through Kubernetes objects.
 
+pub mod agent;
 pub mod api;
 pub mod buildkit;
 pub mod cli;

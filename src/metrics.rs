@@ -33,9 +33,18 @@ pub struct ControllerLabels {
     pub controller: String,
 }
 
+/// Labels of build results.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `succeeded` or `failed`.
+    pub result: String,
+}
+
 /// All metrics of one process.
 pub struct Metrics {
     registry: Mutex<Registry>,
+    builds: Family<ResultLabels, Counter>,
+    build_durations: Family<ResultLabels, Histogram>,
     reconciles: Family<ReconcileLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     durations: Family<ControllerLabels, Histogram>,
@@ -60,8 +69,20 @@ impl Default for Metrics {
             "Time spent in one reconcile",
             durations.clone(),
         );
+        let builds = Family::<ResultLabels, Counter>::default();
+        let build_durations = Family::<ResultLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.25, 2.0, 14))
+        });
+        registry.register("builds", "Finished ImageBuilds by result", builds.clone());
+        registry.register(
+            "build_duration_seconds",
+            "ImageBuild duration from first dispatch to result",
+            build_durations.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
+            builds,
+            build_durations,
             reconciles,
             errors,
             durations,
@@ -92,6 +113,13 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Records a finished ImageBuild.
+    pub fn build_finished(&self, result: &str, seconds: f64) {
+        let labels = ResultLabels { result: result.into() };
+        self.builds.get_or_create(&labels).inc();
+        self.build_durations.get_or_create(&labels).observe(seconds);
     }
 
     /// Lets other modules register their own metrics.

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod agent;
 mod controller;
 mod crds;
 mod manifests;
@@ -39,6 +40,8 @@ enum Command {
     Manifests(manifests::Args),
     /// Run the controller: BuilderPools to builder DaemonSets, ImageBuilds to node builds.
     Controller(controller::Args),
+    /// Run a node's agent: heartbeat its BuildKit and run the node's builds.
+    Agent(agent::Args),
 }
 
 /// Output formats for commands that print data.
@@ -61,6 +64,10 @@ impl Cli {
             Command::Controller(args) => {
                 init_logging();
                 controller::run(args)
+            }
+            Command::Agent(args) => {
+                init_logging();
+                agent::run(args)
             }
         };
         ExitCode::from(code)

@@ -14,13 +14,14 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use tracing::{info, warn};
 
-use crate::api::BuilderPool;
 use crate::api::heartbeat::HEARTBEAT_LABEL;
+use crate::api::{BuilderPool, ImageBuild, NodeBuild};
 use crate::http::{self, Reply};
 use crate::leader::{self, Elector};
 use crate::metrics::Metrics;
@@ -40,6 +41,8 @@ pub struct Context {
     pub agent_image: String,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Publishes events on the objects it reconciles.
+    pub recorder: Recorder,
 }
 
 /// Controller errors.
@@ -161,15 +164,24 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         namespace: settings.namespace.clone(),
         agent_image: settings.agent_image.clone(),
         metrics,
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "kiln-controller".into(),
+                instance: Some(settings.identity.clone()),
+            },
+        ),
     });
-    let pools = pool_controller(ctx);
+    let controllers = async {
+        tokio::join!(pool_controller(ctx.clone()), build_controller(ctx));
+    };
     if settings.leader_election {
         tokio::select! {
-            () = pools => Ok(()),
+            () = controllers => Ok(()),
             lost = elector.keep() => Err(lost.into()),
         }
     } else {
-        pools.await;
+        controllers.await;
         Ok(())
     }
 }
@@ -204,6 +216,59 @@ async fn pool_controller(ctx: Arc<Context>) {
             }
         })
         .await;
+}
+
+async fn build_controller(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let heartbeats = watcher::Config::default().labels(&format!("{HEARTBEAT_LABEL}=true"));
+    let controller = Controller::new(Api::<ImageBuild>::all(client.clone()), watcher::Config::default());
+    let store = controller.store();
+    // A heartbeat (a builder appearing, going, or freeing a slot) wakes the unfinished builds
+    // of its pool, so an unschedulable build starts as soon as a builder is ready.
+    let waiting = move |lease: Lease| {
+        let pool = pool::reconcile::pool_of_lease(&lease);
+        store
+            .state()
+            .iter()
+            .filter(|b| Some(b.spec.pool()) == pool.as_deref())
+            .filter(|b| {
+                !b.status.as_ref().and_then(|s| s.phase).is_some_and(|p| {
+                    matches!(
+                        p,
+                        crate::api::image_build::BuildPhase::Succeeded | crate::api::image_build::BuildPhase::Failed
+                    )
+                })
+            })
+            .map(|b| ObjectRef::from_obj(&**b))
+            .collect::<Vec<_>>()
+    };
+    controller
+        .owns(Api::<NodeBuild>::all(client.clone()), watcher::Config::default())
+        .watches(Api::<Lease>::namespaced(client, &ctx.namespace), heartbeats, waiting)
+        .shutdown_on_signal()
+        .run(timed_build_reconcile, build_error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                warn!(error = %e, "build reconcile failed");
+            }
+        })
+        .await;
+}
+
+async fn timed_build_reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let start = Instant::now();
+    let result = build::reconcile::reconcile(build, ctx.clone()).await;
+    ctx.metrics.reconciled(
+        "imagebuild",
+        start.elapsed().as_secs_f64(),
+        result.as_ref().err().map(Error::category),
+    );
+    result
+}
+
+fn build_error_policy(_build: Arc<ImageBuild>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(%error, "ImageBuild reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(2))
 }
 
 async fn timed_pool_reconcile(pool: Arc<BuilderPool>, ctx: Arc<Context>) -> Result<Action, Error> {

@@ -3,6 +3,7 @@
 
 pub mod apiserver;
 pub mod docker;
+pub mod e2e;
 pub mod git;
 pub mod http;
 pub mod kiln;

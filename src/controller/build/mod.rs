@@ -5,4 +5,5 @@ pub mod naming;
 pub mod plan;
 #[cfg(test)]
 mod plan_tests;
+pub mod reconcile;
 pub mod schedule;

@@ -1,0 +1,477 @@
+//! Runs this node's NodeBuilds on the local BuildKit.
+//!
+//! A label-selected watch sees only NodeBuilds bound to this node and pool. Each unfinished one
+//! runs once a build slot is free (`--max-concurrent-builds`; the rest report `Queued` with
+//! their position). Progress goes to status at most about once a second, the final state
+//! always. Cancellation (`spec.cancel`, deletion, or the deadline) cancels the BuildKit solve.
+//! An attempt left `Running` by an earlier agent instance is failed with `AgentRestarted`, so
+//! the controller retries it instead of waiting forever.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tokio::sync::{Mutex, Semaphore, watch};
+use tracing::{info, warn};
+
+use super::logs::LogStore;
+use super::{Settings, State};
+use crate::api::image_build::{DigestKind as ApiDigestKind, Progress};
+use crate::api::node_build::{NODE_LABEL, NodeBuild, NodeBuildPhase, NodeBuildStatus, POOL_LABEL};
+use crate::api::recipe::{BuildRecipe, BuildSource};
+use crate::api::reference::Reference;
+use crate::buildkit::{
+    self, BuildRequest, Client as BuildKit, Context, DigestKind, Dockerfile, PlainRenderer, ProgressEvent,
+};
+
+/// Field manager of the agent's status writes.
+pub const STATUS_FIELD_MANAGER: &str = "kiln-agent";
+/// Minimum time between two progress writes of one build.
+const THROTTLE: Duration = Duration::from_secs(1);
+
+/// Why a running build is being stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    Run,
+    Cancel,
+    Deleted,
+}
+
+struct Tracked {
+    stop: watch::Sender<Stop>,
+}
+
+/// The executor's shared pieces.
+pub struct Executor {
+    client: Client,
+    settings: Settings,
+    state: Arc<State>,
+    logs: LogStore,
+    slots: Arc<Semaphore>,
+    tracked: Mutex<HashMap<(String, String), Tracked>>,
+    queue: Mutex<Vec<(String, String)>>,
+}
+
+impl Executor {
+    /// An executor for this node.
+    pub fn new(client: Client, settings: Settings, state: Arc<State>, logs: LogStore) -> Arc<Self> {
+        let slots = Arc::new(Semaphore::new(
+            usize::try_from(settings.max_concurrent_builds).unwrap_or(1).max(1),
+        ));
+        Arc::new(Self {
+            client,
+            settings,
+            state,
+            logs,
+            slots,
+            tracked: Mutex::default(),
+            queue: Mutex::default(),
+        })
+    }
+
+    /// Watches this node's NodeBuilds and runs them, forever.
+    pub async fn run(self: Arc<Self>) {
+        let api: Api<NodeBuild> = Api::all(self.client.clone());
+        let selector = format!(
+            "{NODE_LABEL}={},{POOL_LABEL}={}",
+            self.settings.node, self.settings.pool
+        );
+        let mut stream = watcher(api, watcher::Config::default().labels(&selector)).boxed();
+        loop {
+            match stream.try_next().await {
+                Ok(Some(event)) => match event {
+                    watcher::Event::Apply(nb) | watcher::Event::InitApply(nb) => self.clone().observe(nb).await,
+                    watcher::Event::Delete(nb) => self.deleted(&nb).await,
+                    watcher::Event::Init | watcher::Event::InitDone => {}
+                },
+                Ok(None) => return,
+                Err(e) => {
+                    warn!(error = %e, "NodeBuild watch failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    async fn observe(self: Arc<Self>, nb: NodeBuild) {
+        let key = (nb.namespace().unwrap_or_default(), nb.name_any());
+        let status = nb.status.clone().unwrap_or_default();
+        if status.phase.is_some_and(NodeBuildPhase::is_finished) {
+            return;
+        }
+        if let Some(t) = self.tracked.lock().await.get(&key) {
+            if nb.spec.cancel {
+                let _ = t.stop.send(Stop::Cancel);
+            }
+            return;
+        }
+        // Left running by an earlier instance of this agent: BuildKit's solve died with it.
+        let ours = status.agent.as_deref() == Some(self.settings.identity.as_str());
+        if status.phase == Some(NodeBuildPhase::Running) && !ours {
+            info!(node_build = %key.1, "failing an attempt an earlier agent instance left running");
+            let done = finished(
+                &self.settings,
+                NodeBuildPhase::Failed,
+                "AgentRestarted",
+                "the agent restarted while this attempt was running; the controller retries it",
+                &status,
+            );
+            self.write(&nb, &done).await;
+            return;
+        }
+        if nb.spec.cancel {
+            let done = finished(
+                &self.settings,
+                NodeBuildPhase::Cancelled,
+                "Cancelled",
+                "cancelled before it started",
+                &status,
+            );
+            self.write(&nb, &done).await;
+            return;
+        }
+        let (tx, rx) = watch::channel(Stop::Run);
+        self.tracked.lock().await.insert(key.clone(), Tracked { stop: tx });
+        self.queue.lock().await.push(key.clone());
+        self.state.queued.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            self.execute(nb, rx).await;
+            self.tracked.lock().await.remove(&key);
+        });
+    }
+
+    async fn deleted(&self, nb: &NodeBuild) {
+        let key = (nb.namespace().unwrap_or_default(), nb.name_any());
+        if let Some(t) = self.tracked.lock().await.get(&key) {
+            let _ = t.stop.send(Stop::Deleted);
+        }
+    }
+
+    async fn execute(self: &Arc<Self>, nb: NodeBuild, mut stop: watch::Receiver<Stop>) {
+        let key = (nb.namespace().unwrap_or_default(), nb.name_any());
+        let mut status = nb.status.clone().unwrap_or_default();
+        status.phase = Some(NodeBuildPhase::Queued);
+        status.agent = Some(self.settings.identity.clone());
+        status.queue_position = self.queue_position(&key).await;
+        self.write(&nb, &status).await;
+
+        // Wait for a slot (or a cancellation).
+        let permit = tokio::select! {
+            p = self.slots.clone().acquire_owned() => p.ok(),
+            _ = stopped(&mut stop) => None,
+        };
+        self.queue.lock().await.retain(|k| k != &key);
+        self.state.queued.fetch_sub(1, Ordering::Relaxed);
+        let Some(_permit) = permit else {
+            if *stop.borrow() == Stop::Cancel {
+                self.write(
+                    &nb,
+                    &finished(
+                        &self.settings,
+                        NodeBuildPhase::Cancelled,
+                        "Cancelled",
+                        "cancelled while queued",
+                        &status,
+                    ),
+                )
+                .await;
+            }
+            return;
+        };
+        self.state.running.fetch_add(1, Ordering::Relaxed);
+        let outcome = self.build(&nb, &mut status, &mut stop).await;
+        self.state.running.fetch_sub(1, Ordering::Relaxed);
+        if let Some(done) = outcome {
+            self.write(&nb, &done).await;
+        }
+    }
+
+    /// Runs one build; returns the final status to write (none when the NodeBuild is gone).
+    async fn build(
+        &self,
+        nb: &NodeBuild,
+        status: &mut NodeBuildStatus,
+        stop: &mut watch::Receiver<Stop>,
+    ) -> Option<NodeBuildStatus> {
+        let ns = nb.namespace().unwrap_or_default();
+        let name = nb.name_any();
+        status.phase = Some(NodeBuildPhase::Running);
+        status.queue_position = None;
+        status.start_time = Some(Time(Timestamp::now()));
+        self.write(nb, status).await;
+
+        let request = match self.request(&ns, &nb.spec.build).await {
+            Ok(r) => r,
+            Err((reason, message)) => {
+                return Some(finished(
+                    &self.settings,
+                    NodeBuildPhase::Failed,
+                    reason,
+                    &message,
+                    status,
+                ));
+            }
+        };
+        let buildkit = match BuildKit::connect(&self.settings.buildkit, self.settings.tls.clone()).await {
+            Ok(c) => c,
+            Err(e) => {
+                return Some(finished(
+                    &self.settings,
+                    NodeBuildPhase::Failed,
+                    reason_of(&e),
+                    &e.to_string(),
+                    status,
+                ));
+            }
+        };
+        let mut handle = match buildkit.build(request).await {
+            Ok(h) => h,
+            Err(e) => {
+                return Some(finished(
+                    &self.settings,
+                    NodeBuildPhase::Failed,
+                    reason_of(&e),
+                    &e.to_string(),
+                    status,
+                ));
+            }
+        };
+        info!(namespace = %ns, node_build = %name, "build started");
+        let mut log = self.logs.create(&ns, &name);
+        let mut plain = PlainRenderer::new();
+        let mut last_write = Instant::now();
+        let deadline = nb.spec.deadline.as_ref().map(|d| {
+            let left = d.0.duration_since(Timestamp::now());
+            tokio::time::Instant::now() + Duration::try_from(left).unwrap_or_default()
+        });
+        let sleep_until = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => futures::future::pending().await,
+            }
+        };
+        tokio::pin!(sleep_until);
+        let stopped: Option<(&'static str, String)> = loop {
+            tokio::select! {
+                event = handle.next_event() => match event {
+                    Some(event) => {
+                        log.write_lines(&plain.render(&event));
+                        if let ProgressEvent::Progress(summary) = &event {
+                            status.progress = Some(Progress {
+                                completed: i32::try_from(summary.completed).unwrap_or(i32::MAX),
+                                total: i32::try_from(summary.total).unwrap_or(i32::MAX),
+                                cached: Some(i32::try_from(summary.cached).unwrap_or(i32::MAX)),
+                                current: summary.current.clone(),
+                            });
+                            if last_write.elapsed() >= THROTTLE {
+                                self.write(nb, status).await;
+                                last_write = Instant::now();
+                            }
+                        }
+                    }
+                    None => break None,
+                },
+                why = stopped(stop) => {
+                    break Some(if why == Stop::Deleted { ("Deleted", String::new()) } else { ("Cancelled", "cancelled on request".to_owned()) });
+                }
+                () = &mut sleep_until => break Some(("DeadlineExceeded", "the attempt reached its deadline (timeoutSeconds) and was cancelled".to_owned())),
+            }
+        };
+        let result = match &stopped {
+            Some(_) => handle.cancel().await,
+            None => handle.wait().await,
+        };
+        let done = match (stopped, result) {
+            (_, Ok(out)) => {
+                info!(node_build = %name, digest = %out.digest, "build succeeded");
+                let mut s = finished(
+                    &self.settings,
+                    NodeBuildPhase::Succeeded,
+                    "Succeeded",
+                    &format!("built {}", out.image_names.join(", ")),
+                    status,
+                );
+                s.digest = Some(out.digest.clone());
+                s.digest_kind = Some(match out.digest_kind {
+                    DigestKind::Manifest => ApiDigestKind::Manifest,
+                    DigestKind::ImageId => ApiDigestKind::ImageID,
+                });
+                s.config_digest = out.config_digest.clone();
+                s.progress = Some(Progress {
+                    completed: i32::try_from(out.summary.completed).unwrap_or(i32::MAX),
+                    total: i32::try_from(out.summary.total).unwrap_or(i32::MAX),
+                    cached: Some(i32::try_from(out.summary.cached).unwrap_or(i32::MAX)),
+                    current: None,
+                });
+                s
+            }
+            (Some(("Deleted", _)), Err(_)) => return None,
+            (Some((reason, message)), Err(_)) => {
+                info!(node_build = %name, reason, "build stopped");
+                let phase = if reason == "DeadlineExceeded" {
+                    NodeBuildPhase::Failed
+                } else {
+                    NodeBuildPhase::Cancelled
+                };
+                finished(&self.settings, phase, reason, &message, status)
+            }
+            (None, Err(e)) => {
+                info!(node_build = %name, error = %e, "build failed");
+                finished(
+                    &self.settings,
+                    NodeBuildPhase::Failed,
+                    reason_of(&e),
+                    &e.to_string(),
+                    status,
+                )
+            }
+        };
+        log.write_lines(&[format!(
+            "[kiln] {}: {}",
+            done.reason.clone().unwrap_or_default(),
+            done.message.clone().unwrap_or_default()
+        )]);
+        Some(done)
+    }
+
+    /// Turns a recipe into a BuildKit request, reading referenced Secrets (never stored).
+    async fn request(&self, namespace: &str, recipe: &BuildRecipe) -> Result<BuildRequest, (&'static str, String)> {
+        let context = match &recipe.source {
+            BuildSource::Git(g) => Context::Git {
+                url: g.url.clone(),
+                reference: g.reference.clone(),
+                subdir: g.sub_path.clone(),
+            },
+            BuildSource::Http(h) => Context::Http { url: h.url.clone() },
+            BuildSource::Upload(_) => {
+                return Err((
+                    "UnsupportedSource",
+                    "uploaded contexts are not supported by this agent version yet; use a git or http source".into(),
+                ));
+            }
+        };
+        let dockerfile = match (&recipe.dockerfile_inline, &recipe.dockerfile) {
+            (Some(text), _) => Dockerfile::Inline(text.clone()),
+            (None, Some(path)) => Dockerfile::Path(path.clone()),
+            (None, None) => Dockerfile::default(),
+        };
+        let mut request = BuildRequest::new(context, dockerfile);
+        request.target = recipe.target.clone();
+        request.build_args = recipe.build_args.clone();
+        request.labels = recipe.labels.clone();
+        request.platforms = recipe.platforms.clone();
+        request.no_cache = recipe.no_cache;
+        request.network = self.settings.network;
+        let mut names = Vec::new();
+        for r in std::iter::once(&recipe.image).chain(&recipe.additional_tags) {
+            let parsed = Reference::parse(r).map_err(|e| ("InvalidSpec", format!("image {r:?}: {e}")))?;
+            names.push(parsed.tagged().to_string());
+        }
+        request.export = buildkit::Export {
+            names,
+            push: recipe.push.as_ref().is_some_and(|p| p.enabled),
+            unpack: true,
+        };
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        let mut values = BTreeMap::new();
+        for s in &recipe.secrets {
+            let value = secret_value(&secrets, &s.secret_key_ref.name, &s.secret_key_ref.key).await?;
+            values.insert(s.id.clone(), value);
+        }
+        request.secrets = values;
+        if let Some(auth) = recipe.push.as_ref().and_then(|p| p.secret_ref.as_ref()) {
+            request.registry_auth = Some(secret_value(&secrets, &auth.name, ".dockerconfigjson").await?);
+        }
+        Ok(request)
+    }
+
+    async fn queue_position(&self, key: &(String, String)) -> Option<i32> {
+        let queue = self.queue.lock().await;
+        queue.iter().position(|k| k == key).and_then(|p| i32::try_from(p).ok())
+    }
+
+    async fn write(&self, nb: &NodeBuild, status: &NodeBuildStatus) {
+        let api: Api<NodeBuild> = Api::namespaced(self.client.clone(), &nb.namespace().unwrap_or_default());
+        let patch = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "NodeBuild", "status": status});
+        if let Err(e) = api
+            .patch_status(
+                &nb.name_any(),
+                &PatchParams::apply(STATUS_FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+        {
+            warn!(node_build = %nb.name_any(), error = %e, "cannot write NodeBuild status");
+        }
+    }
+}
+
+/// Waits until the build is asked to stop, and says why.
+async fn stopped(stop: &mut watch::Receiver<Stop>) -> Stop {
+    stop.wait_for(|s| *s != Stop::Run)
+        .await
+        .map(|v| *v)
+        .unwrap_or(Stop::Cancel)
+}
+
+async fn secret_value(secrets: &Api<Secret>, name: &str, key: &str) -> Result<Vec<u8>, (&'static str, String)> {
+    let secret = secrets
+        .get_opt(name)
+        .await
+        .map_err(|e| ("SecretNotFound", format!("cannot read Secret {name:?}: {e}")))?
+        .ok_or_else(|| {
+            (
+                "SecretNotFound",
+                format!("Secret {name:?} does not exist in the ImageBuild's namespace"),
+            )
+        })?;
+    secret
+        .data
+        .and_then(|mut d| d.remove(key))
+        .map(|b| b.0)
+        .ok_or_else(|| ("SecretNotFound", format!("Secret {name:?} has no key {key:?}")))
+}
+
+fn finished(
+    settings: &Settings,
+    phase: NodeBuildPhase,
+    reason: &str,
+    message: &str,
+    current: &NodeBuildStatus,
+) -> NodeBuildStatus {
+    let mut s = current.clone();
+    s.phase = Some(phase);
+    s.agent = Some(settings.identity.clone());
+    s.queue_position = None;
+    s.reason = Some(reason.to_owned());
+    s.message = Some(if message.is_empty() {
+        reason.to_owned()
+    } else {
+        message.to_owned()
+    });
+    s.completion_time = Some(Time(Timestamp::now()));
+    s
+}
+
+/// The status reason for a BuildKit error.
+fn reason_of(e: &buildkit::Error) -> &'static str {
+    match e {
+        buildkit::Error::DockerfileParse { .. } => "DockerfileParse",
+        buildkit::Error::StepFailed { .. } => "StepFailed",
+        buildkit::Error::SourceFetch { .. } => "SourceFetch",
+        buildkit::Error::Auth { .. } => "RegistryAuth",
+        buildkit::Error::Cancelled => "Cancelled",
+        buildkit::Error::Unreachable { .. } => "BuildKitUnavailable",
+        buildkit::Error::InvalidRequest(_) => "InvalidRequest",
+        _ => "BuildFailed",
+    }
+}

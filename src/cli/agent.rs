@@ -1,0 +1,102 @@
+//! `kiln agent`: run the per-node agent (normally the sidecar in a builder DaemonSet pod).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::exit;
+use crate::agent::{self, Settings};
+use crate::buildkit::{Endpoint, Network, TlsConfig};
+
+#[derive(clap::Args, Debug)]
+pub(super) struct Args {
+    /// The BuilderPool this builder belongs to.
+    #[arg(long)]
+    pool: String,
+    /// The node this agent runs on.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// kiln's namespace (heartbeat Leases live there).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kiln-system")]
+    namespace: String,
+    /// The local BuildKit: unix:///…, tcp://host:port or docker-unix:///var/run/docker.sock.
+    #[arg(long, default_value = "unix:///run/kiln/buildkitd.sock")]
+    buildkit_addr: String,
+    /// Directory with ca.pem, cert.pem and key.pem for a tcp:// BuildKit with mTLS.
+    #[arg(long)]
+    buildkit_tls_dir: Option<PathBuf>,
+    /// The node's runtime flavour, reported in heartbeats.
+    #[arg(long, default_value = "containerd")]
+    runtime: String,
+    /// Builds this node runs at once.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..=64))]
+    max_concurrent_builds: i32,
+    /// Address for /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    listen: SocketAddr,
+    /// This agent instance's identity. Defaults to the pod name, else host and PID.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Network of RUN steps: default (BuildKit's), none, or host.
+    #[arg(long, default_value = "default", value_parser = ["default", "none", "host"])]
+    network: String,
+    /// Directory for build logs (bounded, one file per build).
+    #[arg(long, default_value = "/var/log/kiln")]
+    log_dir: PathBuf,
+    /// Seconds a heartbeat stays valid; renewed every third of it.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..))]
+    lease_duration_seconds: u64,
+}
+
+pub(super) fn run(args: Args) -> u8 {
+    let buildkit = match Endpoint::parse(&args.buildkit_addr) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: --buildkit-addr: {e}");
+            return exit::INVALID;
+        }
+    };
+    let tls = match args.buildkit_tls_dir.as_ref().map(TlsConfig::from_dir).transpose() {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("error: --buildkit-tls-dir: {e}");
+            return exit::INVALID;
+        }
+    };
+    super::block_on(async move {
+        let client = match kube::Client::try_default().await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!(
+                    "error: cannot reach the Kubernetes API: {e} (check KUBECONFIG or the in-cluster service account)"
+                );
+                return exit::FAILURE;
+            }
+        };
+        let settings = Settings {
+            pool: args.pool,
+            node: args.node_name,
+            namespace: args.namespace,
+            identity: args.identity.unwrap_or_else(super::default_identity),
+            buildkit,
+            tls,
+            runtime: args.runtime,
+            max_concurrent_builds: args.max_concurrent_builds,
+            listen: args.listen,
+            lease_duration: Duration::from_secs(args.lease_duration_seconds),
+            network: match args.network.as_str() {
+                "none" => Network::None,
+                "host" => Network::Host,
+                _ => Network::Default,
+            },
+            log_dir: args.log_dir,
+        };
+        match agent::run(client, settings).await {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::FAILURE
+            }
+        }
+    })
+}

@@ -1,0 +1,310 @@
+//! ImageBuild reconcile: read → validate → decide (`plan`) → apply → status.
+//!
+//! Only this file talks to the apiserver. Creating a NodeBuild is the dispatch; names are
+//! deterministic, so `AlreadyExists` means an earlier reconcile (or controller) already did it.
+//! A finalizer makes deletion cancel running attempts and wait (bounded) for their agents.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::naming::CACHE_KEY_LABEL;
+use super::plan::{self, Observed, Plan};
+use super::schedule::Candidate;
+use crate::api::conditions::{self, Desired, READY, STALLED, Status};
+use crate::api::heartbeat::{HEARTBEAT_LABEL, Heartbeat, POOL_LABEL};
+use crate::api::image_build::ImageBuild;
+use crate::api::node_build::{IMAGE_BUILD_LABEL, NodeBuild, NodeBuildPhase};
+use crate::api::validation;
+use crate::controller::{Context, Error, STATUS_FIELD_MANAGER};
+
+/// Finalizer that lets deletion cancel running builds first.
+pub const FINALIZER: &str = "kiln.dev/cancel-builds";
+/// How long deletion waits for agents to confirm cancellation.
+pub const CANCEL_GRACE: Duration = Duration::from_secs(30);
+
+/// Reconciles one ImageBuild.
+pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = build.namespace().unwrap_or_default();
+    let builds: Api<ImageBuild> = Api::namespaced(ctx.client.clone(), &ns);
+    let node_builds = owned_node_builds(&ctx, &build).await?;
+    if build.meta().deletion_timestamp.is_some() {
+        return cleanup(&ctx, &builds, &build, &node_builds).await;
+    }
+    if !build.finalizers().iter().any(|f| f == FINALIZER) {
+        let mut finalizers = build.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_owned());
+        let merge = json!({"metadata": {"finalizers": finalizers, "resourceVersion": build.resource_version()}});
+        builds
+            .patch(&build.name_any(), &PatchParams::default(), &Patch::Merge(&merge))
+            .await
+            .map_err(Error::kube("add finalizer"))?;
+    }
+    if let Err(invalid) = validation::image_build(&build.spec) {
+        let mut status = build.status.clone().unwrap_or_default();
+        let message = format!("{invalid}; fix the spec (see `kiln validate`)");
+        status.observed_generation = build.metadata.generation;
+        status.phase = Some(crate::api::image_build::BuildPhase::Failed);
+        status.reason = Some("InvalidSpec".into());
+        status.message = Some(message.clone());
+        status.conditions = conditions::merge(
+            &status.conditions,
+            &[
+                Desired::new(READY, Status::False, "InvalidSpec", message.clone()),
+                Desired::new(STALLED, Status::True, "InvalidSpec", message),
+            ],
+            build.metadata.generation,
+            &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
+        );
+        if build.status.as_ref() != Some(&status) {
+            write_status(&builds, &build, &status).await?;
+        }
+        return Ok(Action::await_change());
+    }
+
+    let pool = build.spec.pool().to_owned();
+    let heartbeats = heartbeats(&ctx, &pool).await?;
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let mut labels = Vec::with_capacity(heartbeats.len());
+    let needs_labels = build
+        .spec
+        .placement
+        .as_ref()
+        .is_some_and(|p| !p.node_selector.is_empty());
+    for hb in &heartbeats {
+        let l = if needs_labels {
+            nodes
+                .get_metadata_opt(&hb.node)
+                .await
+                .map_err(Error::kube("read node"))?
+                .map(|n| n.labels().clone())
+        } else {
+            None
+        };
+        labels.push(l);
+    }
+    let generation = build.metadata.generation.unwrap_or(1);
+    let first_dispatch = !node_builds.iter().any(|nb| nb.spec.generation == generation);
+    let affinity = if first_dispatch {
+        affinity(&ctx, &build).await
+    } else {
+        None
+    };
+    let observed = Observed {
+        build: &build,
+        node_builds: node_builds.iter().collect(),
+        candidates: heartbeats
+            .iter()
+            .zip(&labels)
+            .map(|(h, l)| Candidate {
+                heartbeat: h,
+                labels: l.as_ref(),
+            })
+            .collect(),
+        affinity,
+        now: Timestamp::now(),
+    };
+    let plan = plan::decide(&observed);
+    apply(&ctx, &builds, &build, plan).await
+}
+
+async fn apply(ctx: &Context, builds: &Api<ImageBuild>, build: &ImageBuild, plan: Plan) -> Result<Action, Error> {
+    let ns = build.namespace().unwrap_or_default();
+    let node_builds: Api<NodeBuild> = Api::namespaced(ctx.client.clone(), &ns);
+    for nb in &plan.create {
+        match node_builds.create(&PostParams::default(), nb).await {
+            Ok(_) => {
+                info!(build = %build.name_any(), node_build = %nb.name_any(), node = %nb.spec.node_name, "dispatched")
+            }
+            Err(kube::Error::Api(s)) if s.is_already_exists() => {}
+            Err(e) => return Err(Error::kube("create NodeBuild")(e)),
+        }
+    }
+    for name in &plan.cancel {
+        cancel(&node_builds, name).await?;
+    }
+    for event in &plan.events {
+        publish(ctx, build, event.warning, event.reason, &event.note).await;
+    }
+    let finished = matches!(
+        plan.status.phase,
+        Some(crate::api::image_build::BuildPhase::Succeeded | crate::api::image_build::BuildPhase::Failed)
+    );
+    if finished && build.status.as_ref().and_then(|s| s.phase) != plan.status.phase {
+        let seconds = match (&plan.status.start_time, &plan.status.completion_time) {
+            (Some(s), Some(c)) => c.0.duration_since(s.0).as_secs_f64(),
+            _ => 0.0,
+        };
+        let result = if plan.status.phase == Some(crate::api::image_build::BuildPhase::Succeeded) {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        ctx.metrics.build_finished(result, seconds);
+    }
+    if build.status.as_ref() != Some(&plan.status) {
+        write_status(builds, build, &plan.status).await?;
+    }
+    if plan.delete {
+        info!(build = %build.name_any(), "ttlSecondsAfterFinished passed; deleting");
+        builds
+            .delete(&build.name_any(), &DeleteParams::background())
+            .await
+            .map_err(Error::kube("delete expired ImageBuild"))?;
+        return Ok(Action::await_change());
+    }
+    Ok(plan.requeue.map(Action::requeue).unwrap_or_else(Action::await_change))
+}
+
+async fn cancel(node_builds: &Api<NodeBuild>, name: &str) -> Result<(), Error> {
+    let patch = json!({"spec": {"cancel": true}});
+    match node_builds
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) | Err(kube::Error::Api(_)) => Ok(()),
+        Err(e) => Err(Error::kube("cancel NodeBuild")(e)),
+    }
+}
+
+/// Deletion: cancel unfinished attempts, wait for the agents (bounded), delete the attempts,
+/// then release the finalizer.
+async fn cleanup(
+    ctx: &Context,
+    builds: &Api<ImageBuild>,
+    build: &ImageBuild,
+    node_builds: &[NodeBuild],
+) -> Result<Action, Error> {
+    if !build.finalizers().iter().any(|f| f == FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let ns = build.namespace().unwrap_or_default();
+    let api: Api<NodeBuild> = Api::namespaced(ctx.client.clone(), &ns);
+    let unfinished: Vec<&NodeBuild> = node_builds
+        .iter()
+        .filter(|nb| {
+            !nb.status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .is_some_and(NodeBuildPhase::is_finished)
+        })
+        .collect();
+    let waited = build
+        .meta()
+        .deletion_timestamp
+        .as_ref()
+        .map(|t| Timestamp::now().duration_since(t.0).as_secs_f64())
+        .unwrap_or_default();
+    if !unfinished.is_empty() && waited < CANCEL_GRACE.as_secs_f64() {
+        for nb in &unfinished {
+            if !nb.spec.cancel {
+                cancel(&api, &nb.name_any()).await?;
+                publish(
+                    ctx,
+                    build,
+                    false,
+                    "Cancelled",
+                    &format!(
+                        "cancelling {} on node {} (ImageBuild deleted)",
+                        nb.name_any(),
+                        nb.spec.node_name
+                    ),
+                )
+                .await;
+            }
+        }
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    if !unfinished.is_empty() {
+        warn!(build = %build.name_any(), "agents did not confirm cancellation within {CANCEL_GRACE:?}; deleting anyway");
+    }
+    for nb in node_builds {
+        match api.delete(&nb.name_any(), &DeleteParams::background()).await {
+            Ok(_) | Err(kube::Error::Api(_)) => {}
+            Err(e) => return Err(Error::kube("delete NodeBuild")(e)),
+        }
+    }
+    let remaining: Vec<String> = build.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+    let patch = json!({"metadata": {"finalizers": remaining, "resourceVersion": build.resource_version()}});
+    match builds
+        .patch(&build.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) | Err(kube::Error::Api(_)) => Ok(Action::await_change()),
+        Err(e) => Err(Error::kube("remove finalizer")(e)),
+    }
+}
+
+async fn owned_node_builds(ctx: &Context, build: &ImageBuild) -> Result<Vec<NodeBuild>, Error> {
+    let api: Api<NodeBuild> = Api::namespaced(ctx.client.clone(), &build.namespace().unwrap_or_default());
+    let params = ListParams::default().labels(&format!("{IMAGE_BUILD_LABEL}={}", build.name_any()));
+    let uid = build.uid();
+    let list = api.list(&params).await.map_err(Error::kube("list NodeBuilds"))?;
+    // Only this object's attempts: a re-created ImageBuild of the same name has another uid.
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|nb| nb.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref()))
+        .collect())
+}
+
+async fn heartbeats(ctx: &Context, pool: &str) -> Result<Vec<Heartbeat>, Error> {
+    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let params = ListParams::default().labels(&format!("{HEARTBEAT_LABEL}=true,{POOL_LABEL}={pool}"));
+    let list = leases.list(&params).await.map_err(Error::kube("list heartbeats"))?;
+    Ok(list.items.iter().filter_map(Heartbeat::from_lease).collect())
+}
+
+/// The node that most recently built the same source and Dockerfile successfully.
+async fn affinity(ctx: &Context, build: &ImageBuild) -> Option<String> {
+    let key = super::naming::cache_key(&build.spec.recipe);
+    let api: Api<NodeBuild> = Api::all(ctx.client.clone());
+    let list = api
+        .list(&ListParams::default().labels(&format!("{CACHE_KEY_LABEL}={key}")))
+        .await
+        .ok()?;
+    list.items
+        .into_iter()
+        .filter(|nb| nb.status.as_ref().and_then(|s| s.phase) == Some(NodeBuildPhase::Succeeded))
+        .max_by_key(|nb| nb.status.as_ref().and_then(|s| s.completion_time.as_ref()).map(|t| t.0))
+        .map(|nb| nb.spec.node_name)
+}
+
+async fn write_status(
+    builds: &Api<ImageBuild>,
+    build: &ImageBuild,
+    status: &crate::api::image_build::ImageBuildStatus,
+) -> Result<(), Error> {
+    let patch = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "status": status});
+    builds
+        .patch_status(
+            &build.name_any(),
+            &PatchParams::apply(STATUS_FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::kube("write ImageBuild status"))?;
+    Ok(())
+}
+
+async fn publish(ctx: &Context, build: &ImageBuild, warning: bool, reason: &str, note: &str) {
+    let event = KubeEvent {
+        type_: if warning { EventType::Warning } else { EventType::Normal },
+        reason: reason.to_owned(),
+        note: Some(note.to_owned()),
+        action: "Build".to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&event, &build.object_ref(&())).await {
+        warn!(error = %e, reason, "cannot publish event");
+    }
+}

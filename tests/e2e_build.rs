@@ -1,0 +1,376 @@
+//! ImageBuild end to end: kubectl as a user types it, kiln's controller and agents as they run
+//! in production, a real apiserver and a real BuildKit (Docker's). No mocks.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::events::v1::Event;
+use kiln::api::ImageBuild;
+use kiln::api::conditions::{self, READY, STALLED};
+use kiln::api::image_build::BuildPhase;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use serde_json::json;
+use support::e2e::{Rig, image_build_yaml};
+use tokio::sync::OnceCell;
+
+const BUILD_WAIT: Duration = Duration::from_secs(90);
+
+async fn rig() -> &'static Rig {
+    static RIG: OnceCell<Rig> = OnceCell::const_new();
+    RIG.get_or_init(|| Rig::start(&["node-a", "node-b"])).await
+}
+
+/// Runs a shell command line as a user would type it, with the rig's kubeconfig.
+fn sh(rig: &Rig, line: &str) -> (bool, String) {
+    let out = Command::new("bash")
+        .args(["-c", line])
+        .env("KUBECONFIG", rig.server.kubeconfig())
+        .output()
+        .expect("bash");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn is_ready(b: &ImageBuild) -> bool {
+    b.status
+        .as_ref()
+        .is_some_and(|s| conditions::is_true(&s.conditions, READY))
+}
+
+fn is_stalled(b: &ImageBuild) -> bool {
+    b.status
+        .as_ref()
+        .is_some_and(|s| conditions::is_true(&s.conditions, STALLED))
+}
+
+#[tokio::test]
+async fn kubectl_apply_and_wait_builds_the_image_on_the_node() {
+    let rig = rig().await;
+    let client = rig.client().await;
+    let ns = rig.server.namespace(&client, "ok").await;
+    let marker = format!("hello from {ns}");
+    let url = rig.context(&ns, &[("hello.txt", marker.as_bytes())]);
+    let spec = json!({
+        "image": format!("kiln.test/{ns}/hello:v1"),
+        "source": {"http": {"url": url}},
+        "dockerfileInline": "FROM kiln-test/busybox:latest\nCOPY hello.txt /hello.txt\nRUN cat /hello.txt\n",
+    });
+    let file = rig.server.dir.join(format!("{ns}-build.yaml"));
+    std::fs::write(&file, image_build_yaml("hello", spec)).expect("write manifest");
+
+    let line = format!(
+        "kubectl apply -n {ns} -f {} && kubectl wait -n {ns} --for=condition=Ready imagebuild/hello --timeout=90s",
+        file.display()
+    );
+    let (ok, out) = sh(rig, &line);
+    assert!(
+        ok,
+        "kubectl apply && kubectl wait failed:\n{out}\n{}",
+        rig.diagnostics()
+    );
+
+    let api: Api<ImageBuild> = Api::namespaced(client.clone(), &ns);
+    let build = api.get("hello").await.expect("build");
+    let status = build.status.expect("status");
+    assert_eq!(status.phase, Some(BuildPhase::Succeeded));
+    assert_eq!(status.observed_generation, Some(1));
+    let digest = status.digest.clone().expect("digest in status");
+    let in_store = rig
+        .docker
+        .image_id(&format!("kiln.test/{ns}/hello:v1"))
+        .expect("image in the node's store");
+    assert_eq!(
+        digest,
+        in_store.trim(),
+        "status digest is the image in the node's store"
+    );
+    let file = rig
+        .docker
+        .image_file(&format!("kiln.test/{ns}/hello:v1"), "hello.txt")
+        .expect("file in image");
+    assert_eq!(file, marker.as_bytes());
+    assert_eq!(status.nodes.len(), 1);
+
+    let (_, printed) = sh(rig, &format!("kubectl get ib -n {ns}"));
+    assert!(
+        printed.contains("Succeeded") && printed.contains(&digest[7..19]),
+        "{printed}"
+    );
+
+    let events: Api<Event> = Api::namespaced(client, &ns);
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    for reason in ["Scheduled", "Succeeded"] {
+        assert!(reasons.iter().any(|r| r == reason), "event {reason} in {reasons:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_failing_step_stalls_with_the_step_exit_code_and_log_tail() {
+    let rig = rig().await;
+    let client = rig.client().await;
+    let ns = rig.server.namespace(&client, "fail").await;
+    let url = rig.context(&ns, &[("x", b"x")]);
+    let spec = json!({
+        "image": format!("kiln.test/{ns}/broken:v1"),
+        "source": {"http": {"url": url}},
+        "dockerfileInline": "FROM kiln-test/busybox:latest\nRUN echo about to fail && exit 3\n",
+        "backoffLimit": 1,
+    });
+    let file = rig.server.dir.join(format!("{ns}-build.yaml"));
+    std::fs::write(&file, image_build_yaml("broken", spec)).expect("write manifest");
+    let line = format!(
+        "kubectl apply -n {ns} -f {} && kubectl wait -n {ns} --for=condition=Stalled imagebuild/broken --timeout=90s",
+        file.display()
+    );
+    let (ok, out) = sh(rig, &line);
+    assert!(
+        ok,
+        "waiting on Stalled returns once the build gave up:\n{out}\n{}",
+        rig.diagnostics()
+    );
+
+    let build = rig.wait_for(&ns, "broken", BUILD_WAIT, "Stalled", is_stalled).await;
+    let status = build.status.expect("status");
+    assert_eq!(status.phase, Some(BuildPhase::Failed));
+    assert!(!is_ready_status(&status.conditions));
+    assert_eq!(status.reason.as_deref(), Some("StepFailed"));
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.contains("exit code: 3") || message.contains("exit code 3"),
+        "{message}"
+    );
+    assert!(
+        message.contains("about to fail"),
+        "the log tail is in the message: {message}"
+    );
+    assert_eq!(
+        rig.node_builds(&ns, "broken").await.len(),
+        2,
+        "one attempt plus backoffLimit 1 retry, no more"
+    );
+    assert_eq!(status.failed_attempts, Some(2));
+}
+
+fn is_ready_status(c: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> bool {
+    conditions::is_true(c, READY)
+}
+
+#[tokio::test]
+async fn all_nodes_builds_on_every_node_and_reports_each() {
+    let rig = rig().await;
+    let client = rig.client().await;
+    let ns = rig.server.namespace(&client, "all").await;
+    let url = rig.context(&ns, &[("a.txt", b"a")]);
+    let api: Api<ImageBuild> = Api::namespaced(client.clone(), &ns);
+    let build = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": "everywhere"}, "spec": {
+        "image": format!("kiln.test/{ns}/all:v1"),
+        "source": {"http": {"url": url}},
+        "dockerfileInline": "FROM scratch\nCOPY a.txt /a.txt\n",
+        "placement": {"allNodes": true},
+    }});
+    api.patch("everywhere", &PatchParams::apply("test"), &Patch::Apply(&build))
+        .await
+        .expect("apply");
+    let done = rig.wait_for(&ns, "everywhere", BUILD_WAIT, "Ready", is_ready).await;
+    let status = done.status.expect("status");
+    let nodes: Vec<&str> = status.nodes.iter().map(|n| n.name.as_str()).collect();
+    // Every ready builder at dispatch time (other tests may add nodes to the pool meanwhile).
+    assert!(nodes.contains(&"node-a") && nodes.contains(&"node-b"), "{nodes:?}");
+    assert!(status.nodes.iter().all(|n| n.digest.is_some()), "{:?}", status.nodes);
+    assert_eq!(
+        rig.node_builds(&ns, "everywhere").await.len(),
+        nodes.len(),
+        "one NodeBuild per node"
+    );
+}
+
+#[tokio::test]
+async fn a_node_without_a_builder_is_unschedulable_until_its_agent_starts() {
+    let rig = rig().await;
+    let client = rig.client().await;
+    let ns = rig.server.namespace(&client, "pin").await;
+    let node = format!("late-{ns}");
+    rig.add_node(&client, &node).await;
+    let url = rig.context(&ns, &[("p.txt", b"p")]);
+    let api: Api<ImageBuild> = Api::namespaced(client.clone(), &ns);
+    let build = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": "pinned"}, "spec": {
+        "image": format!("kiln.test/{ns}/pinned:v1"),
+        "source": {"http": {"url": url}},
+        "dockerfileInline": "FROM scratch\nCOPY p.txt /p.txt\n",
+        "placement": {"nodeName": node},
+    }});
+    api.patch("pinned", &PatchParams::apply("test"), &Patch::Apply(&build))
+        .await
+        .expect("apply");
+    let waiting = rig
+        .wait_for(&ns, "pinned", Duration::from_secs(30), "Unschedulable", |b| {
+            b.status
+                .as_ref()
+                .is_some_and(|s| s.reason.as_deref() == Some("Unschedulable"))
+        })
+        .await;
+    let reconciling = conditions::find(&waiting.status.as_ref().expect("status").conditions, "Reconciling")
+        .cloned()
+        .expect("Reconciling");
+    assert_eq!(
+        (reconciling.status.as_str(), reconciling.reason.as_str()),
+        ("True", "Unschedulable")
+    );
+    assert!(reconciling.message.contains(&node), "{}", reconciling.message);
+    rig.start_agent(&node);
+    let done = rig.wait_for(&ns, "pinned", BUILD_WAIT, "Ready", is_ready).await;
+    assert_eq!(done.status.expect("status").nodes[0].name, node);
+}
+
+#[tokio::test]
+async fn deleting_a_running_build_cancels_it_and_leaves_nothing_behind() {
+    let rig = rig().await;
+    let client = rig.client().await;
+    let ns = rig.server.namespace(&client, "del").await;
+    let url = rig.context(&ns, &[("d", b"d")]);
+    let api: Api<ImageBuild> = Api::namespaced(client.clone(), &ns);
+    let build = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": "slow"}, "spec": {
+        "image": format!("kiln.test/{ns}/slow:v1"),
+        "source": {"http": {"url": url}},
+        "dockerfileInline": format!("FROM kiln-test/busybox:latest\nRUN echo {ns} && sleep 120\n"),
+    }});
+    api.patch("slow", &PatchParams::apply("test"), &Patch::Apply(&build))
+        .await
+        .expect("apply");
+    rig.wait_for(&ns, "slow", BUILD_WAIT, "Building", |b| {
+        b.status.as_ref().and_then(|s| s.phase) == Some(BuildPhase::Building)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(sleeping(rig, &ns), "the RUN step is running in BuildKit");
+    api.delete("slow", &DeleteParams::default()).await.expect("delete");
+    support::kiln::eventually(Duration::from_secs(40), "ImageBuild gone", || async {
+        api.get_opt("slow").await.ok().flatten().is_none().then_some(())
+    })
+    .await;
+    assert!(rig.node_builds(&ns, "slow").await.is_empty(), "no NodeBuild left");
+    support::kiln::eventually(Duration::from_secs(10), "the RUN step stopped", || async {
+        (!sleeping(rig, &ns)).then_some(())
+    })
+    .await;
+}
+
+/// True while a `sleep 120` of this test runs under the Docker daemon.
+fn sleeping(rig: &Rig, _ns: &str) -> bool {
+    rig.docker
+        .descendant_processes()
+        .iter()
+        .any(|(_, cmd)| cmd.contains("sleep 120"))
+}
+
+#[tokio::test]
+async fn a_build_past_its_timeout_is_cancelled_as_deadline_exceeded() {
+    let rig = rig().await;
+    let client = rig.client().await;
+    let ns = rig.server.namespace(&client, "timeout").await;
+    let url = rig.context(&ns, &[("t", b"t")]);
+    let api: Api<ImageBuild> = Api::namespaced(client.clone(), &ns);
+    let build = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": "late"}, "spec": {
+        "image": format!("kiln.test/{ns}/late:v1"),
+        "source": {"http": {"url": url}},
+        "dockerfileInline": "FROM kiln-test/busybox:latest\nRUN sleep 30\n",
+        "timeoutSeconds": 2,
+    }});
+    api.patch("late", &PatchParams::apply("test"), &Patch::Apply(&build))
+        .await
+        .expect("apply");
+    let done = rig.wait_for(&ns, "late", BUILD_WAIT, "Stalled", is_stalled).await;
+    let status = done.status.expect("status");
+    assert_eq!(status.reason.as_deref(), Some("DeadlineExceeded"));
+    assert_eq!(rig.node_builds(&ns, "late").await.len(), 1, "a deadline is not retried");
+}
+
+#[tokio::test]
+async fn a_spec_change_cancels_the_running_attempt_and_builds_the_new_generation() {
+    let rig = rig().await;
+    let client = rig.client().await;
+    let ns = rig.server.namespace(&client, "regen").await;
+    let url = rig.context(&ns, &[("g", b"g")]);
+    let api: Api<ImageBuild> = Api::namespaced(client.clone(), &ns);
+    let spec = |dockerfile: &str| {
+        json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": "gen"}, "spec": {
+            "image": format!("kiln.test/{ns}/gen:v1"),
+            "source": {"http": {"url": url}},
+            "dockerfileInline": dockerfile,
+        }})
+    };
+    api.patch(
+        "gen",
+        &PatchParams::apply("test"),
+        &Patch::Apply(spec("FROM kiln-test/busybox:latest\nRUN sleep 60\n")),
+    )
+    .await
+    .expect("apply");
+    rig.wait_for(&ns, "gen", BUILD_WAIT, "Building", |b| {
+        b.status.as_ref().and_then(|s| s.phase) == Some(BuildPhase::Building)
+    })
+    .await;
+    api.patch(
+        "gen",
+        &PatchParams::apply("test"),
+        &Patch::Apply(spec("FROM scratch\nCOPY g /g\n")),
+    )
+    .await
+    .expect("change");
+    let done = rig
+        .wait_for(&ns, "gen", BUILD_WAIT, "Ready for generation 2", |b| {
+            is_ready(b) && b.status.as_ref().and_then(|s| s.observed_generation) == Some(2)
+        })
+        .await;
+    assert!(
+        done.status
+            .expect("status")
+            .conditions
+            .iter()
+            .all(|c| c.observed_generation == Some(2))
+    );
+    let attempts = rig.node_builds(&ns, "gen").await;
+    let old = attempts
+        .iter()
+        .find(|nb| nb.spec.generation == 1)
+        .expect("first generation's attempt");
+    assert_eq!(
+        old.status.as_ref().and_then(|s| s.phase),
+        Some(kiln::api::node_build::NodeBuildPhase::Cancelled)
+    );
+}
+
+#[tokio::test]
+async fn finished_builds_are_deleted_after_ttl_seconds_after_finished() {
+    let rig = rig().await;
+    let client = rig.client().await;
+    let ns = rig.server.namespace(&client, "ttl").await;
+    let url = rig.context(&ns, &[("t", b"t")]);
+    let api: Api<ImageBuild> = Api::namespaced(client.clone(), &ns);
+    let build = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": "brief"}, "spec": {
+        "image": format!("kiln.test/{ns}/brief:v1"),
+        "source": {"http": {"url": url}},
+        "dockerfileInline": "FROM scratch\nCOPY t /t\n",
+        "ttlSecondsAfterFinished": 2,
+    }});
+    api.patch("brief", &PatchParams::apply("test"), &Patch::Apply(&build))
+        .await
+        .expect("apply");
+    rig.wait_for(&ns, "brief", BUILD_WAIT, "Ready", is_ready).await;
+    rig.wait_gone(&ns, "brief", Duration::from_secs(30)).await;
+}

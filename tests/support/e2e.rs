@@ -1,0 +1,248 @@
+//! An end-to-end rig: a real apiserver, a real BuildKit (Docker's), and kiln's controller and
+//! agents as the processes they are in production, installed from `kiln manifests` and acting
+//! as their own ServiceAccounts. Nodes are Node objects whose agents all share the one Docker.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use kiln::api::{ImageBuild, NodeBuild};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+use super::apiserver::ApiServer;
+use super::docker::DockerDaemon;
+use super::http::FileServer;
+use super::kiln::{ControllerProcess, eventually};
+use super::process::{Supervised, free_port};
+
+/// kiln's namespace in the rig.
+pub const NS: &str = "kiln-system";
+/// The pool every rig node belongs to.
+pub const POOL: &str = "default";
+/// Agents' heartbeat validity in the rig (short, so lost nodes show quickly).
+pub const LEASE_SECONDS: u64 = 6;
+
+/// The running parts.
+pub struct Rig {
+    /// The apiserver.
+    pub server: &'static ApiServer,
+    /// Docker's BuildKit, shared by every agent.
+    pub docker: &'static DockerDaemon,
+    /// Serves build contexts on loopback.
+    pub files: FileServer,
+    /// The controller.
+    pub controller: Mutex<Option<ControllerProcess>>,
+    /// Agents by node.
+    pub agents: Mutex<BTreeMap<String, Supervised>>,
+    agent_kubeconfig: PathBuf,
+    controller_kubeconfig: PathBuf,
+    controller_runs: Mutex<u32>,
+}
+
+impl Rig {
+    /// Installs kiln (RBAC, pool) and starts the controller and one agent per node in `nodes`.
+    pub async fn start(nodes: &[&str]) -> Rig {
+        let server = ApiServer::shared().await;
+        let docker = DockerDaemon::shared();
+        let manifests: Vec<Value> = kiln::deploy::manifests(&kiln::deploy::Options::default())
+            .into_iter()
+            .filter(|m| m["kind"] != "Deployment" && m["kind"] != "BuilderPool")
+            .collect();
+        let yaml: String = manifests
+            .iter()
+            .map(|m| format!("---\n{}", serde_yaml::to_string(m).expect("yaml")))
+            .collect();
+        server.apply_manifests(&yaml);
+        let client = server.client().await;
+        let pool = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "BuilderPool", "metadata": {"name": POOL},
+                          "spec": {"nodeSelector": {"kiln.dev/e2e": "true"}, "maxConcurrentBuilds": 2}});
+        server.apply_manifests(&serde_yaml::to_string(&pool).expect("yaml"));
+        let rig = Rig {
+            server,
+            docker,
+            files: FileServer::start(&[]),
+            controller: Mutex::new(None),
+            agents: Mutex::new(BTreeMap::new()),
+            agent_kubeconfig: server.service_account_kubeconfig(NS, "kiln-agent").await,
+            controller_kubeconfig: server.service_account_kubeconfig(NS, "kiln-controller").await,
+            controller_runs: Mutex::new(0),
+        };
+        rig.start_controller();
+        for node in nodes {
+            rig.add_node(&client, node).await;
+            rig.start_agent(node);
+        }
+        rig
+    }
+
+    /// An admin client.
+    pub async fn client(&self) -> Client {
+        self.server.client().await
+    }
+
+    /// (Re)starts the controller.
+    pub fn start_controller(&self) {
+        let mut runs = self.controller_runs.lock().expect("lock");
+        *runs += 1;
+        let identity = format!("controller-{}", *runs);
+        let c = ControllerProcess::start_with(
+            self.server,
+            &self.controller_kubeconfig,
+            NS,
+            &identity,
+            &["--lease-duration-seconds=4"],
+        );
+        *self.controller.lock().expect("lock") = Some(c);
+    }
+
+    /// Kills the controller (SIGKILL, as a crash).
+    pub fn kill_controller(&self) {
+        if let Some(mut c) = self.controller.lock().expect("lock").take() {
+            c.process.kill();
+        }
+    }
+
+    /// Creates a Node object for the rig's pool (Docker runtime).
+    pub async fn add_node(&self, client: &Client, name: &str) {
+        let nodes: Api<Node> = Api::all(client.clone());
+        let node: Node =
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": {"kiln.dev/e2e": "true"}}}))
+                .expect("node");
+        match nodes.create(&PostParams::default(), &node).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.is_already_exists() => {}
+            Err(e) => panic!("create node {name}: {e}"),
+        }
+        let status = json!({"status": {"nodeInfo": {"containerRuntimeVersion": "docker://20.10.24", "architecture": "amd64",
+            "operatingSystem": "linux", "bootID": "", "kernelVersion": "", "kubeProxyVersion": "", "kubeletVersion": "v1.20.2",
+            "machineID": "", "osImage": "", "systemUUID": ""}}});
+        nodes
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .expect("node status");
+    }
+
+    /// Starts (or restarts) the agent of `node`, as the builder DaemonSet would.
+    pub fn start_agent(&self, node: &str) {
+        let port = free_port();
+        let log_dir = self.server.dir.join(format!("logs-{node}"));
+        let args: Vec<String> = vec![
+            "agent".into(),
+            format!("--pool={POOL}"),
+            format!("--node-name={node}"),
+            format!("--namespace={NS}"),
+            format!("--buildkit-addr={}", self.docker.endpoint()),
+            "--runtime=docker".into(),
+            "--network=none".into(),
+            format!("--listen=127.0.0.1:{port}"),
+            format!("--lease-duration-seconds={LEASE_SECONDS}"),
+            format!("--log-dir={}", log_dir.display()),
+            format!(
+                "--identity={node}-{}",
+                uuid::Uuid::new_v4().simple().to_string().split_at(6).0
+            ),
+        ];
+        let log = self.server.dir.join(format!("agent-{node}.log"));
+        let process = Supervised::spawn(
+            &format!("kiln agent {node}"),
+            env!("CARGO_BIN_EXE_kiln"),
+            &args,
+            &[
+                ("KUBECONFIG".into(), self.agent_kubeconfig.display().to_string()),
+                ("RUST_LOG".into(), "info,kube=warn".into()),
+            ],
+            &log,
+            None,
+        );
+        self.agents.lock().expect("lock").insert(node.to_owned(), process);
+    }
+
+    /// Kills the agent of `node` (SIGKILL).
+    pub fn kill_agent(&self, node: &str) {
+        if let Some(mut a) = self.agents.lock().expect("lock").remove(node) {
+            a.kill();
+        }
+    }
+
+    /// Serves a context tarball; returns its URL.
+    pub fn context(&self, name: &str, files: &[(&str, &[u8])]) -> String {
+        let path = format!("/{name}.tar");
+        self.files.put(&path, super::http::tar(files));
+        self.files.url(&path)
+    }
+
+    /// Waits for the ImageBuild to satisfy `done`, returning it.
+    pub async fn wait_for(
+        &self,
+        ns: &str,
+        name: &str,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&ImageBuild) -> bool,
+    ) -> ImageBuild {
+        let api: Api<ImageBuild> = Api::namespaced(self.client().await, ns);
+        let logs = || self.diagnostics();
+        let result = tokio::time::timeout(
+            timeout,
+            eventually(timeout + Duration::from_secs(1), what, || async {
+                api.get_opt(name).await.ok().flatten().filter(|b| done(b))
+            }),
+        )
+        .await;
+        match result {
+            Ok(b) => b,
+            Err(_) => panic!("timed out waiting for {what} of {ns}/{name}\n{}", logs()),
+        }
+    }
+
+    /// Waits until the ImageBuild no longer exists.
+    pub async fn wait_gone(&self, ns: &str, name: &str, timeout: Duration) {
+        let api: Api<ImageBuild> = Api::namespaced(self.client().await, ns);
+        let deadline = std::time::Instant::now() + timeout;
+        while api.get_opt(name).await.ok().flatten().is_some() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{ns}/{name} still exists after {timeout:?}\n{}",
+                self.diagnostics()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The NodeBuilds of an ImageBuild.
+    pub async fn node_builds(&self, ns: &str, build: &str) -> Vec<NodeBuild> {
+        let api: Api<NodeBuild> = Api::namespaced(self.client().await, ns);
+        let mut list = api
+            .list(&ListParams::default().labels(&format!("kiln.dev/image-build={build}")))
+            .await
+            .expect("list NodeBuilds")
+            .items;
+        list.sort_by_key(|nb| nb.name_any());
+        list
+    }
+
+    /// Controller and agent log tails, for failure messages.
+    pub fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        if let Some(c) = self.controller.lock().ok().as_ref().and_then(|c| c.as_ref()) {
+            out.push_str(&format!("--- controller\n{}\n", c.log_tail()));
+        }
+        if let Ok(agents) = self.agents.lock() {
+            for (node, a) in agents.iter() {
+                out.push_str(&format!("--- agent {node}\n{}\n", a.log_tail(25)));
+            }
+        }
+        out
+    }
+}
+
+/// An ImageBuild manifest as a user writes it.
+pub fn image_build_yaml(name: &str, spec: Value) -> String {
+    let doc =
+        json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": name}, "spec": spec});
+    serde_yaml::to_string(&doc).expect("yaml")
+}
