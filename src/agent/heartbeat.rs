@@ -17,6 +17,8 @@ use super::{Settings, State};
 use crate::api::heartbeat::{CAPACITY_ANNOTATION, Capacity, HEARTBEAT_LABEL, NODE_LABEL, POOL_LABEL, lease_name};
 use crate::buildkit::{Client, WorkerInfo, WorkerKind};
 
+/// How long one readiness check of BuildKit may take.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Field manager of the agent's Lease writes.
 pub const FIELD_MANAGER: &str = "kiln-agent";
 
@@ -59,7 +61,18 @@ pub async fn run(client: kube::Client, settings: Settings, state: Arc<State>) {
     }
 }
 
+/// Asks BuildKit for its workers, giving up after [`CHECK_TIMEOUT`] (a hung daemon is down).
 async fn check(settings: &Settings, buildkit: &mut Option<Client>) -> Check {
+    match tokio::time::timeout(CHECK_TIMEOUT, ask(settings, buildkit)).await {
+        Ok(check) => check,
+        Err(_) => {
+            *buildkit = None;
+            Check::Down(format!("BuildKit did not answer within {CHECK_TIMEOUT:?}"))
+        }
+    }
+}
+
+async fn ask(settings: &Settings, buildkit: &mut Option<Client>) -> Check {
     if buildkit.is_none() {
         match Client::connect(&settings.buildkit, settings.tls.clone()).await {
             Ok(c) => *buildkit = Some(c),
@@ -69,11 +82,10 @@ async fn check(settings: &Settings, buildkit: &mut Option<Client>) -> Check {
     let Some(client) = buildkit.as_ref() else {
         return Check::Down("not connected".into());
     };
-    match tokio::time::timeout(Duration::from_secs(5), client.workers()).await {
-        Ok(Ok(workers)) if !workers.is_empty() => Check::Up(workers),
-        Ok(Ok(_)) => Check::Down("BuildKit reports no workers".into()),
-        Ok(Err(e)) => Check::Down(e.to_string()),
-        Err(_) => Check::Down("ListWorkers timed out after 5 s".into()),
+    match client.workers().await {
+        Ok(workers) if !workers.is_empty() => Check::Up(workers),
+        Ok(_) => Check::Down("BuildKit reports no workers".into()),
+        Err(e) => Check::Down(e.to_string()),
     }
 }
 

@@ -1,0 +1,94 @@
+//! `kiln agent` against a real BuildKit: its Lease carries the node's capacity and is renewed
+//! while BuildKit answers; when BuildKit stops answering the controller reports the builder
+//! not ready within the lease duration, and ready again once BuildKit is back.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kiln::api::BuilderPool;
+use kiln::api::heartbeat::{Heartbeat, lease_name};
+use kube::api::Api;
+use support::e2e::{LEASE_SECONDS, NS, POOL, Rig};
+use support::kiln::eventually;
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[tokio::test]
+async fn heartbeats_follow_buildkit_and_carry_the_nodes_capacity() {
+    let rig = Rig::start(&["beat-node"]).await;
+    let client = rig.client().await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
+    let name = lease_name(POOL, "beat-node");
+    let first = eventually(Duration::from_secs(30), "the agent's lease", || async {
+        leases.get_opt(&name).await.ok().flatten()
+    })
+    .await;
+    let beat = Heartbeat::from_lease(&first).expect("a heartbeat lease");
+    assert_eq!((beat.pool.as_str(), beat.node.as_str()), (POOL, "beat-node"));
+    let capacity = &beat.capacity;
+    assert_eq!(capacity.worker, "moby", "Docker's embedded BuildKit");
+    assert_eq!(capacity.runtime, "docker");
+    assert_eq!(capacity.max_concurrent_builds, 2);
+    assert_eq!(capacity.running, 0);
+    assert!(
+        capacity.platforms.iter().any(|p| p == "linux/amd64"),
+        "{:?}",
+        capacity.platforms
+    );
+    assert!(capacity.agent.starts_with("beat-node-"), "{}", capacity.agent);
+
+    // Renewed while BuildKit answers.
+    let renewed = eventually(Duration::from_secs(LEASE_SECONDS * 2), "a renewal", || async {
+        let b = Heartbeat::from_lease(&leases.get(&name).await.ok()?)?;
+        (b.renewed > beat.renewed).then_some(b)
+    })
+    .await;
+    assert!(renewed.is_fresh(k8s_openapi::jiff::Timestamp::now()));
+    let pools: Api<BuilderPool> = Api::all(client.clone());
+    let ready = |want: i32| {
+        let pools = pools.clone();
+        async move {
+            pools
+                .get(POOL)
+                .await
+                .ok()
+                .and_then(|p| p.status)
+                .filter(|s| s.ready_nodes == want)
+        }
+    };
+    eventually(Duration::from_secs(20), "the builder ready in pool status", || ready(1)).await;
+
+    // BuildKit stops answering (dockerd frozen): no more heartbeats, the builder turns not ready.
+    signal(rig.docker.dockerd_pid, "-STOP");
+    let stalled = tokio::time::timeout(Duration::from_secs(LEASE_SECONDS * 3), async {
+        eventually(Duration::from_secs(LEASE_SECONDS * 3), "the builder not ready", || {
+            ready(0)
+        })
+        .await
+    })
+    .await;
+    signal(rig.docker.dockerd_pid, "-CONT");
+    let status = stalled.unwrap_or_else(|_| panic!("builder still ready with BuildKit frozen\n{}", rig.diagnostics()));
+    let node = &status.nodes[0];
+    assert!(
+        !node.ready && node.message.as_deref().is_some_and(|m| m.contains("heartbeat expired")),
+        "{node:?}"
+    );
+
+    // BuildKit answers again: heartbeats resume and the builder is ready again.
+    eventually(
+        Duration::from_secs(LEASE_SECONDS * 4),
+        "the builder ready again",
+        || ready(1),
+    )
+    .await;
+}
