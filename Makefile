@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 
-.PHONY: all build test test-env lint unit generate check-generated demo help
+.PHONY: all build test test-env lint unit generate demo help
 
 all: build
 
@@ -26,6 +26,9 @@ unit: ## Unit tests only (no apiserver, no BuildKit)
 
 test: test-env lint ## Lint, then every test, against a real kube-apiserver and a real BuildKit
 	KUBEBUILDER_ASSETS="$$(hack/test-env.sh)" $(CARGO) test --locked --all-targets
+
+demo: ## Run kiln end to end with no cluster: apiserver, Docker's BuildKit, controller, agent, examples
+	hack/demo.sh
 
 generate: ## Regenerate crds/ and deploy/ from the Rust code
 	$(CARGO) run --locked --quiet -- crds > crds/kiln.dev.yaml
