@@ -45,6 +45,8 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     builds: Family<ResultLabels, Counter>,
     build_durations: Family<ResultLabels, Histogram>,
+    dispatch_latency: Histogram,
+    queue_wait: Histogram,
     reconciles: Family<ReconcileLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     durations: Family<ControllerLabels, Histogram>,
@@ -79,10 +81,24 @@ impl Default for Metrics {
             "ImageBuild duration from first dispatch to result",
             build_durations.clone(),
         );
+        let dispatch_latency = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        let queue_wait = Histogram::new(exponential_buckets(0.01, 2.0, 18));
+        registry.register(
+            "dispatch_latency_seconds",
+            "From creating a NodeBuild to seeing its agent start the build",
+            dispatch_latency.clone(),
+        );
+        registry.register(
+            "queue_wait_seconds",
+            "Time a NodeBuild waited for a free build slot on its node",
+            queue_wait.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             builds,
             build_durations,
+            dispatch_latency,
+            queue_wait,
             reconciles,
             errors,
             durations,
@@ -120,6 +136,16 @@ impl Metrics {
         let labels = ResultLabels { result: result.into() };
         self.builds.get_or_create(&labels).inc();
         self.build_durations.get_or_create(&labels).observe(seconds);
+    }
+
+    /// Records the time from creating a NodeBuild to its agent starting it.
+    pub fn dispatched(&self, seconds: f64) {
+        self.dispatch_latency.observe(seconds);
+    }
+
+    /// Records how long a NodeBuild waited in its node's queue.
+    pub fn queued(&self, seconds: f64) {
+        self.queue_wait.observe(seconds);
     }
 
     /// Lets other modules register their own metrics.

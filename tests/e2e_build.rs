@@ -117,6 +117,20 @@ async fn kubectl_apply_and_wait_builds_the_image_on_the_node() {
     for reason in ["Scheduled", "Succeeded"] {
         assert!(reasons.iter().any(|r| r == reason), "event {reason} in {reasons:?}");
     }
+    let metrics = rig
+        .controller
+        .lock()
+        .expect("lock")
+        .as_ref()
+        .and_then(|c| c.get("/metrics"))
+        .unwrap_or_default();
+    for family in [
+        "kiln_builds_total{result=\"succeeded\"}",
+        "kiln_dispatch_latency_seconds_count",
+        "kiln_build_duration_seconds_count",
+    ] {
+        assert!(metrics.contains(family), "{family} in /metrics:\n{metrics}");
+    }
 }
 
 #[tokio::test]

@@ -43,6 +43,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Publishes events on the objects it reconciles.
     pub recorder: Recorder,
+    /// When this process created each NodeBuild, or first saw it queued, until it starts
+    /// (for the dispatch-latency and queue-wait metrics; lost on restart, which only skips a sample).
+    pub timings: std::sync::Mutex<build::reconcile::Timings>,
 }
 
 /// Controller errors.
@@ -164,6 +167,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         namespace: settings.namespace.clone(),
         agent_image: settings.agent_image.clone(),
         metrics,
+        timings: std::sync::Mutex::default(),
         recorder: Recorder::new(
             client.clone(),
             Reporter {

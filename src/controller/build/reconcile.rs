@@ -32,11 +32,42 @@ pub const FINALIZER: &str = "kiln.dev/cancel-builds";
 /// How long deletion waits for agents to confirm cancellation.
 pub const CANCEL_GRACE: Duration = Duration::from_secs(30);
 
+/// In-memory start times for the dispatch metrics, keyed by `namespace/name` of the NodeBuild.
+#[derive(Default)]
+pub struct Timings {
+    created: std::collections::HashMap<String, std::time::Instant>,
+    queued: std::collections::HashMap<String, std::time::Instant>,
+}
+
+/// Observes dispatch latency and queue wait for attempts that started since the last look.
+fn observe_timings(ctx: &Context, node_builds: &[NodeBuild]) {
+    let Ok(mut t) = ctx.timings.lock() else { return };
+    let now = std::time::Instant::now();
+    for nb in node_builds {
+        let key = format!("{}/{}", nb.namespace().unwrap_or_default(), nb.name_any());
+        match nb.status.as_ref().and_then(|s| s.phase) {
+            Some(NodeBuildPhase::Queued) => {
+                t.queued.entry(key).or_insert(now);
+            }
+            Some(_) => {
+                if let Some(created) = t.created.remove(&key) {
+                    ctx.metrics.dispatched(now.duration_since(created).as_secs_f64());
+                }
+                if let Some(queued) = t.queued.remove(&key) {
+                    ctx.metrics.queued(now.duration_since(queued).as_secs_f64());
+                }
+            }
+            None => {}
+        }
+    }
+}
+
 /// Reconciles one ImageBuild.
 pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = build.namespace().unwrap_or_default();
     let builds: Api<ImageBuild> = Api::namespaced(ctx.client.clone(), &ns);
     let node_builds = owned_node_builds(&ctx, &build).await?;
+    observe_timings(&ctx, &node_builds);
     if build.meta().deletion_timestamp.is_some() {
         return cleanup(&ctx, &builds, &build, &node_builds).await;
     }

@@ -106,7 +106,10 @@ pub fn render(input: &Input<'_>) -> Result<Rendered, RenderError> {
     };
 
     let mut containers = Vec::new();
-    let mut volumes = vec![json!({"name": "run-kiln", "emptyDir": {}})];
+    let mut volumes = vec![
+        json!({"name": "run-kiln", "emptyDir": {}}),
+        json!({"name": "logs", "emptyDir": {}}),
+    ];
     if input.kind != RuntimeKind::Docker {
         containers.push(buildkitd_container(input, &host, name));
         volumes.push(json!({"name": "config", "configMap": {"name": ds_name}}));
@@ -239,7 +242,11 @@ fn buildkitd_container(input: &Input<'_>, host: &RuntimePaths, pool: &str) -> Va
 fn agent_container(input: &Input<'_>, pool: &str, buildkit_addr: &str, host: &RuntimePaths) -> Value {
     let spec = &input.pool.spec;
     let field = |path: &str| json!({"fieldRef": {"fieldPath": path}});
-    let mut mounts = vec![json!({"name": "run-kiln", "mountPath": BUILDKIT_SOCKET_DIR})];
+    // The root filesystem is read-only; build logs go to their own volume.
+    let mut mounts = vec![
+        json!({"name": "run-kiln", "mountPath": BUILDKIT_SOCKET_DIR}),
+        json!({"name": "logs", "mountPath": "/var/log/kiln"}),
+    ];
     if input.kind == RuntimeKind::Docker {
         mounts.push(json!({"name": "docker-sock", "mountPath": host.socket}));
     }
@@ -417,6 +424,10 @@ mod tests {
             "{args:?}"
         );
         assert!(mounts(&ds, 0).contains(&("/var/run/docker.sock".into(), "None".into())));
+        assert!(
+            mounts(&ds, 0).contains(&("/var/log/kiln".into(), "None".into())),
+            "logs are writable with a read-only root"
+        );
     }
 
     #[test]
