@@ -148,13 +148,6 @@ impl Metrics {
         self.queue_wait.observe(seconds);
     }
 
-    /// Lets other modules register their own metrics.
-    pub fn register<M: prometheus_client::registry::Metric>(&self, name: &str, help: &str, metric: M) {
-        if let Ok(mut r) = self.registry.lock() {
-            r.register(name, help, metric);
-        }
-    }
-
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -118,25 +118,20 @@ impl Executor {
         let ours = status.agent.as_deref() == Some(self.settings.identity.as_str());
         if status.phase == Some(NodeBuildPhase::Running) && !ours {
             info!(node_build = %key.1, "failing an attempt an earlier agent instance left running");
-            let done = finished(
-                &self.settings,
-                NodeBuildPhase::Failed,
-                "AgentRestarted",
-                "the agent restarted while this attempt was running; the controller retries it",
-                &status,
-            );
-            self.write(&nb, &done).await;
+            let why = "the agent restarted while this attempt was running; the controller retries it";
+            self.finish(&nb, NodeBuildPhase::Failed, "AgentRestarted", why, &status)
+                .await;
             return;
         }
         if nb.spec.cancel {
-            let done = finished(
-                &self.settings,
+            self.finish(
+                &nb,
                 NodeBuildPhase::Cancelled,
                 "Cancelled",
                 "cancelled before it started",
                 &status,
-            );
-            self.write(&nb, &done).await;
+            )
+            .await;
             return;
         }
         let (tx, rx) = watch::channel(Stop::Run);
@@ -173,15 +168,12 @@ impl Executor {
         self.state.queued.fetch_sub(1, Ordering::Relaxed);
         let Some(_permit) = permit else {
             if *stop.borrow() == Stop::Cancel {
-                self.write(
+                self.finish(
                     &nb,
-                    &finished(
-                        &self.settings,
-                        NodeBuildPhase::Cancelled,
-                        "Cancelled",
-                        "cancelled while queued",
-                        &status,
-                    ),
+                    NodeBuildPhase::Cancelled,
+                    "Cancelled",
+                    "cancelled while queued",
+                    &status,
                 )
                 .await;
             }
@@ -397,6 +389,19 @@ impl Executor {
     async fn queue_position(&self, key: &(String, String)) -> Option<i32> {
         let queue = self.queue.lock().await;
         queue.iter().position(|k| k == key).and_then(|p| i32::try_from(p).ok())
+    }
+
+    /// Writes the final status of an attempt that ends without a build.
+    async fn finish(
+        &self,
+        nb: &NodeBuild,
+        phase: NodeBuildPhase,
+        reason: &str,
+        message: &str,
+        status: &NodeBuildStatus,
+    ) {
+        self.write(nb, &finished(&self.settings, phase, reason, message, status))
+            .await;
     }
 
     async fn write(&self, nb: &NodeBuild, status: &NodeBuildStatus) {

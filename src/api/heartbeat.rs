@@ -103,6 +103,23 @@ impl Heartbeat {
     }
 }
 
+/// A heartbeat for unit tests: pool `default`, 15 s validity, two build slots.
+#[cfg(test)]
+pub(crate) fn test_beat(node: &str, renewed: Timestamp, running: i32, platforms: &[&str]) -> Heartbeat {
+    Heartbeat {
+        pool: "default".into(),
+        node: node.into(),
+        renewed,
+        duration: SignedDuration::from_secs(15),
+        capacity: Capacity {
+            max_concurrent_builds: 2,
+            running,
+            platforms: platforms.iter().map(|p| (*p).into()).collect(),
+            ..Default::default()
+        },
+    }
+}
+
 /// The Lease name for (pool, node): `kiln-<pool>-<node>`, shortened with a hash when it would
 /// exceed the 253 characters of an object name.
 pub fn lease_name(pool: &str, node: &str) -> String {
@@ -110,11 +127,7 @@ pub fn lease_name(pool: &str, node: &str) -> String {
     if name.len() <= 253 {
         return name;
     }
-    use sha2::{Digest, Sha256};
-    let hash: String = Sha256::digest(name.as_bytes())[..6]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = super::short_sha256(name.as_bytes(), 6);
     format!("{}-{hash}", &name[..240].trim_end_matches(['-', '.']))
 }
 

@@ -32,3 +32,14 @@ pub use recipe::BuildRecipe;
 pub const GROUP: &str = "kiln.dev";
 /// The served and stored API version.
 pub const VERSION: &str = "v1alpha1";
+
+/// The first `bytes` bytes of the SHA-256 of `data`, as lowercase hex: short stable names and
+/// hashes (object-name suffixes, config hashes, cache keys).
+pub fn short_sha256(data: &[u8], bytes: usize) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(data)
+        .iter()
+        .take(bytes)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -64,14 +64,8 @@ pub(super) fn run(args: Args) -> u8 {
         }
     };
     super::block_on(async move {
-        let client = match kube::Client::try_default().await {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!(
-                    "error: cannot reach the Kubernetes API: {e} (check KUBECONFIG or the in-cluster service account)"
-                );
-                return exit::FAILURE;
-            }
+        let Some(client) = super::kube_client().await else {
+            return exit::FAILURE;
         };
         let settings = Settings {
             pool: args.pool,

@@ -30,14 +30,8 @@ pub(super) struct Args {
 
 pub(super) fn run(args: Args) -> u8 {
     super::block_on(async move {
-        let client = match kube::Client::try_default().await {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!(
-                    "error: cannot reach the Kubernetes API: {e} (check KUBECONFIG or the in-cluster service account)"
-                );
-                return exit::FAILURE;
-            }
+        let Some(client) = super::kube_client().await else {
+            return exit::FAILURE;
         };
         let identity = args.identity.unwrap_or_else(super::default_identity);
         let settings = Settings {

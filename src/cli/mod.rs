@@ -107,6 +107,19 @@ fn block_on(future: impl Future<Output = u8>) -> u8 {
     }
 }
 
+/// A client from KUBECONFIG or the in-cluster service account; says what to check when neither works.
+async fn kube_client() -> Option<kube::Client> {
+    match kube::Client::try_default().await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            eprintln!(
+                "error: cannot reach the Kubernetes API: {e} (check KUBECONFIG or the in-cluster service account)"
+            );
+            None
+        }
+    }
+}
+
 /// `host-pid`, for identities when no pod name is given.
 fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -96,6 +96,18 @@ impl Error {
     }
 }
 
+/// The heartbeats of a pool's builders (Leases in kiln's namespace).
+pub async fn heartbeats(ctx: &Context, pool: &str) -> Result<Vec<crate::api::heartbeat::Heartbeat>, Error> {
+    use crate::api::heartbeat::{Heartbeat, POOL_LABEL};
+    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let params = kube::api::ListParams::default().labels(&format!("{HEARTBEAT_LABEL}=true,{POOL_LABEL}={pool}"));
+    let list = leases
+        .list(&params)
+        .await
+        .map_err(Error::kube("list heartbeat leases"))?;
+    Ok(list.items.iter().filter_map(Heartbeat::from_lease).collect())
+}
+
 /// Settings of `kiln controller`.
 #[derive(Clone, Debug)]
 pub struct Settings {

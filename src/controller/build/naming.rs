@@ -2,8 +2,6 @@
 //! idempotent: a controller that restarts (or reads a stale cache) and tries to create the same
 //! attempt again gets `AlreadyExists` instead of a second build.
 
-use sha2::{Digest, Sha256};
-
 use crate::api::recipe::BuildRecipe;
 
 /// Label with a hash of the source and Dockerfile, for cache affinity.
@@ -11,19 +9,15 @@ pub const CACHE_KEY_LABEL: &str = "kiln.dev/cache-key";
 /// Label with the ImageBuild generation an attempt builds.
 pub const GENERATION_LABEL: &str = "kiln.dev/generation";
 
-fn short_hash(input: &[u8], bytes: usize) -> String {
-    Sha256::digest(input)[..bytes]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// `<build>-<generation>-<attempt>` for single-node builds (the node is not part of the name,
 /// so two controllers cannot create the same attempt on two nodes); with `allNodes` each node
 /// has its own attempts: `<build>-<generation>-<node hash>-<attempt>`.
 pub fn node_build_name(build: &str, generation: i64, node: Option<&str>, attempt: i32) -> String {
     let suffix = match node {
-        Some(node) => format!("-{generation}-{}-{attempt}", short_hash(node.as_bytes(), 3)),
+        Some(node) => format!(
+            "-{generation}-{}-{attempt}",
+            crate::api::short_sha256(node.as_bytes(), 3)
+        ),
         None => format!("-{generation}-{attempt}"),
     };
     let room = 253 - suffix.len();
@@ -43,7 +37,7 @@ pub fn cache_key(recipe: &BuildRecipe) -> String {
         "inline": recipe.dockerfile_inline,
         "target": recipe.target,
     });
-    short_hash(material.to_string().as_bytes(), 8)
+    crate::api::short_sha256(material.to_string().as_bytes(), 8)
 }
 
 #[cfg(test)]

@@ -1,13 +1,13 @@
 //! Unit tests of the ImageBuild decide step.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::ObjectMeta;
 
 use super::plan::{Observed, decide};
 use super::schedule::Candidate;
 use crate::api::conditions::{self, READY, RECONCILING, STALLED};
-use crate::api::heartbeat::{Capacity, Heartbeat};
+use crate::api::heartbeat::{Heartbeat, test_beat};
 use crate::api::image_build::{BuildPhase, DigestKind, ImageBuild, ImageBuildSpec, Placement};
 use crate::api::node_build::{NodeBuild, NodeBuildPhase, NodeBuildStatus};
 use crate::api::recipe::{BuildRecipe, BuildSource, HttpSource};
@@ -43,16 +43,7 @@ fn build(spec: impl FnOnce(&mut ImageBuildSpec)) -> ImageBuild {
 }
 
 fn beat(node: &str, renewed: i64) -> Heartbeat {
-    Heartbeat {
-        pool: "default".into(),
-        node: node.into(),
-        renewed: ts(renewed),
-        duration: SignedDuration::from_secs(15),
-        capacity: Capacity {
-            max_concurrent_builds: 2,
-            ..Default::default()
-        },
-    }
+    test_beat(node, ts(renewed), 0, &[])
 }
 
 fn plan_at(b: &ImageBuild, nbs: &[NodeBuild], beats: &[Heartbeat], now: i64) -> super::plan::Plan {

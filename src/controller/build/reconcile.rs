@@ -4,10 +4,10 @@
 //! deterministic, so `AlreadyExists` means an earlier reconcile (or controller) already did it.
 //! A finalizer makes deletion cancel running attempts and wait (bounded) for their agents.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -21,7 +21,6 @@ use super::naming::CACHE_KEY_LABEL;
 use super::plan::{self, Observed, Plan};
 use super::schedule::Candidate;
 use crate::api::conditions::{self, Desired, READY, STALLED, Status};
-use crate::api::heartbeat::{HEARTBEAT_LABEL, Heartbeat, POOL_LABEL};
 use crate::api::image_build::ImageBuild;
 use crate::api::node_build::{IMAGE_BUILD_LABEL, NodeBuild, NodeBuildPhase};
 use crate::api::validation;
@@ -103,26 +102,8 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
     }
 
     let pool = build.spec.pool().to_owned();
-    let heartbeats = heartbeats(&ctx, &pool).await?;
-    let nodes: Api<Node> = Api::all(ctx.client.clone());
-    let mut labels = Vec::with_capacity(heartbeats.len());
-    let needs_labels = build
-        .spec
-        .placement
-        .as_ref()
-        .is_some_and(|p| !p.node_selector.is_empty());
-    for hb in &heartbeats {
-        let l = if needs_labels {
-            nodes
-                .get_metadata_opt(&hb.node)
-                .await
-                .map_err(Error::kube("read node"))?
-                .map(|n| n.labels().clone())
-        } else {
-            None
-        };
-        labels.push(l);
-    }
+    let heartbeats = crate::controller::heartbeats(&ctx, &pool).await?;
+    let labels = node_labels(&ctx, &build).await?;
     let generation = build.metadata.generation.unwrap_or(1);
     let first_dispatch = !node_builds.iter().any(|nb| nb.spec.generation == generation);
     let affinity = if first_dispatch {
@@ -135,10 +116,9 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
         node_builds: node_builds.iter().collect(),
         candidates: heartbeats
             .iter()
-            .zip(&labels)
-            .map(|(h, l)| Candidate {
+            .map(|h| Candidate {
                 heartbeat: h,
-                labels: l.as_ref(),
+                labels: labels.get(&h.node),
             })
             .collect(),
         affinity,
@@ -288,11 +268,29 @@ async fn owned_node_builds(ctx: &Context, build: &ImageBuild) -> Result<Vec<Node
         .collect())
 }
 
-async fn heartbeats(ctx: &Context, pool: &str) -> Result<Vec<Heartbeat>, Error> {
-    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    let params = ListParams::default().labels(&format!("{HEARTBEAT_LABEL}=true,{POOL_LABEL}={pool}"));
-    let list = leases.list(&params).await.map_err(Error::kube("list heartbeats"))?;
-    Ok(list.items.iter().filter_map(Heartbeat::from_lease).collect())
+/// Labels of the nodes, by name, when the placement selects on them (one list call); empty
+/// otherwise, since the scheduler then does not look at labels.
+async fn node_labels(ctx: &Context, build: &ImageBuild) -> Result<BTreeMap<String, BTreeMap<String, String>>, Error> {
+    let Some(selector) = build
+        .spec
+        .placement
+        .as_ref()
+        .map(|p| &p.node_selector)
+        .filter(|s| !s.is_empty())
+    else {
+        return Ok(BTreeMap::new());
+    };
+    let selector: Vec<String> = selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let list = nodes
+        .list_metadata(&ListParams::default().labels(&selector.join(",")))
+        .await
+        .map_err(Error::kube("list nodes"))?;
+    Ok(list
+        .items
+        .into_iter()
+        .map(|n| (n.name_any(), n.labels().clone()))
+        .collect())
 }
 
 /// The node that most recently built the same source and Dockerfile successfully.

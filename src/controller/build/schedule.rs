@@ -117,26 +117,14 @@ pub fn choose(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::heartbeat::Capacity;
-    use k8s_openapi::jiff::SignedDuration;
+    use crate::api::heartbeat::test_beat;
 
     fn ts(s: i64) -> Timestamp {
         Timestamp::from_second(s).expect("ts")
     }
 
     fn hb(node: &str, renewed: i64, running: i32, platforms: &[&str]) -> Heartbeat {
-        Heartbeat {
-            pool: "default".into(),
-            node: node.into(),
-            renewed: ts(renewed),
-            duration: SignedDuration::from_secs(15),
-            capacity: Capacity {
-                max_concurrent_builds: 2,
-                running,
-                platforms: platforms.iter().map(|p| (*p).into()).collect(),
-                ..Default::default()
-            },
-        }
+        test_beat(node, ts(renewed), running, platforms)
     }
 
     fn pick(

@@ -24,7 +24,6 @@ use super::status::{self, SelectedNode};
 use crate::api::BuilderPool;
 use crate::api::builder_pool::{BuilderPoolStatus, RuntimeKind};
 use crate::api::conditions::{self, Desired, READY, STALLED, Status};
-use crate::api::heartbeat::{HEARTBEAT_LABEL, Heartbeat};
 use crate::api::validation;
 use crate::controller::{Context, Error, FIELD_MANAGER, STATUS_FIELD_MANAGER};
 
@@ -53,10 +52,10 @@ pub async fn reconcile(pool: Arc<BuilderPool>, ctx: Arc<Context>) -> Result<Acti
         return Ok(Action::await_change());
     }
 
-    let selected = select_nodes(&ctx, &pool).await?;
+    let (selected, labelled) = select_nodes(&ctx, &pool).await?;
     let detected = pool.spec.runtime.as_ref().is_none_or(|r| r.kind == RuntimeKind::Auto);
     if detected {
-        label_nodes(&ctx, &selected).await?;
+        label_nodes(&ctx, &selected, &labelled).await?;
     }
     let flavours: BTreeSet<RuntimeKind> = match pool.spec.runtime.as_ref().map(|r| r.kind) {
         Some(kind) if kind != RuntimeKind::Auto => BTreeSet::from([kind]),
@@ -68,7 +67,7 @@ pub async fn reconcile(pool: Arc<BuilderPool>, ctx: Arc<Context>) -> Result<Acti
     apply_builders(&ctx, &pool, &flavours, detected).await?;
     prune_builders(&ctx, &name, &flavours).await?;
 
-    let heartbeats = heartbeats(&ctx, &name).await?;
+    let heartbeats = crate::controller::heartbeats(&ctx, &name).await?;
     let now = Timestamp::now();
     let next = status::derive(
         pool.metadata.generation,
@@ -89,7 +88,11 @@ pub async fn reconcile(pool: Arc<BuilderPool>, ctx: Arc<Context>) -> Result<Acti
 }
 
 /// Nodes matching the pool's nodeSelector, each with its runtime.
-async fn select_nodes(ctx: &Context, pool: &BuilderPool) -> Result<Vec<SelectedNode>, Error> {
+/// Also returns each node's current runtime label, so labelling needs no further reads.
+async fn select_nodes(
+    ctx: &Context,
+    pool: &BuilderPool,
+) -> Result<(Vec<SelectedNode>, BTreeMap<String, String>), Error> {
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     let selector: Vec<String> = pool
         .spec
@@ -99,23 +102,32 @@ async fn select_nodes(ctx: &Context, pool: &BuilderPool) -> Result<Vec<SelectedN
         .collect();
     let params = ListParams::default().labels(&selector.join(","));
     let list = nodes.list(&params).await.map_err(Error::kube("list nodes"))?;
-    Ok(list
+    let labelled = list
+        .items
+        .iter()
+        .filter_map(|node| Some((node.name_any(), node.labels().get(RUNTIME_LABEL)?.clone())))
+        .collect();
+    let selected = list
         .items
         .iter()
         .map(|node| SelectedNode {
             name: node.name_any(),
             runtime: runtime::resolve(pool.spec.runtime.as_ref(), node),
         })
-        .collect())
+        .collect();
+    Ok((selected, labelled))
 }
 
 /// Records each node's detected runtime in a label the DaemonSets select on.
-async fn label_nodes(ctx: &Context, selected: &[SelectedNode]) -> Result<(), Error> {
+async fn label_nodes(
+    ctx: &Context,
+    selected: &[SelectedNode],
+    labelled: &BTreeMap<String, String>,
+) -> Result<(), Error> {
     let nodes: Api<Node> = Api::all(ctx.client.clone());
     for node in selected {
         let Ok(kind) = &node.runtime else { continue };
-        let current = nodes.get_metadata(&node.name).await.map_err(Error::kube("read node"))?;
-        if current.labels().get(RUNTIME_LABEL).map(String::as_str) == Some(runtime::slug(*kind)) {
+        if labelled.get(&node.name).map(String::as_str) == Some(runtime::slug(*kind)) {
             continue;
         }
         let patch = json!({
@@ -197,16 +209,6 @@ async fn prune_builders(ctx: &Context, pool: &str, keep: &BTreeSet<RuntimeKind>)
     Ok(())
 }
 
-async fn heartbeats(ctx: &Context, pool: &str) -> Result<Vec<Heartbeat>, Error> {
-    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    let params = ListParams::default().labels(&format!("{HEARTBEAT_LABEL}=true,{POOL_LABEL}={pool}"));
-    let list = leases
-        .list(&params)
-        .await
-        .map_err(Error::kube("list heartbeat leases"))?;
-    Ok(list.items.iter().filter_map(Heartbeat::from_lease).collect())
-}
-
 async fn write_status(ctx: &Context, pool: &BuilderPool, status: BuilderPoolStatus) -> Result<(), Error> {
     let api: Api<BuilderPool> = Api::all(ctx.client.clone());
     let patch = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "BuilderPool", "status": status});
@@ -227,9 +229,4 @@ fn now_time() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
 /// Maps a heartbeat Lease to the pool it belongs to.
 pub fn pool_of_lease(lease: &Lease) -> Option<String> {
     lease.labels().get(POOL_LABEL).cloned()
-}
-
-/// Labels of a node, for mapping node events to pools.
-pub fn node_labels(node: &Node) -> BTreeMap<String, String> {
-    node.labels().clone()
 }

@@ -12,7 +12,6 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Resource;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use super::runtime::{RUNTIME_LABEL, RuntimePaths, paths, slug};
 use crate::api::BuilderPool;
@@ -93,12 +92,7 @@ pub fn render(input: &Input<'_>) -> Result<Rendered, RenderError> {
     let labels = labels(name, input.kind);
 
     let config = (input.kind != RuntimeKind::Docker).then(|| buildkitd_toml(input, &host));
-    let config_hash = config.as_deref().map(|c| {
-        Sha256::digest(c.as_bytes())[..8]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    });
+    let config_hash = config.as_deref().map(|c| crate::api::short_sha256(c.as_bytes(), 8));
     let buildkit_addr = if input.kind == RuntimeKind::Docker {
         format!("docker-unix://{}", host.socket)
     } else {

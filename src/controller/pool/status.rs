@@ -153,25 +153,14 @@ pub fn next_expiry(heartbeats: &[Heartbeat], now: Timestamp) -> Option<Timestamp
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::heartbeat::Capacity;
+    use crate::api::heartbeat::test_beat;
 
     fn ts(s: i64) -> Timestamp {
         Timestamp::from_second(s).expect("ts")
     }
 
     fn beat(node: &str, renewed: i64, running: i32) -> Heartbeat {
-        Heartbeat {
-            pool: "default".into(),
-            node: node.into(),
-            renewed: ts(renewed),
-            duration: SignedDuration::from_secs(15),
-            capacity: Capacity {
-                max_concurrent_builds: 2,
-                running,
-                platforms: vec!["linux/amd64".into()],
-                ..Default::default()
-            },
-        }
+        test_beat(node, ts(renewed), running, &["linux/amd64"])
     }
 
     fn nodes() -> Vec<SelectedNode> {
