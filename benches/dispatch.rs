@@ -167,10 +167,17 @@ async fn main() {
 async fn wait_ready(seen: &Arc<Mutex<Seen>>, name: &str) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        if seen.lock().is_ok_and(|s| s.ready.contains_key(name)) {
+        // The two watches are independent streams: wait until both have reported this build.
+        let complete = seen.lock().is_ok_and(|s| {
+            s.ready.contains_key(name) && s.running.contains_key(name) && s.node_done.contains_key(name)
+        });
+        if complete {
             return;
         }
-        assert!(Instant::now() < deadline, "{name} not Ready within 120 s");
+        assert!(
+            Instant::now() < deadline,
+            "{name} not Ready (and seen by both watches) within 120 s"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }

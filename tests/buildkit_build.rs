@@ -3,56 +3,11 @@
 
 mod support;
 
-use kiln::buildkit::{
-    BuildOutput, BuildRequest, Client, Context, DigestKind, Dockerfile, Endpoint, Error, Network, PlainRenderer,
-    ProgressEvent, WorkerKind,
-};
+use kiln::buildkit::{Context, DigestKind, Dockerfile, ProgressEvent, WorkerKind};
+use support::buildkit::{build, client, http_context, render, request, unique};
 use support::docker::{BUSYBOX, DockerDaemon};
 use support::git::GitServer;
-use support::http::{FileServer, tar, tar_gz};
-
-async fn client() -> Client {
-    let daemon = DockerDaemon::shared();
-    let endpoint = Endpoint::parse(&daemon.endpoint()).expect("endpoint");
-    Client::connect(&endpoint, None).await.expect("connect")
-}
-
-fn unique(name: &str) -> String {
-    format!("kiln-test/{name}:{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
-}
-
-/// Serves a context tarball holding `Dockerfile` and `files`.
-fn http_context(dockerfile: &str, files: &[(&str, &[u8])]) -> (FileServer, Context) {
-    let mut all: Vec<(&str, &[u8])> = vec![("Dockerfile", dockerfile.as_bytes())];
-    all.extend_from_slice(files);
-    let server = FileServer::start(&[("/context.tar", tar(&all))]);
-    let ctx = Context::Http {
-        url: server.url("/context.tar"),
-    };
-    (server, ctx)
-}
-
-fn request(ctx: Context, dockerfile: Dockerfile, name: &str) -> BuildRequest {
-    let mut req = BuildRequest::new(ctx, dockerfile);
-    req.export.names = vec![name.to_string()];
-    // dockerd runs with --bridge=none: RUN steps get no network.
-    req.network = Network::None;
-    req
-}
-
-async fn build(client: &Client, req: BuildRequest) -> (Result<BuildOutput, Error>, Vec<ProgressEvent>) {
-    let mut handle = client.build(req).await.expect("start build");
-    let mut events = Vec::new();
-    while let Some(e) = handle.next_event().await {
-        events.push(e);
-    }
-    (handle.wait().await, events)
-}
-
-fn render(events: &[ProgressEvent]) -> String {
-    let mut r = PlainRenderer::new();
-    events.iter().flat_map(|e| r.render(e)).collect::<Vec<_>>().join("\n")
-}
+use support::http::{FileServer, tar_gz};
 
 fn logs(events: &[ProgressEvent]) -> Vec<String> {
     events

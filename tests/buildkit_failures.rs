@@ -5,50 +5,15 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use kiln::buildkit::{
-    BuildOutput, BuildRequest, Client, Context, Dockerfile, Endpoint, Error, Network, PlainRenderer, ProgressEvent,
-};
+use kiln::buildkit::{BuildRequest, Client, Context, Dockerfile, Endpoint, Error, Network, ProgressEvent};
+use support::buildkit::{build, client, render, tarball_request};
 use support::docker::{BUSYBOX, DockerDaemon};
 use support::git::GitServer;
-use support::http::{FileServer, tar};
+use support::http::FileServer;
 
-async fn client() -> Client {
-    let daemon = DockerDaemon::shared();
-    let endpoint = Endpoint::parse(&daemon.endpoint()).expect("endpoint");
-    Client::connect(&endpoint, None).await.expect("connect")
-}
-
+/// A served context with `a.txt` beside the Dockerfile.
 fn request(dockerfile: &str) -> (FileServer, BuildRequest) {
-    let server = FileServer::start(&[(
-        "/context.tar",
-        tar(&[("Dockerfile", dockerfile.as_bytes()), ("a.txt", b"a\n")]),
-    )]);
-    let mut req = BuildRequest::new(
-        Context::Http {
-            url: server.url("/context.tar"),
-        },
-        Dockerfile::default(),
-    );
-    req.network = Network::None;
-    req.export.names = vec![format!(
-        "kiln-test/fail:{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    )];
-    (server, req)
-}
-
-async fn build(client: &Client, req: BuildRequest) -> (Result<BuildOutput, Error>, Vec<ProgressEvent>) {
-    let mut handle = client.build(req).await.expect("start build");
-    let mut events = Vec::new();
-    while let Some(e) = handle.next_event().await {
-        events.push(e);
-    }
-    (handle.wait().await, events)
-}
-
-fn render(events: &[ProgressEvent]) -> String {
-    let mut r = PlainRenderer::new();
-    events.iter().flat_map(|e| r.render(e)).collect::<Vec<_>>().join("\n")
+    tarball_request(dockerfile, &[("a.txt", b"a\n")], "fail")
 }
 
 #[tokio::test]

@@ -9,45 +9,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kiln::buildkit::{
-    BuildOutput, BuildRequest, Client, Context, Dockerfile, Endpoint, Error, MASK, Network, PlainRenderer,
-    ProgressEvent, TlsConfig,
-};
+use kiln::buildkit::{BuildRequest, Client, Endpoint, Error, MASK, TlsConfig};
+use support::buildkit::{build, render, tarball_request};
 use support::docker::{BUSYBOX, DockerDaemon};
-use support::http::{FileServer, tar};
+use support::http::FileServer;
 use support::process::{Supervised, free_port, run};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECRET: &str = "kiln-s3cr3t-Value-9f2c41";
 
 fn request(dockerfile: &str) -> (FileServer, BuildRequest) {
-    let server = FileServer::start(&[("/context.tar", tar(&[("Dockerfile", dockerfile.as_bytes())]))]);
-    let mut req = BuildRequest::new(
-        Context::Http {
-            url: server.url("/context.tar"),
-        },
-        Dockerfile::default(),
-    );
-    req.network = Network::None;
-    req.export.names = vec![format!(
-        "kiln-test/session:{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    )];
-    (server, req)
-}
-
-async fn build(client: &Client, req: BuildRequest) -> (Result<BuildOutput, Error>, Vec<ProgressEvent>) {
-    let mut handle = client.build(req).await.expect("start build");
-    let mut events = Vec::new();
-    while let Some(e) = handle.next_event().await {
-        events.push(e);
-    }
-    (handle.wait().await, events)
-}
-
-fn render(events: &[ProgressEvent]) -> String {
-    let mut r = PlainRenderer::new();
-    events.iter().flat_map(|e| r.render(e)).collect::<Vec<_>>().join("\n")
+    tarball_request(dockerfile, &[], "session")
 }
 
 /// Builds with a secret and checks that the step saw it while it appears

@@ -161,7 +161,7 @@ async fn a_failing_step_stalls_with_the_step_exit_code_and_log_tail() {
     let build = rig.wait_for(&ns, "broken", BUILD_WAIT, "Stalled", is_stalled).await;
     let status = build.status.expect("status");
     assert_eq!(status.phase, Some(BuildPhase::Failed));
-    assert!(!is_ready_status(&status.conditions));
+    assert!(!conditions::is_true(&status.conditions, READY));
     assert_eq!(status.reason.as_deref(), Some("StepFailed"));
     let message = status.message.unwrap_or_default();
     assert!(
@@ -178,10 +178,6 @@ async fn a_failing_step_stalls_with_the_step_exit_code_and_log_tail() {
         "one attempt plus backoffLimit 1 retry, no more"
     );
     assert_eq!(status.failed_attempts, Some(2));
-}
-
-fn is_ready_status(c: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> bool {
-    conditions::is_true(c, READY)
 }
 
 #[tokio::test]
@@ -271,7 +267,7 @@ async fn deleting_a_running_build_cancels_it_and_leaves_nothing_behind() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(sleeping(rig, &ns), "the RUN step is running in BuildKit");
+    assert!(sleeping(rig), "the RUN step is running in BuildKit");
     api.delete("slow", &DeleteParams::default()).await.expect("delete");
     support::kiln::eventually(Duration::from_secs(40), "ImageBuild gone", || async {
         api.get_opt("slow").await.ok().flatten().is_none().then_some(())
@@ -279,13 +275,14 @@ async fn deleting_a_running_build_cancels_it_and_leaves_nothing_behind() {
     .await;
     assert!(rig.node_builds(&ns, "slow").await.is_empty(), "no NodeBuild left");
     support::kiln::eventually(Duration::from_secs(10), "the RUN step stopped", || async {
-        (!sleeping(rig, &ns)).then_some(())
+        (!sleeping(rig)).then_some(())
     })
     .await;
 }
 
-/// True while a `sleep 120` of this test runs under the Docker daemon.
-fn sleeping(rig: &Rig, _ns: &str) -> bool {
+/// True while a `sleep 120` runs under the Docker daemon (only the deletion test uses it; the
+/// shell may exec the sleep, so the command line cannot carry the test's namespace).
+fn sleeping(rig: &Rig) -> bool {
     rig.docker
         .descendant_processes()
         .iter()

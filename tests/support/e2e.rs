@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::apiserver::ApiServer;
 use super::docker::DockerDaemon;
 use super::http::FileServer;
-use super::kiln::{ControllerProcess, eventually};
+use super::kiln::ControllerProcess;
 use super::process::{Supervised, free_port};
 
 /// kiln's namespace in the rig.
@@ -184,29 +184,36 @@ impl Rig {
         what: &str,
         done: impl Fn(&ImageBuild) -> bool,
     ) -> ImageBuild {
-        let api: Api<ImageBuild> = Api::namespaced(self.client().await, ns);
-        let logs = || self.diagnostics();
-        let result = tokio::time::timeout(
-            timeout,
-            eventually(timeout + Duration::from_secs(1), what, || async {
-                api.get_opt(name).await.ok().flatten().filter(|b| done(b))
-            }),
-        )
-        .await;
-        match result {
-            Ok(b) => b,
-            Err(_) => panic!("timed out waiting for {what} of {ns}/{name}\n{}", logs()),
-        }
+        self.poll(ns, name, timeout, what, |b| b.filter(|b| done(b))).await
     }
 
     /// Waits until the ImageBuild no longer exists.
     pub async fn wait_gone(&self, ns: &str, name: &str, timeout: Duration) {
+        self.poll(ns, name, timeout, "deletion", |b| b.is_none().then_some(()))
+            .await;
+    }
+
+    /// Polls the ImageBuild until `check` accepts it (or its absence), panicking with the
+    /// controller's and agents' logs after `timeout`.
+    async fn poll<T>(
+        &self,
+        ns: &str,
+        name: &str,
+        timeout: Duration,
+        what: &str,
+        check: impl Fn(Option<ImageBuild>) -> Option<T>,
+    ) -> T {
         let api: Api<ImageBuild> = Api::namespaced(self.client().await, ns);
         let deadline = std::time::Instant::now() + timeout;
-        while api.get_opt(name).await.ok().flatten().is_some() {
+        loop {
+            if let Ok(current) = api.get_opt(name).await
+                && let Some(v) = check(current)
+            {
+                return v;
+            }
             assert!(
                 std::time::Instant::now() < deadline,
-                "{ns}/{name} still exists after {timeout:?}\n{}",
+                "timed out after {timeout:?} waiting for {what} of {ns}/{name}\n{}",
                 self.diagnostics()
             );
             tokio::time::sleep(Duration::from_millis(200)).await;

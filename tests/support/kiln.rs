@@ -56,13 +56,14 @@ impl ControllerProcess {
 
     /// GETs a path on the controller's HTTP server; `None` while it is not answering.
     pub fn get(&self, path: &str) -> Option<String> {
-        let out = std::process::Command::new("curl")
-            .args(["-sf", "--max-time", "2", &format!("http://{}{path}", self.addr)])
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&self.addr).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: kiln\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.0 200").then(|| body.to_owned())
     }
 
     /// Sum of a counter in `/metrics` whose line contains all `parts`.

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod buildkit;
 pub mod docker;
 pub mod e2e;
 pub mod git;
