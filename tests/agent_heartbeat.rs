@@ -92,3 +92,25 @@ async fn heartbeats_follow_buildkit_and_carry_the_nodes_capacity() {
     )
     .await;
 }
+
+/// The kubelet stops a builder pod with SIGTERM; the agent (PID 1 in its container, where an
+/// unhandled SIGTERM is ignored) must exit on it rather than hold up every rollout and pool
+/// deletion for the whole grace period until SIGKILL.
+#[tokio::test]
+async fn the_agent_exits_on_sigterm() {
+    let rig = Rig::start(&["term-node"]).await;
+    let client = rig.client().await;
+    let leases: Api<Lease> = Api::namespaced(client, NS);
+    let name = lease_name(POOL, "term-node");
+    eventually(Duration::from_secs(30), "the agent's lease", || async {
+        leases.get_opt(&name).await.ok().flatten()
+    })
+    .await;
+    assert!(
+        rig.terminate_agent("term-node", Duration::from_secs(20)),
+        "the agent ignored SIGTERM\n{}",
+        rig.diagnostics()
+    );
+    let log = std::fs::read_to_string(rig.server.dir.join("agent-term-node.log")).unwrap_or_default();
+    assert!(log.contains("SIGTERM"), "the agent says why it stops: {log}");
+}

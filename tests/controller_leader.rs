@@ -65,6 +65,26 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_dies() {
         Some("replica-a")
     );
 
+    // A standby told to stop while it waits for leadership (SIGTERM, as on a rollout) stops at
+    // once instead of waiting out the pod's grace period.
+    let mut third = ControllerProcess::start(server, &ns, "replica-c", &[&lease_arg]);
+    eventually(Duration::from_secs(10), "replica-c ready, standing by", || async {
+        third.get("/readyz")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &third.process.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    assert!(
+        third.process.wait_exit(Duration::from_secs(20)),
+        "a standby ignored SIGTERM:\n{}",
+        third.log_tail()
+    );
+    assert!(third.log_tail().contains("standing by"), "{}", third.log_tail());
+
     // The leader dies without a word; the standby takes over within the lease duration.
     let killed = Instant::now();
     first.process.kill();

@@ -113,6 +113,14 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
     info!(%addr, node = %settings.node, pool = %settings.pool, buildkit = %settings.buildkit, "agent serving probes");
     tokio::spawn(serve);
     let executor = executor::Executor::new(client.clone(), settings.clone(), state.clone(), logs);
-    tokio::join!(heartbeat::run(client, settings, state), executor.run());
+    tokio::select! {
+        _ = async { tokio::join!(heartbeat::run(client, settings, state), executor.run()) } => {}
+        signal = crate::shutdown::signal() => {
+            // Exiting drops the solve sessions, so BuildKit stops the builds in flight; the next
+            // agent on this node reports them as AgentRestarted, or the controller sees the
+            // heartbeat stop (NodeLost), and either way they are retried.
+            info!(signal, "stopping: builds in flight end with this process and are retried");
+        }
+    }
     Ok(())
 }

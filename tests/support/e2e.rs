@@ -168,6 +168,21 @@ impl Rig {
         }
     }
 
+    /// Sends the agent of `node` SIGTERM, as the kubelet does when it stops the pod; returns
+    /// true if it exited by itself within `timeout` (else it is killed).
+    pub fn terminate_agent(&self, node: &str, timeout: Duration) -> bool {
+        let Some(mut agent) = self.agents.lock().expect("lock").remove(node) else {
+            return false;
+        };
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &agent.pid().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        let exited = sent && agent.wait_exit(timeout);
+        agent.kill();
+        exited
+    }
+
     /// Serves a context tarball; returns its URL.
     pub fn context(&self, name: &str, files: &[(&str, &[u8])]) -> String {
         let path = format!("/{name}.tar");
