@@ -69,6 +69,28 @@ pub struct BuilderPoolSpec {
     /// How the builder DaemonSet rolls out changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_strategy: Option<DaemonSetUpdateStrategy>,
+    /// Host directory for the pool's BuildKit state (cache, snapshots) on every node, mounted
+    /// with Bidirectional propagation. Defaults to `/var/lib/kiln/pools/<pool>`. Two pools must
+    /// not share one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^/\S+$"))]
+    pub state_dir: Option<String>,
+    /// The network `RUN` steps get. Defaults to `Default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_network: Option<RunNetwork>,
+}
+
+/// The network of a build's `RUN` steps.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RunNetwork {
+    /// BuildKit's sandbox network (Docker's default bridge, or buildkitd's CNI/host setup).
+    #[default]
+    Default,
+    /// No network at all: builds that must not reach anything (air-gapped clusters, or a
+    /// Docker daemon without a bridge network).
+    None,
+    /// The node's network (the `network.host` entitlement, which kiln grants its buildkitd).
+    Host,
 }
 
 /// The container runtime whose image store builds land in.
@@ -82,6 +104,11 @@ pub struct RuntimeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^/\S+$"))]
     pub socket: Option<String>,
+    /// containerd's root directory on the node (its `root` setting), mounted into buildkitd;
+    /// overrides the flavour's default (`/var/lib/containerd`, k3s: `/var/lib/rancher`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^/\S+$"))]
+    pub root: Option<String>,
     /// containerd snapshotter BuildKit unpacks into; must match the kubelet's. Defaults to `overlayfs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-z0-9_-]+$"))]

@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 
 use super::runtime::{RUNTIME_LABEL, RuntimePaths, paths, slug};
 use crate::api::BuilderPool;
-use crate::api::builder_pool::{DEFAULT_BUILDKIT_IMAGE, DEFAULT_MAX_CONCURRENT_BUILDS, RuntimeKind};
+use crate::api::builder_pool::{
+    BuilderPoolSpec, DEFAULT_BUILDKIT_IMAGE, DEFAULT_MAX_CONCURRENT_BUILDS, RunNetwork, RuntimeKind,
+};
 
 /// The label holding the pool name on everything kiln renders for it.
 pub const POOL_LABEL: &str = "kiln.dev/pool";
@@ -74,10 +76,16 @@ pub fn daemonset_name(pool: &str, kind: RuntimeKind) -> String {
     format!("kiln-builder-{pool}-{}", slug(kind))
 }
 
-/// Host directory holding one pool's BuildKit state on every node, so two pools on one node
-/// never share a root or a lock file.
-pub fn state_dir(pool: &str) -> String {
-    format!("/var/lib/kiln/pools/{pool}")
+/// Host directory holding one pool's BuildKit state on every node: the pool's `stateDir`, else
+/// one per pool name, so two pools on one node never share a root or a lock file.
+pub fn state_dir(pool: &BuilderPool) -> String {
+    match &pool.spec.state_dir {
+        Some(dir) => dir.trim_end_matches('/').to_owned(),
+        None => format!(
+            "/var/lib/kiln/pools/{}",
+            pool.metadata.name.as_deref().unwrap_or_default()
+        ),
+    }
 }
 
 /// Renders the DaemonSet and buildkitd config for `input`.
@@ -87,7 +95,7 @@ pub fn render(input: &Input<'_>) -> Result<Rendered, RenderError> {
     let owner = pool.controller_owner_ref(&()).ok_or(RenderError::Unnamed)?;
     let spec = &pool.spec;
     let runtime = spec.runtime.as_ref();
-    let host = paths(input.kind, runtime.and_then(|r| r.socket.as_deref()));
+    let host = paths(input.kind, runtime);
     let ds_name = daemonset_name(name, input.kind);
     let labels = labels(name, input.kind);
 
@@ -105,9 +113,9 @@ pub fn render(input: &Input<'_>) -> Result<Rendered, RenderError> {
         json!({"name": "logs", "emptyDir": {}}),
     ];
     if input.kind != RuntimeKind::Docker {
-        containers.push(buildkitd_container(input, &host, name));
+        containers.push(buildkitd_container(input, &host));
         volumes.push(json!({"name": "config", "configMap": {"name": ds_name}}));
-        volumes.push(host_dir("state", &state_dir(name), "DirectoryOrCreate"));
+        volumes.push(host_dir("state", &state_dir(pool), "DirectoryOrCreate"));
         for (i, dir) in host.host_dirs.iter().enumerate() {
             volumes.push(host_dir(&format!("runtime-{i}"), dir, "Directory"));
         }
@@ -203,9 +211,9 @@ fn to_value<T: serde::Serialize>(v: &T) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
-fn buildkitd_container(input: &Input<'_>, host: &RuntimePaths, pool: &str) -> Value {
+fn buildkitd_container(input: &Input<'_>, host: &RuntimePaths) -> Value {
     let spec = &input.pool.spec;
-    let state = state_dir(pool);
+    let state = state_dir(input.pool);
     // Paths are mounted at the same place inside and outside: containerd runs on the host and
     // resolves the mounts buildkitd hands it (hence Bidirectional propagation).
     let mut mounts = vec![
@@ -245,17 +253,26 @@ fn agent_container(input: &Input<'_>, pool: &str, buildkit_addr: &str, host: &Ru
         mounts.push(json!({"name": "docker-sock", "mountPath": host.socket}));
     }
     let probe = |path: &str| json!({"httpGet": {"path": path, "port": AGENT_PORT}, "periodSeconds": 10});
+    let mut args = vec![
+        "agent".to_owned(),
+        format!("--pool={pool}"),
+        format!("--buildkit-addr={buildkit_addr}"),
+        format!("--runtime={}", slug(input.kind)),
+        format!(
+            "--max-concurrent-builds={}",
+            spec.max_concurrent_builds.unwrap_or(DEFAULT_MAX_CONCURRENT_BUILDS)
+        ),
+        format!("--listen=0.0.0.0:{AGENT_PORT}"),
+    ];
+    match run_network(spec) {
+        RunNetwork::Default => {}
+        RunNetwork::None => args.push("--network=none".to_owned()),
+        RunNetwork::Host => args.push("--network=host".to_owned()),
+    }
     json!({
         "name": "agent",
         "image": spec.agent_image.as_deref().unwrap_or(input.default_agent_image),
-        "args": [
-            "agent",
-            format!("--pool={pool}"),
-            format!("--buildkit-addr={buildkit_addr}"),
-            format!("--runtime={}", slug(input.kind)),
-            format!("--max-concurrent-builds={}", spec.max_concurrent_builds.unwrap_or(DEFAULT_MAX_CONCURRENT_BUILDS)),
-            format!("--listen=0.0.0.0:{AGENT_PORT}"),
-        ],
+        "args": args,
         "env": [
             {"name": "NODE_NAME", "valueFrom": field("spec.nodeName")},
             {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
@@ -271,6 +288,10 @@ fn agent_container(input: &Input<'_>, pool: &str, buildkit_addr: &str, host: &Ru
     })
 }
 
+fn run_network(spec: &BuilderPoolSpec) -> RunNetwork {
+    spec.run_network.unwrap_or_default()
+}
+
 /// buildkitd's config: the containerd worker in namespace `k8s.io` with the node's snapshotter,
 /// the OCI worker off, GC and parallelism from the pool.
 pub fn buildkitd_toml(input: &Input<'_>, host: &RuntimePaths) -> String {
@@ -284,15 +305,21 @@ pub fn buildkitd_toml(input: &Input<'_>, host: &RuntimePaths) -> String {
     let gc = spec.gc.clone().unwrap_or_default();
     let mut toml = format!(
         "# Rendered by kiln for BuilderPool {pool:?} ({flavour} nodes); do not edit.\n\
-         root = \"{root}/buildkit\"\n\n\
+         root = \"{root}/buildkit\"\n{entitlements}\n\
          [grpc]\n  address = [\"{BUILDKIT_ADDR}\"]\n\n\
          [worker.oci]\n  enabled = false\n\n\
          [worker.containerd]\n  enabled = true\n  address = \"{socket}\"\n  namespace = \"k8s.io\"\n  \
          snapshotter = \"{snapshotter}\"\n  gc = {gc_on}\n",
         flavour = slug(input.kind),
-        root = state_dir(pool),
+        root = state_dir(input.pool),
         socket = host.socket,
         gc_on = gc.enabled.unwrap_or(true),
+        // Top-level keys must precede the tables.
+        entitlements = if run_network(spec) == RunNetwork::Host {
+            "insecure-entitlements = [\"network.host\"]\n"
+        } else {
+            ""
+        },
     );
     if let Some(mib) = gc.keep_storage_mib {
         toml.push_str(&format!("  gckeepstorage = {mib}\n"));
@@ -440,9 +467,11 @@ mod tests {
                 ..Default::default()
             }),
             priority_class_name: Some("system-node-critical".into()),
+            state_dir: Some("/srv/buildkit/fast/".into()),
             ..Default::default()
         };
         let (ds, toml) = render_for(&pool(spec), RuntimeKind::Containerd);
+        assert!(mounts(&ds, 0).contains(&("/srv/buildkit/fast".into(), "Bidirectional".into())));
         let pod = &ds["spec"]["template"]["spec"];
         assert_eq!(pod["containers"][0]["image"], "moby/buildkit:v0.18.0");
         assert_eq!(pod["priorityClassName"], "system-node-critical");
@@ -458,6 +487,7 @@ mod tests {
             "gckeepstorage = 2048",
             "keepDuration = 172800",
             "snapshotter = \"native\"",
+            "root = \"/srv/buildkit/fast/buildkit\"",
         ] {
             assert!(toml.contains(line), "{line} in {toml}");
         }
@@ -479,6 +509,55 @@ mod tests {
         assert_ne!(
             hash(&render_for(&p, RuntimeKind::Containerd).0),
             hash(&render_for(&q, RuntimeKind::Containerd).0)
+        );
+    }
+
+    #[test]
+    fn run_network_reaches_the_agent_and_host_is_entitled_in_buildkitd() {
+        let agent_args = |ds: &Value| -> Vec<String> {
+            let containers = ds["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .expect("containers");
+            let agent = containers
+                .iter()
+                .find(|c| c["name"] == "agent")
+                .expect("agent container");
+            agent["args"]
+                .as_array()
+                .expect("args")
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        };
+        let with = |n: Option<RunNetwork>| {
+            pool(BuilderPoolSpec {
+                run_network: n,
+                ..Default::default()
+            })
+        };
+        let (ds, toml) = render_for(&with(None), RuntimeKind::Containerd);
+        assert!(
+            !agent_args(&ds).iter().any(|a| a.starts_with("--network")),
+            "{:?}",
+            agent_args(&ds)
+        );
+        assert!(!toml.expect("config").contains("insecure-entitlements"));
+
+        let (ds, _) = render_for(&with(Some(RunNetwork::None)), RuntimeKind::Docker);
+        assert!(
+            agent_args(&ds).contains(&"--network=none".to_owned()),
+            "{:?}",
+            agent_args(&ds)
+        );
+
+        let (ds, toml) = render_for(&with(Some(RunNetwork::Host)), RuntimeKind::Containerd);
+        assert!(agent_args(&ds).contains(&"--network=host".to_owned()));
+        let toml = toml.expect("config");
+        let entitlement = toml.find("insecure-entitlements = [\"network.host\"]").expect(&toml);
+        assert!(
+            entitlement < toml.find("[grpc]").expect("grpc table"),
+            "a top-level key: {toml}"
         );
     }
 }

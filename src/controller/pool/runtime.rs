@@ -81,37 +81,40 @@ pub fn resolve(spec: Option<&RuntimeSpec>, node: &Node) -> Result<RuntimeKind, U
     }
 }
 
-/// Host paths for a flavour; `socket_override` (the pool's `runtime.socket`) wins.
-pub fn paths(kind: RuntimeKind, socket_override: Option<&str>) -> RuntimePaths {
-    let (socket, dirs): (&str, &[&str]) = match kind {
+/// Host paths for a flavour; the pool's `runtime.socket` and `runtime.root` win over the
+/// flavour's defaults.
+pub fn paths(kind: RuntimeKind, spec: Option<&RuntimeSpec>) -> RuntimePaths {
+    let (socket, socket_dir, root): (&str, &str, Option<&str>) = match kind {
         RuntimeKind::Containerd | RuntimeKind::Auto => (
             "/run/containerd/containerd.sock",
-            &["/run/containerd", "/var/lib/containerd"],
+            "/run/containerd",
+            Some("/var/lib/containerd"),
         ),
         // RKE2 shares k3s's containerd socket path; both keep state under /var/lib/rancher.
         RuntimeKind::K3s => (
             "/run/k3s/containerd/containerd.sock",
-            &["/run/k3s/containerd", "/var/lib/rancher"],
+            "/run/k3s/containerd",
+            Some("/var/lib/rancher"),
         ),
         RuntimeKind::MicroK8s => (
             "/var/snap/microk8s/common/run/containerd.sock",
-            &[
-                "/var/snap/microk8s/common/run",
-                "/var/snap/microk8s/common/var/lib/containerd",
-            ],
+            "/var/snap/microk8s/common/run",
+            Some("/var/snap/microk8s/common/var/lib/containerd"),
         ),
-        RuntimeKind::Docker => ("/var/run/docker.sock", &[]),
+        // Docker's BuildKit runs inside dockerd: only its socket is mounted.
+        RuntimeKind::Docker => ("/var/run/docker.sock", "", None),
     };
+    let socket_override = spec.and_then(|s| s.socket.as_deref());
     let socket = socket_override.unwrap_or(socket).to_owned();
-    let mut host_dirs: Vec<String> = dirs.iter().map(|d| (*d).to_owned()).collect();
-    if let Some(custom) = socket_override {
-        // The override's directory replaces the default socket directory.
-        if let Some(parent) = std::path::Path::new(custom).parent().and_then(|p| p.to_str()) {
-            if kind != RuntimeKind::Docker {
-                host_dirs.remove(0);
-            }
-            host_dirs.insert(0, parent.to_owned());
-        }
+    let mut host_dirs = Vec::new();
+    if let Some(root) = root {
+        // The socket's directory (the override's, if any) and the runtime's root.
+        let dir = socket_override
+            .and_then(|s| std::path::Path::new(s).parent())
+            .and_then(|p| p.to_str())
+            .unwrap_or(socket_dir);
+        host_dirs.push(dir.to_owned());
+        host_dirs.push(spec.and_then(|s| s.root.as_deref()).unwrap_or(root).to_owned());
     }
     RuntimePaths { socket, host_dirs }
 }
@@ -209,11 +212,24 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn socket_override_replaces_the_socket_directory() {
-        let p = paths(RuntimeKind::Containerd, Some("/custom/run/containerd.sock"));
+    fn socket_and_root_overrides_replace_the_flavours_directories() {
+        let spec = RuntimeSpec {
+            socket: Some("/custom/run/containerd.sock".into()),
+            ..Default::default()
+        };
+        let p = paths(RuntimeKind::Containerd, Some(&spec));
         assert_eq!(p.socket, "/custom/run/containerd.sock");
         assert_eq!(p.host_dirs, ["/custom/run", "/var/lib/containerd"]);
+        let spec = RuntimeSpec {
+            root: Some("/mnt/containerd".into()),
+            ..Default::default()
+        };
+        let p = paths(RuntimeKind::Containerd, Some(&spec));
+        assert_eq!(p.host_dirs, ["/run/containerd", "/mnt/containerd"]);
         let k3s = paths(RuntimeKind::K3s, None);
         assert_eq!(k3s.host_dirs, ["/run/k3s/containerd", "/var/lib/rancher"]);
+        let docker = paths(RuntimeKind::Docker, Some(&spec));
+        assert_eq!(docker.socket, "/var/run/docker.sock");
+        assert!(docker.host_dirs.is_empty(), "Docker's BuildKit needs only the socket");
     }
 }
