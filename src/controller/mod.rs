@@ -13,12 +13,12 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Client};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::api::heartbeat::HEARTBEAT_LABEL;
 use crate::api::{BuilderPool, ImageBuild, NodeBuild};
@@ -172,7 +172,14 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         settings.lease_duration,
     );
     if settings.leader_election {
-        elector.acquire().await?;
+        // A standby waits here, possibly for long: it must still stop when told to.
+        tokio::select! {
+            acquired = elector.acquire() => acquired?,
+            signal = crate::shutdown::signal() => {
+                info!(signal, "stopping while standing by for leadership");
+                return Ok(());
+            }
+        }
     }
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -226,11 +233,7 @@ async fn pool_controller(ctx: Arc<Context>) {
         })
         .shutdown_on_signal()
         .run(timed_pool_reconcile, pool_error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!(error = %e, "pool reconcile failed");
-            }
-        })
+        .for_each(|result| async move { log_outcome("BuilderPool", result) })
         .await;
 }
 
@@ -263,13 +266,28 @@ async fn build_controller(ctx: Arc<Context>) {
         .watches(Api::<Lease>::namespaced(client, &ctx.namespace), heartbeats, waiting)
         .shutdown_on_signal()
         .run(timed_build_reconcile, build_error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!(error = %e, "build reconcile failed");
-            }
-        })
+        .for_each(|result| async move { log_outcome("ImageBuild", result) })
         .await;
 }
+
+/// Logs what a controller's run loop yields. Reconcile failures were logged by the error
+/// policy already; an object deleted while its reconcile was queued is routine.
+fn log_outcome<K, E, Q>(kind: &str, result: ControllerResult<K, E, Q>)
+where
+    K: kube::Resource,
+    E: std::error::Error + 'static,
+    Q: std::error::Error + 'static,
+{
+    match result {
+        Ok(_) | Err(controller::Error::ReconcilerFailed(..)) => {}
+        Err(controller::Error::ObjectNotFound(obj)) => {
+            debug!(%obj, "{kind} deleted before its queued reconcile ran");
+        }
+        Err(e) => warn!(error = %e, "{kind} controller error"),
+    }
+}
+
+type ControllerResult<K, E, Q> = Result<(ObjectRef<K>, Action), controller::Error<E, Q>>;
 
 async fn timed_build_reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, Error> {
     let start = Instant::now();
