@@ -12,13 +12,14 @@
 # (hack/cluster/images.sh kiln; KILN_E2E_SKIP_KILN_IMAGE=1 skips that).
 #
 # Extra arguments go to the test binary, e.g. `hack/cluster/e2e.sh node_is_ready`.
-# Tests: every tests/*.rs listed in E2E_TESTS (default: cluster_smoke), with --include-ignored.
+# Tests: every tests/*.rs listed in E2E_TESTS (default: cluster_smoke cluster_kiln), with
+# --include-ignored.
 set -euo pipefail
 
 # shellcheck source=hack/cluster/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-E2E_TESTS=${E2E_TESTS:-cluster_smoke}
+E2E_TESTS=${E2E_TESTS:-cluster_smoke cluster_kiln}
 RUNTIME=${RUNTIME:-docker}
 started=0
 
@@ -71,7 +72,9 @@ main() {
   if [[ "${KILN_E2E_SKIP_KILN_IMAGE:-0}" != 1 ]]; then
     "$KC_HACK_DIR/images.sh" kiln
     "$KC_HACK_DIR/images.sh" load kiln
-    export KILN_E2E_KILN_IMAGE=$KC_IMAGE_KILN
+    # The content-addressed tag, so an install left from an earlier run rolls to this build.
+    KILN_E2E_KILN_IMAGE=$("$KC_HACK_DIR/images.sh" kiln-ref)
+    export KILN_E2E_KILN_IMAGE
   fi
   run_tests "$@"
   kc_log "e2e-cluster passed in $((SECONDS - t0)) s"

@@ -5,6 +5,7 @@
 #
 #   hack/cluster/images.sh base           pause + busybox archives (cached)
 #   hack/cluster/images.sh kiln           the kiln image from the workspace
+#   hack/cluster/images.sh kiln-ref       print the kiln image's content-addressed tag
 #   hack/cluster/images.sh load [ARCHIVE|NAME...]
 #                                         load into the running cluster's runtime
 #                                         (default: every archive that exists)
@@ -14,7 +15,8 @@
 # Images (archives in $KILN_CLUSTER_DIR/images/NAME.tar):
 #   kiln.dev/pause:3.2     a static C pause (hack/cluster/pause.c, gcc -static)
 #   kiln.dev/busybox:1.35  Debian's busybox-static, one symlink per applet
-#   kiln.dev/kiln:dev      ($KILN_IMAGE) the kiln binary, statically linked
+#   kiln.dev/kiln:dev      ($KILN_IMAGE; also tagged kiln.dev/kiln:dev-<image ID prefix>, see
+#                          `images.sh kiln-ref`) the kiln binary, statically linked
 #                          (RUSTFLAGS=-Ctarget-feature=+crt-static, target
 #                          x86_64-unknown-linux-gnu, release), entrypoint /kiln, plus CA
 #                          certificates and an empty /tmp. Whatever subcommands the binary has.
@@ -32,9 +34,11 @@ tar_dir() {
     tar -C "$1" "${TAR_FLAGS[@]}" --no-recursion -T - -cf "$2"
 }
 
-# make_archive ROOTFS REF OUT CONFIG_JSON: a one-layer docker-save archive of ROOTFS tagged REF.
+# make_archive ROOTFS REF OUT CONFIG_JSON [by-id]: a one-layer docker-save archive of ROOTFS
+# tagged REF; with "by-id" also tagged REF-<first 12 hex digits of its image ID>, a tag that
+# changes with the content, so manifests using it roll when the image does.
 make_archive() {
-  local rootfs=$1 ref=$2 out=$3 config=$4 tmp layer_sha config_sha
+  local rootfs=$1 ref=$2 out=$3 config=$4 by_id=${5:-} tmp layer_sha config_sha tags
   tmp=$(mktemp -d "$KC_IMAGES/.build.XXXXXX")
   tar_dir "$rootfs" "$tmp/layer.tar"
   layer_sha=$(sha256sum "$tmp/layer.tar" | cut -d' ' -f1)
@@ -48,8 +52,12 @@ make_archive() {
     }' >"$tmp/config.json"
   config_sha=$(sha256sum "$tmp/config.json" | cut -d' ' -f1)
   mv "$tmp/config.json" "$tmp/archive/$config_sha.json"
-  jq -cn --arg cfg "$config_sha.json" --arg ref "$ref" --arg layer "$layer_sha/layer.tar" \
-    '[{Config: $cfg, RepoTags: [$ref], Layers: [$layer]}]' >"$tmp/archive/manifest.json"
+  tags=$(jq -cn --arg ref "$ref" '[$ref]')
+  if [[ "$by_id" == by-id ]]; then
+    tags=$(jq -cn --arg ref "$ref" --arg id "${config_sha:0:12}" '[$ref, $ref + "-" + $id]')
+  fi
+  jq -cn --arg cfg "$config_sha.json" --argjson tags "$tags" --arg layer "$layer_sha/layer.tar" \
+    '[{Config: $cfg, RepoTags: $tags, Layers: [$layer]}]' >"$tmp/archive/manifest.json"
   jq -cn --arg repo "${ref%:*}" --arg tag "${ref##*:}" --arg id "$layer_sha" \
     '{($repo): {($tag): $id}}' >"$tmp/archive/repositories"
   tar_dir "$tmp/archive" "$out.tmp"
@@ -114,7 +122,7 @@ build_kiln() {
     cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
   fi
   make_archive "$root" "$KC_IMAGE_KILN" "$out" \
-    '{"Entrypoint":["/kiln"],"Env":["SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"]}'
+    '{"Entrypoint":["/kiln"],"Env":["SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"]}' by-id
   rm -rf "$root"
   echo "$key" >"$out.key"
 }
@@ -146,6 +154,10 @@ main() {
     kiln)
       kiln_apt_ensure jq binutils
       build_kiln
+      ;;
+    kiln-ref)
+      [[ -f "$KC_IMAGES/kiln.tar" ]] || kc_die "no kiln image yet (hack/cluster/images.sh kiln)"
+      tar -xOf "$KC_IMAGES/kiln.tar" manifest.json | jq -r '.[0].RepoTags[-1]'
       ;;
     load)
       shift

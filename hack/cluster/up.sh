@@ -527,10 +527,21 @@ write_env_file() {
     echo "KILN_E2E_BUSYBOX_IMAGE=$KC_IMAGE_BUSYBOX"
     echo "KILN_E2E_LOCAL_CLUSTER=1"
     echo "KUBECACHEDIR=$KC_KUBECTL_CACHE"
+    # kiln's pools on this node (tests/cluster_kiln.rs): the runtime's private socket and
+    # root, and BuildKit state below the shared mount (Bidirectional propagation needs one).
+    echo "KILN_E2E_POOL_STATE_ROOT=$KC_SHARED/kiln-pools"
     if [[ "$RUNTIME" == docker ]]; then
       echo "KILN_CLUSTER_DOCKER_HOST=unix://$KC_RUN/docker.sock"
+      echo "KILN_E2E_POOL_RUNTIME_SOCKET=$KC_RUN/docker.sock"
+      # The private dockerd has no bridge network (bridge: none), so RUN steps get none.
+      echo "KILN_E2E_POOL_RUN_NETWORK=None"
+      echo "KILN_E2E_CONTAINERD_SOCKET=$KC_RUN/dc.sock"
+      echo "KILN_E2E_CONTAINERD_ROOT=$KC_STATE/docker-containerd"
     else
       echo "KILN_CLUSTER_CONTAINERD_ADDRESS=$KC_RUN/containerd.sock"
+      echo "KILN_E2E_POOL_RUNTIME_SOCKET=$KC_RUN/containerd.sock"
+      echo "KILN_E2E_CONTAINERD_SOCKET=$KC_RUN/containerd.sock"
+      echo "KILN_E2E_CONTAINERD_ROOT=$KC_STATE/containerd"
     fi
   } >"$KC_ENV_FILE"
 }

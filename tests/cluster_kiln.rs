@@ -1,0 +1,689 @@
+//! kiln inside a real cluster: installed from its own manifests (`kiln crds`, `kiln manifests`),
+//! its controller Deployment and builder DaemonSet run by a real kubelet, an `ImageBuild`
+//! applied and waited on with `kubectl`, and the image it built started as a Pod straight from
+//! the node's store (imagePullPolicy Never) — no registry anywhere.
+//!
+//! Ignored by default; `make e2e-cluster` runs it with `--include-ignored` against the local
+//! cluster (Docker mode) or `$KUBECONFIG`'s. The tests install kiln into `kiln-system` (and
+//! leave it there; the local cluster is thrown away afterwards). Pool settings a cluster may
+//! need, from the environment (the local cluster's `cluster.env` sets them):
+//!
+//! | variable                          | the default pool's …                          |
+//! |-----------------------------------|-----------------------------------------------|
+//! | `KILN_E2E_POOL_RUNTIME_SOCKET`    | `runtime.socket` (the local cluster's private dockerd) |
+//! | `KILN_E2E_POOL_RUN_NETWORK`       | `runNetwork` (`None`: the local dockerd has no bridge) |
+//! | `KILN_E2E_POOL_STATE_ROOT`        | parent of `stateDir` (must be a shared mount)  |
+//! | `KILN_E2E_CONTAINERD_SOCKET`      | socket of the containerd-flavour pool's test   |
+//! | `KILN_E2E_CONTAINERD_ROOT`        | that containerd's root directory               |
+//! | `KILN_CLUSTER_DOCKER_HOST`        | (local cluster) the node's dockerd, to compare digests |
+
+#[path = "support/cluster.rs"]
+#[allow(dead_code)]
+mod cluster;
+#[path = "support/http.rs"]
+mod http;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cluster::{Cluster, eventually};
+use serde_json::{Value, json};
+
+const SYSTEM_NS: &str = "kiln-system";
+const WAIT: Duration = Duration::from_secs(180);
+
+/// The tests share one kiln installation and one node; they take turns.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Runs this workspace's `kiln ARGS` and returns stdout.
+fn kiln(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .output()
+        .expect("run kiln");
+    assert!(
+        out.status.success(),
+        "kiln {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `kubectl get … -o json` as a value.
+fn get_json(cluster: &Cluster, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["-o", "json"]);
+    serde_json::from_str(&cluster.kubectl_ok(&all)).expect("kubectl -o json")
+}
+
+/// The cluster under test and the kiln image, or `None` (reason printed) when either is missing.
+fn setup() -> Option<(Cluster, String)> {
+    let cluster = Cluster::from_env()?;
+    let Some(image) = cluster.kiln_image.clone() else {
+        eprintln!("SKIPPED: KILN_E2E_KILN_IMAGE is not set (make e2e-cluster builds and loads it)");
+        return None;
+    };
+    Some((cluster, image))
+}
+
+/// The install manifests of `kiln manifests` for `image`, with the default pool adjusted to
+/// this cluster (see the module doc).
+fn manifests(image: &str) -> Value {
+    let yaml = kiln(&["manifests", "--image", image]);
+    let mut items = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&yaml) {
+        let mut obj: Value = serde::Deserialize::deserialize(doc).expect("manifests are YAML");
+        if obj["kind"] == "BuilderPool" {
+            pool_settings(&mut obj);
+        }
+        items.push(obj);
+    }
+    json!({"apiVersion": "v1", "kind": "List", "items": items})
+}
+
+/// Puts the cluster's pool settings (see the module doc) into a BuilderPool object.
+fn pool_settings(pool: &mut Value) {
+    let name = pool["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+    let spec = &mut pool["spec"];
+    if let Some(socket) = env("KILN_E2E_POOL_RUNTIME_SOCKET") {
+        spec["runtime"]["socket"] = json!(socket);
+    }
+    if let Some(network) = env("KILN_E2E_POOL_RUN_NETWORK") {
+        spec["runNetwork"] = json!(network);
+    }
+    if let Some(root) = env("KILN_E2E_POOL_STATE_ROOT") {
+        spec["stateDir"] = json!(format!("{root}/{name}"));
+    }
+}
+
+/// Installs kiln the way the README says (CRDs for the server's version, then the manifests)
+/// and waits for the controller to be Ready. Idempotent.
+fn install(cluster: &Cluster, image: &str) {
+    let version = get_json(cluster, &["version"]);
+    let server = &version["serverVersion"];
+    let minor = server["minor"].as_str().unwrap_or_default().trim_end_matches('+');
+    let crds = kiln(&["crds", "--kube-version", &format!("1.{minor}")]);
+    cluster.kubectl_stdin_ok(&["apply", "--server-side", "--force-conflicts", "-f", "-"], Some(&crds));
+    cluster.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/imagebuilds.kiln.dev",
+        "crd/nodebuilds.kiln.dev",
+        "crd/builderpools.kiln.dev",
+    ]);
+    cluster.apply(&manifests(image).to_string());
+    cluster.rollout_status(SYSTEM_NS, "deployment/kiln-controller", WAIT);
+}
+
+/// The builder pods of `pool`, once its DaemonSet exists and has scheduled one.
+fn builder_pods(cluster: &Cluster, pool: &str) -> Vec<Value> {
+    eventually(&format!("a builder pod of pool {pool}"), WAIT, || {
+        let pods = get_json(
+            cluster,
+            &["-n", SYSTEM_NS, "get", "pods", "-l", &format!("kiln.dev/pool={pool}")],
+        );
+        let items = pods["items"].as_array().cloned().unwrap_or_default();
+        (!items.is_empty()).then_some(items)
+    })
+}
+
+/// Why the pod's `buildkitd` container cannot start because its image cannot be had (no
+/// registry reachable), if that is the case.
+fn buildkitd_image_unavailable(pod: &Value) -> Option<String> {
+    let statuses = pod["status"]["containerStatuses"].as_array()?;
+    let bk = statuses.iter().find(|c| c["name"] == "buildkitd")?;
+    let waiting = &bk["state"]["waiting"];
+    let reason = waiting["reason"].as_str()?;
+    matches!(
+        reason,
+        "ErrImagePull" | "ImagePullBackOff" | "ErrImageNeverPull" | "InvalidImageName"
+    )
+    .then(|| {
+        format!(
+            "the BuildKit image {} cannot be pulled here (no registry reachable): {reason}: {}",
+            bk["image"].as_str().unwrap_or("?"),
+            waiting["message"].as_str().unwrap_or("")
+        )
+    })
+}
+
+/// Container `name` of `pod` is running.
+fn container_running(pod: &Value, name: &str) -> bool {
+    pod["status"]["containerStatuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["name"] == name && c["state"]["running"].is_object())
+}
+
+/// PIDs of processes on this machine whose command line contains `needle`.
+fn host_processes_with(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let me = std::process::id();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// An `ImageBuild` of `image` from the context at `url`, with this Dockerfile.
+fn image_build(ns: &str, name: &str, image: &str, url: &str, dockerfile: &str) -> String {
+    json!({
+        "apiVersion": "kiln.dev/v1alpha1",
+        "kind": "ImageBuild",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "image": image,
+            "source": {"http": {"url": url}},
+            "dockerfileInline": dockerfile,
+            "backoffLimit": 0,
+        },
+    })
+    .to_string()
+}
+
+/// Where BuildKit fetches the build context from: on the local cluster a file server of this
+/// test on the loopback (dockerd shares the host's network); on another cluster a busybox
+/// httpd Pod, at the pod's address.
+///
+/// Why not the Pod everywhere: for static files busybox's httpd sends ETags but answers a
+/// conditional GET with a 304 that carries none. The BuildKit of Docker 20.10 keeps the ETags
+/// of every HTTP context it fetched under one key (the file name, "context"), asks with all of
+/// them, and rejects such a 304 ("invalid not-modified ETag") once it holds more than one,
+/// so a second run on the same dockerd would fail. The test's server answers correctly.
+enum Context {
+    Local(http::FileServer),
+    Pod(String),
+}
+
+impl Context {
+    fn start(cluster: &Cluster, ns: &str) -> Context {
+        if cluster.local {
+            let tar = http::tar(&[("hello.txt", b"hello\n")]);
+            Context::Local(http::FileServer::start(&[("/ctx.tar", tar)]))
+        } else {
+            Context::Pod(context_pod(cluster, ns))
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Context::Local(server) => server.url("/ctx.tar"),
+            Context::Pod(url) => url.clone(),
+        }
+    }
+}
+
+/// A busybox httpd Pod in `ns` serving a build context (`/ctx.tar`, one file); returns the
+/// context's URL, reachable from the node (BuildKit fetches it).
+fn context_pod(cluster: &Cluster, ns: &str) -> String {
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "context", "namespace": ns},
+        "spec": {"containers": [{
+            "name": "httpd",
+            "image": cluster.busybox_image,
+            "imagePullPolicy": cluster.pull_policy,
+            "command": ["sh", "-c", "mkdir -p /www /ctx && echo hello > /ctx/hello.txt && tar -cf /www/ctx.tar -C /ctx . && exec httpd -f -p 8080 -h /www"],
+            "ports": [{"containerPort": 8080}],
+            "readinessProbe": {"httpGet": {"path": "/ctx.tar", "port": 8080}, "periodSeconds": 1},
+        }]},
+    });
+    cluster.apply(&pod.to_string());
+    cluster.wait_for(ns, "pod/context", "condition=Ready", WAIT);
+    // The pod's own address: the node reaches it over the pod network, with no wait for
+    // Service endpoints and kube-proxy rules to catch up.
+    let ip = cluster.kubectl_ok(&["-n", ns, "get", "pod", "context", "-o", "jsonpath={.status.podIP}"]);
+    format!("http://{}:8080/ctx.tar", ip.trim())
+}
+
+/// `kubectl apply` + `kubectl wait --for=condition=Ready` of a fresh ImageBuild; returns the
+/// time from apply to wait's return. Fails at once if the build stalls instead.
+fn apply_and_wait_ready(cluster: &Cluster, ns: &str, yaml: &str, name: &str) -> Duration {
+    let start = Instant::now();
+    cluster.apply(yaml);
+    let what = format!("imagebuild/{name}");
+    let mut wait = cluster
+        .kubectl()
+        .args(["-n", ns, "wait", "--for=condition=Ready", &what, "--timeout=300s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl wait");
+    let mut last_check = Instant::now();
+    let status = loop {
+        if let Some(status) = wait.try_wait().expect("kubectl wait") {
+            break status;
+        }
+        if last_check.elapsed() > Duration::from_secs(2) {
+            last_check = Instant::now();
+            let stalled = cluster.kubectl_output(
+                &[
+                    "-n",
+                    ns,
+                    "get",
+                    &what,
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Stalled\")].status}",
+                ],
+                None,
+            );
+            if String::from_utf8_lossy(&stalled.stdout).trim() == "True" {
+                let _ = wait.kill();
+                let _ = wait.wait();
+                panic!(
+                    "{what} stalled instead of becoming Ready:\n{}",
+                    build_diagnostics(cluster, ns, name)
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = start.elapsed();
+    if !status.success() {
+        let mut err = String::new();
+        let _ = wait.stderr.take().map(|mut e| e.read_to_string(&mut err));
+        panic!(
+            "{what} did not become Ready: {err}\n{}",
+            build_diagnostics(cluster, ns, name)
+        );
+    }
+    took
+}
+
+/// The ImageBuild as YAML plus the controller's and agents' logs, for failure messages.
+fn build_diagnostics(cluster: &Cluster, ns: &str, name: &str) -> String {
+    let yaml = cluster.kubectl_output(&["-n", ns, "get", "imagebuild", name, "-o", "yaml"], None);
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&yaml.stdout),
+        controller_logs(cluster)
+    )
+}
+
+/// The last lines of the controller's and the agents' logs, for failure messages.
+fn controller_logs(cluster: &Cluster) -> String {
+    let logs = |selector: &str| {
+        let out = cluster.kubectl_output(
+            &["-n", SYSTEM_NS, "logs", "-l", selector, "--all-containers", "--tail=40"],
+            None,
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    format!(
+        "--- controller:\n{}\n--- builders:\n{}",
+        logs("app.kubernetes.io/component=controller"),
+        logs("app.kubernetes.io/component=builder")
+    )
+}
+
+/// Install; the default pool's builder runs and heartbeats; an ImageBuild applied with kubectl
+/// becomes Ready; a Pod runs the image from the node's store and prints what the Dockerfile
+/// wrote; the digest in status is the image the node has; a cached rebuild is timed; deleting
+/// an ImageBuild mid-build stops its RUN step; deleting the pool removes its DaemonSet.
+#[tokio::test]
+#[ignore = "needs a real cluster: run `make e2e-cluster` (or set KILN_E2E_KUBECONFIG)"]
+async fn kiln_builds_in_the_cluster_and_a_pod_runs_the_image() {
+    let Some((cluster, image)) = setup() else { return };
+    let _turn = SERIAL.lock().await;
+    let t0 = Instant::now();
+    install(&cluster, &image);
+    eprintln!("kiln installed, controller Ready, in {:?}", t0.elapsed());
+
+    // The default pool's builder pod runs on a node; its agent heartbeats (Lease) and the
+    // pool turns Ready.
+    let t1 = Instant::now();
+    let pods = builder_pods(&cluster, "default");
+    if let Some(why) = pods.iter().find_map(buildkitd_image_unavailable) {
+        eprintln!("SKIPPED: the default pool runs buildkitd on this cluster's nodes, and {why}");
+        return;
+    }
+    let ds = cluster.kubectl_ok(&[
+        "-n",
+        SYSTEM_NS,
+        "get",
+        "daemonset",
+        "-l",
+        "kiln.dev/pool=default",
+        "-o",
+        "name",
+    ]);
+    let ds = ds.lines().next().expect("the default pool's DaemonSet").to_owned();
+    cluster.rollout_status(SYSTEM_NS, &ds, WAIT);
+    cluster.wait_for(SYSTEM_NS, "builderpool/default", "condition=Ready", WAIT);
+    let pod = &builder_pods(&cluster, "default")[0];
+    let node = pod["spec"]["nodeName"]
+        .as_str()
+        .expect("builder pod is scheduled")
+        .to_owned();
+    let lease = get_json(
+        &cluster,
+        &["-n", SYSTEM_NS, "get", "lease", &format!("kiln-default-{node}")],
+    );
+    let capacity: Value = serde_json::from_str(
+        lease["metadata"]["annotations"]["kiln.dev/capacity"]
+            .as_str()
+            .expect("capacity annotation on the heartbeat Lease"),
+    )
+    .expect("capacity is JSON");
+    assert_eq!(
+        capacity["agent"], pod["metadata"]["name"],
+        "the Lease is renewed by the running builder pod: {lease}"
+    );
+    eprintln!(
+        "builder {ds} ready on {node} ({} worker, runtime {}) in {:?}",
+        capacity["worker"],
+        capacity["runtime"],
+        t1.elapsed()
+    );
+
+    let ns = cluster.namespace("kiln");
+    let context = Context::start(&cluster, &ns);
+    let url = context.url();
+    let marker = format!("made-by-kiln-{}", &*ns);
+    let tag = format!("kiln.dev/e2e/marker:{}", &*ns);
+    let dockerfile = format!(
+        "FROM {busybox}\nCOPY hello.txt /hello.txt\nRUN echo {marker} > /marker\nCMD [\"cat\", \"/marker\"]\n",
+        busybox = cluster.busybox_image
+    );
+
+    // Build, then run the built image as a Pod: no registry, no pull.
+    let cold = apply_and_wait_ready(
+        &cluster,
+        &ns,
+        &image_build(&ns, "marker", &tag, &url, &dockerfile),
+        "marker",
+    );
+    eprintln!("first build (FROM cached, RUN not): apply→Ready {cold:?}");
+    let built = get_json(&cluster, &["-n", &ns, "get", "imagebuild", "marker"]);
+    let status = &built["status"];
+    let digest = status["digest"].as_str().expect("status.digest").to_owned();
+    assert_eq!(status["phase"], "Succeeded", "{status}");
+    assert_eq!(status["nodeNames"], json!(node), "{status}");
+    cluster.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: run-built
+  namespace: {ns}
+spec:
+  restartPolicy: Never
+  nodeName: {node}
+  containers:
+  - name: built
+    image: {tag}
+    imagePullPolicy: Never
+"#,
+        ns = &*ns
+    ));
+    cluster.wait_for(&ns, "pod/run-built", "jsonpath={.status.phase}=Succeeded", WAIT);
+    assert_eq!(cluster.kubectl_ok(&["-n", &ns, "logs", "run-built"]).trim(), marker);
+    let pod_image = cluster.kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "pod",
+        "run-built",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].imageID}",
+    ]);
+    if status["digestKind"] == "ImageID" {
+        assert!(
+            pod_image.ends_with(&digest),
+            "the Pod ran image {pod_image}; kiln reported {digest}"
+        );
+    } else {
+        assert!(
+            pod_image.contains(&digest) || status["configDigest"].as_str().is_some_and(|c| pod_image.contains(c)),
+            "the Pod ran image {pod_image}; kiln reported {status}"
+        );
+    }
+    if let Some(docker_host) = env("KILN_CLUSTER_DOCKER_HOST") {
+        let out = Command::new("docker")
+            .args(["-H", &docker_host, "image", "inspect", "--format", "{{.Id}}", &tag])
+            .output()
+            .expect("docker CLI");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            digest,
+            "status.digest is the image ID in the node's Docker store"
+        );
+    }
+
+    // The same recipe again, as fresh objects: every step cached, the time a Tilt loop sees.
+    let mut cached: Vec<Duration> = (1..=3)
+        .map(|i| {
+            let name = format!("marker-again-{i}");
+            let took = apply_and_wait_ready(&cluster, &ns, &image_build(&ns, &name, &tag, &url, &dockerfile), &name);
+            let again = get_json(&cluster, &["-n", &ns, "get", "imagebuild", &name]);
+            assert_eq!(
+                again["status"]["digest"],
+                json!(digest),
+                "a cached rebuild is the same image"
+            );
+            took
+        })
+        .collect();
+    cached.sort();
+    eprintln!(
+        "cached build in the cluster: apply→Ready (kubectl apply + kubectl wait) {cached:?}, median {:?}",
+        cached[1]
+    );
+
+    // Deleting an ImageBuild while its RUN step runs stops that step in the node's BuildKit.
+    let token = format!("kiln-cancel-{}", &*ns);
+    let slow = format!("FROM {}\nRUN sleep 3000; echo {token}\n", cluster.busybox_image);
+    cluster.apply(&image_build(
+        &ns,
+        "slow",
+        &format!("kiln.dev/e2e/slow:{}", &*ns),
+        &url,
+        &slow,
+    ));
+    if cluster.local {
+        eventually("the slow RUN step to start on the node", WAIT, || {
+            (!host_processes_with(&token).is_empty()).then_some(())
+        });
+    } else {
+        cluster.wait_for(&ns, "imagebuild/slow", "jsonpath={.status.phase}=Building", WAIT);
+    }
+    let deleted = Instant::now();
+    cluster.kubectl_ok(&["-n", &ns, "delete", "imagebuild", "slow", "--timeout=120s"]);
+    eprintln!(
+        "deleting a running build took {:?} (finalizer: cancel, then release)",
+        deleted.elapsed()
+    );
+    let left = cluster.kubectl_ok(&[
+        "-n",
+        &ns,
+        "get",
+        "nodebuilds",
+        "-l",
+        "kiln.dev/image-build=slow",
+        "-o",
+        "name",
+    ]);
+    assert!(left.trim().is_empty(), "NodeBuilds left behind: {left}");
+    if cluster.local {
+        eventually(
+            "the cancelled RUN step to be gone from the node",
+            Duration::from_secs(60),
+            || host_processes_with(&token).is_empty().then_some(()),
+        );
+    }
+
+    // Deleting the pool deletes its DaemonSet (the cluster's garbage collector, via the owner
+    // reference) and so its builder pods.
+    let deleted = Instant::now();
+    cluster.kubectl_ok(&["delete", "builderpool", "default", "--timeout=60s"]);
+    eventually("the garbage collector to delete the pool's DaemonSet", WAIT, || {
+        let left = cluster.kubectl_ok(&[
+            "-n",
+            SYSTEM_NS,
+            "get",
+            "daemonsets",
+            "-l",
+            "kiln.dev/pool=default",
+            "-o",
+            "name",
+        ]);
+        left.trim().is_empty().then_some(())
+    });
+    eventually("the pool's builder pods to go", WAIT, || {
+        let left = cluster.kubectl_ok(&[
+            "-n",
+            SYSTEM_NS,
+            "get",
+            "pods",
+            "-l",
+            "kiln.dev/pool=default",
+            "-o",
+            "name",
+        ]);
+        left.trim().is_empty().then_some(())
+    });
+    // The agent stops on SIGTERM; were it to ignore it (PID 1), this would take the whole
+    // 60 s grace period.
+    eprintln!(
+        "pool deleted → DaemonSet and builder pods gone in {:?}",
+        deleted.elapsed()
+    );
+}
+
+/// A containerd-flavour pool renders buildkitd with the runtime's directories and its own state
+/// directory mounted Bidirectional, and its agent container starts. buildkitd itself runs only
+/// where its image can be pulled; where it cannot, the test says so and stops there.
+#[tokio::test]
+#[ignore = "needs a real cluster: run `make e2e-cluster` (or set KILN_E2E_KUBECONFIG)"]
+async fn containerd_builders_mount_the_runtime_and_start_their_agent() {
+    let Some((cluster, image)) = setup() else { return };
+    let _turn = SERIAL.lock().await;
+    install(&cluster, &image);
+    let socket = env("KILN_E2E_CONTAINERD_SOCKET").unwrap_or_else(|| "/run/containerd/containerd.sock".into());
+    let socket_dir = std::path::Path::new(&socket)
+        .parent()
+        .and_then(|p| p.to_str())
+        .expect("socket has a directory")
+        .to_owned();
+    let pool_name = "e2e-containerd";
+    let mut pool = json!({
+        "apiVersion": "kiln.dev/v1alpha1",
+        "kind": "BuilderPool",
+        "metadata": {"name": pool_name},
+        "spec": {"runtime": {"kind": "Containerd", "socket": socket}, "maxConcurrentBuilds": 1},
+    });
+    pool_settings(&mut pool);
+    pool["spec"]["runtime"]["socket"] = json!(socket);
+    let root = env("KILN_E2E_CONTAINERD_ROOT").unwrap_or_else(|| "/var/lib/containerd".into());
+    pool["spec"]["runtime"]["root"] = json!(root);
+    cluster.apply(&pool.to_string());
+    let _cleanup = DeleteOnDrop(&cluster, format!("builderpool/{pool_name}"));
+
+    let ds_name = format!("kiln-builder-{pool_name}-containerd");
+    let ds = eventually(&format!("DaemonSet {ds_name}"), WAIT, || {
+        let out = cluster.kubectl_output(&["-n", SYSTEM_NS, "get", "daemonset", &ds_name, "-o", "json"], None);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice::<Value>(&out.stdout).expect("json"))
+    });
+    let spec = &ds["spec"]["template"]["spec"];
+    let containers = spec["containers"].as_array().expect("containers");
+    let names: Vec<_> = containers
+        .iter()
+        .map(|c| c["name"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(names, ["buildkitd", "agent"]);
+    let host_path = |volume: &str| {
+        spec["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == volume)
+            .and_then(|v| v["hostPath"]["path"].as_str())
+            .map(str::to_owned)
+    };
+    let bidirectional: Vec<String> = containers[0]["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["mountPropagation"] == "Bidirectional")
+        .map(|m| {
+            let path = m["mountPath"].as_str().unwrap_or_default();
+            assert_eq!(
+                host_path(m["name"].as_str().unwrap_or_default()).as_deref(),
+                Some(path),
+                "mounted where it is on the host"
+            );
+            path.to_owned()
+        })
+        .collect();
+    assert!(bidirectional.contains(&socket_dir), "{socket_dir} in {bidirectional:?}");
+    assert!(bidirectional.contains(&root), "{root} in {bidirectional:?}");
+    let state_dir = host_path("state").expect("a state volume");
+    assert!(bidirectional.contains(&state_dir), "{bidirectional:?}");
+    let config = cluster.kubectl_ok(&[
+        "-n",
+        SYSTEM_NS,
+        "get",
+        "configmap",
+        &ds_name,
+        "-o",
+        "jsonpath={.data.buildkitd\\.toml}",
+    ]);
+    assert!(config.contains(&format!("address = \"{socket}\"")), "{config}");
+    assert!(config.contains("namespace = \"k8s.io\""), "{config}");
+    assert!(config.contains(&format!("root = \"{state_dir}/buildkit\"")), "{config}");
+
+    // The agent container starts; buildkitd starts where its image can be had.
+    let pod = eventually("the containerd builder's agent container to run", WAIT, || {
+        builder_pods(&cluster, pool_name)
+            .into_iter()
+            .find(|p| container_running(p, "agent"))
+    });
+    let pod_name = pod["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+    let buildkitd = eventually("buildkitd to run or to fail on its image", WAIT, || {
+        let pod = get_json(&cluster, &["-n", SYSTEM_NS, "get", "pod", &pod_name]);
+        if container_running(&pod, "buildkitd") {
+            Some(Ok(()))
+        } else {
+            buildkitd_image_unavailable(&pod).map(Err)
+        }
+    });
+    match buildkitd {
+        Ok(()) => {
+            cluster.wait_for(SYSTEM_NS, &format!("builderpool/{pool_name}"), "condition=Ready", WAIT);
+        }
+        Err(why) => {
+            eprintln!("SKIPPED (buildkitd of the containerd pool): {why}; rendering and the agent were checked");
+            let agent_log = cluster.kubectl_ok(&["-n", SYSTEM_NS, "logs", &pod_name, "-c", "agent", "--tail=20"]);
+            assert!(!agent_log.trim().is_empty(), "the agent logs what it waits for");
+        }
+    }
+}
+
+/// Deletes a cluster object (without waiting) when dropped.
+struct DeleteOnDrop<'a>(&'a Cluster, String);
+
+impl Drop for DeleteOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .kubectl_output(&["delete", &self.1, "--ignore-not-found", "--wait=false"], None);
+    }
+}
