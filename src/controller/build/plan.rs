@@ -151,6 +151,26 @@ pub fn decide(o: &Observed<'_>) -> Plan {
         attempts.sort_by_key(|a| a.nb.spec.attempt);
     }
 
+    // This generation finished and its attempts are gone since (deleted by hand, or by the
+    // namespace's deletion, which removes NodeBuilds and ImageBuilds in no particular order):
+    // the recorded outcome stands. Building again would surprise, and in a terminating
+    // namespace could not even start.
+    let finished_before = previous.observed_generation == Some(generation)
+        && matches!(previous.phase, Some(BuildPhase::Succeeded | BuildPhase::Failed));
+    if slots.is_empty() && finished_before {
+        let mut requeue = None;
+        if let Some(expiry) = ttl_expiry(build, &previous) {
+            if o.now >= expiry {
+                plan.delete = true;
+            } else {
+                requeue = Some(until(o.now, expiry));
+            }
+        }
+        plan.requeue = requeue;
+        plan.status = previous;
+        return plan;
+    }
+
     let start = current
         .iter()
         .filter_map(|nb| nb.metadata.creation_timestamp.as_ref())
@@ -384,8 +404,7 @@ pub fn decide(o: &Observed<'_>) -> Plan {
     transition_events(&previous, &status, &mut plan.events);
 
     // TTL after finishing.
-    if let (Some(ttl), Some(done)) = (build.spec.ttl_seconds_after_finished, status.completion_time.as_ref()) {
-        let expiry = done.0.saturating_add(SignedDuration::from_secs(ttl)).unwrap_or(done.0);
+    if let Some(expiry) = ttl_expiry(build, &status) {
         if o.now >= expiry {
             plan.delete = true;
         } else {
@@ -395,6 +414,13 @@ pub fn decide(o: &Observed<'_>) -> Plan {
     plan.requeue = requeue.into_iter().min();
     plan.status = status;
     plan
+}
+
+/// When a finished build's `ttlSecondsAfterFinished` runs out, if it has one.
+fn ttl_expiry(build: &ImageBuild, status: &ImageBuildStatus) -> Option<Timestamp> {
+    let ttl = build.spec.ttl_seconds_after_finished?;
+    let done = status.completion_time.as_ref()?.0;
+    Some(done.saturating_add(SignedDuration::from_secs(ttl)).unwrap_or(done))
 }
 
 fn deadline_reason(build: &ImageBuild) -> (String, String) {

@@ -291,3 +291,29 @@ fn an_unchanged_world_yields_an_unchanged_status() {
     assert_eq!(Some(&again.status), b2.status.as_ref());
     assert!(again.events.is_empty(), "no repeated events");
 }
+
+#[test]
+fn a_finished_build_whose_attempts_are_gone_keeps_its_outcome() {
+    let b = build(|s| s.ttl_seconds_after_finished = Some(100));
+    let nb = reported(
+        plan_at(&b, &[], &[beat("n1", 0)], 0).create.remove(0),
+        0,
+        NodeBuildPhase::Succeeded,
+        None,
+        Some(2),
+    );
+    let mut done = b.clone();
+    done.status = Some(plan_at(&b, &[nb], &[beat("n1", 0)], 3).status);
+    // The NodeBuild is deleted (by hand, or with its namespace): nothing is rebuilt.
+    let after = plan_at(&done, &[], &[beat("n1", 0)], 4);
+    assert!(after.create.is_empty(), "no new attempt: {:?}", after.create);
+    assert_eq!(Some(&after.status), done.status.as_ref());
+    assert!(after.events.is_empty());
+    assert!(!after.delete && after.requeue.is_some(), "the TTL still counts");
+    assert!(plan_at(&done, &[], &[beat("n1", 0)], 103).delete);
+
+    // A spec change is a new generation: that one is built.
+    let mut changed = done.clone();
+    changed.metadata.generation = Some(2);
+    assert_eq!(plan_at(&changed, &[], &[beat("n1", 0)], 5).create.len(), 1);
+}
