@@ -11,6 +11,7 @@
 //! | variable                          | the default pool's …                          |
 //! |-----------------------------------|-----------------------------------------------|
 //! | `KILN_E2E_POOL_RUNTIME_SOCKET`    | `runtime.socket` (the local cluster's private dockerd) |
+//! | `KILN_E2E_POOL_RUNTIME_ROOT`      | `runtime.root` (the local cluster's containerd root) |
 //! | `KILN_E2E_POOL_RUN_NETWORK`       | `runNetwork` (`None`: the local dockerd has no bridge) |
 //! | `KILN_E2E_POOL_STATE_ROOT`        | parent of `stateDir` (must be a shared mount)  |
 //! | `KILN_E2E_CONTAINERD_SOCKET`      | socket of the containerd-flavour pool's test   |
@@ -96,6 +97,9 @@ fn pool_settings(pool: &mut Value) {
     if let Some(network) = env("KILN_E2E_POOL_RUN_NETWORK") {
         spec["runNetwork"] = json!(network);
     }
+    if let Some(root) = env("KILN_E2E_POOL_RUNTIME_ROOT") {
+        spec["runtime"]["root"] = json!(root);
+    }
     if let Some(root) = env("KILN_E2E_POOL_STATE_ROOT") {
         spec["stateDir"] = json!(format!("{root}/{name}"));
     }
@@ -151,6 +155,35 @@ fn buildkitd_image_unavailable(pod: &Value) -> Option<String> {
             waiting["message"].as_str().unwrap_or("")
         )
     })
+}
+
+/// Waits until the builder pod's `buildkitd` runs (`Ok`, also when the pod has none, as on
+/// Docker nodes) or cannot, for want of its image (`Err` with the kubelet's reason). Anything
+/// else (a mount that fails, a crash) times out with the namespace's pods and events.
+fn buildkitd_starts(cluster: &Cluster, pod: &Value) -> Result<(), String> {
+    let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+    let has_buildkitd = pod["spec"]["containers"]
+        .as_array()
+        .is_some_and(|cs| cs.iter().any(|c| c["name"] == "buildkitd"));
+    if !has_buildkitd {
+        return Ok(());
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let pod = get_json(cluster, &["-n", SYSTEM_NS, "get", "pod", &name]);
+        if container_running(&pod, "buildkitd") {
+            return Ok(());
+        }
+        if let Some(why) = buildkitd_image_unavailable(&pod) {
+            return Err(why);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "buildkitd of {name} neither runs nor waits for its image:\n{}",
+            cluster.diagnose(SYSTEM_NS)
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 /// Container `name` of `pod` is running.
@@ -349,9 +382,11 @@ async fn kiln_builds_in_the_cluster_and_a_pod_runs_the_image() {
     // pool turns Ready.
     let t1 = Instant::now();
     let pods = builder_pods(&cluster, "default");
-    if let Some(why) = pods.iter().find_map(buildkitd_image_unavailable) {
-        eprintln!("SKIPPED: the default pool runs buildkitd on this cluster's nodes, and {why}");
-        return;
+    for pod in &pods {
+        if let Err(why) = buildkitd_starts(&cluster, pod) {
+            eprintln!("SKIPPED: the default pool runs buildkitd on this cluster's nodes, and {why}");
+            return;
+        }
     }
     let ds = cluster.kubectl_ok(&[
         "-n",
@@ -657,15 +692,7 @@ async fn containerd_builders_mount_the_runtime_and_start_their_agent() {
             .find(|p| container_running(p, "agent"))
     });
     let pod_name = pod["metadata"]["name"].as_str().unwrap_or_default().to_owned();
-    let buildkitd = eventually("buildkitd to run or to fail on its image", WAIT, || {
-        let pod = get_json(&cluster, &["-n", SYSTEM_NS, "get", "pod", &pod_name]);
-        if container_running(&pod, "buildkitd") {
-            Some(Ok(()))
-        } else {
-            buildkitd_image_unavailable(&pod).map(Err)
-        }
-    });
-    match buildkitd {
+    match buildkitd_starts(&cluster, &pod) {
         Ok(()) => {
             cluster.wait_for(SYSTEM_NS, &format!("builderpool/{pool_name}"), "condition=Ready", WAIT);
         }

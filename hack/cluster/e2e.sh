@@ -39,8 +39,9 @@ reachable() {
 run_tests() {
   local t args=()
   for t in $E2E_TESTS; do args+=(--test "$t"); done
-  kc_log "cargo test ${args[*]} -- --include-ignored $* (cluster: $KILN_E2E_KUBECONFIG)"
-  (cd "$KC_REPO_DIR" && cargo test --locked "${args[@]}" -- --include-ignored "$@")
+  kc_log "cargo test ${args[*]} -- --include-ignored --nocapture $* (cluster: $KILN_E2E_KUBECONFIG)"
+  # --nocapture: the tests' figures and honest skips ("SKIPPED: …") belong in the log.
+  (cd "$KC_REPO_DIR" && cargo test --locked "${args[@]}" -- --include-ignored --nocapture "$@")
 }
 
 load_local_env() {

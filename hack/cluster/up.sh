@@ -540,6 +540,7 @@ write_env_file() {
     else
       echo "KILN_CLUSTER_CONTAINERD_ADDRESS=$KC_RUN/containerd.sock"
       echo "KILN_E2E_POOL_RUNTIME_SOCKET=$KC_RUN/containerd.sock"
+      echo "KILN_E2E_POOL_RUNTIME_ROOT=$KC_STATE/containerd"
       echo "KILN_E2E_CONTAINERD_SOCKET=$KC_RUN/containerd.sock"
       echo "KILN_E2E_CONTAINERD_ROOT=$KC_STATE/containerd"
     fi
