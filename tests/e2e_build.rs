@@ -385,3 +385,85 @@ async fn finished_builds_are_deleted_after_ttl_seconds_after_finished() {
     rig.wait_for(&ns, "brief", BUILD_WAIT, "Ready", is_ready).await;
     rig.wait_gone(&ns, "brief", Duration::from_secs(30)).await;
 }
+
+/// Deleting a namespace removes its NodeBuilds and ImageBuilds in no particular order (the
+/// namespace controller; this apiserver has none, so the test deletes the NodeBuilds as it
+/// would). A finished build keeps its outcome, a running one stops on its node, and the
+/// controller neither rebuilds nor retries creates the terminating namespace refuses.
+#[tokio::test]
+async fn deleting_the_namespace_neither_rebuilds_nor_retries() {
+    let rig = rig().await;
+    let client = rig.client().await;
+    let ns = rig.server.namespace(&client, "nsdel").await;
+    let url = rig.context(&ns, &[("n", b"n")]);
+    let api: Api<ImageBuild> = Api::namespaced(client.clone(), &ns);
+    for (name, dockerfile) in [
+        ("done", "FROM scratch\nCOPY n /n\n".to_owned()),
+        (
+            "running",
+            format!("FROM kiln-test/busybox:latest\nRUN echo {ns} && sleep 97\n"),
+        ),
+    ] {
+        let build = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": name}, "spec": {
+            "image": format!("kiln.test/{ns}/{name}:v1"),
+            "source": {"http": {"url": url}},
+            "dockerfileInline": dockerfile,
+        }});
+        api.patch(name, &PatchParams::apply("test"), &Patch::Apply(&build))
+            .await
+            .expect("apply");
+    }
+    let done = rig.wait_for(&ns, "done", BUILD_WAIT, "Ready", is_ready).await;
+    rig.wait_for(&ns, "running", BUILD_WAIT, "Building", |b| {
+        b.status.as_ref().and_then(|s| s.phase) == Some(BuildPhase::Building)
+    })
+    .await;
+    let running_sleep = || {
+        rig.docker
+            .descendant_processes()
+            .iter()
+            .any(|(_, cmd)| cmd.contains("sleep 97"))
+    };
+    support::kiln::eventually(Duration::from_secs(20), "the RUN step running", || async {
+        running_sleep().then_some(())
+    })
+    .await;
+
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces
+        .delete(&ns, &DeleteParams::default())
+        .await
+        .expect("delete namespace");
+    let node_builds: Api<kiln::api::NodeBuild> = Api::namespaced(client.clone(), &ns);
+    node_builds
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .expect("delete NodeBuilds");
+    support::kiln::eventually(Duration::from_secs(20), "the RUN step stopped", || async {
+        (!running_sleep()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let after = api.get("done").await.expect("done");
+    assert!(is_ready(&after), "{:?}", after.status);
+    assert_eq!(
+        after.status.as_ref().and_then(|s| s.digest.clone()),
+        done.status.as_ref().and_then(|s| s.digest.clone()),
+        "the finished build keeps its outcome"
+    );
+    let left = node_builds.list(&ListParams::default()).await.expect("list").items;
+    assert!(left.is_empty(), "no new attempt: {left:?}");
+    let log = rig
+        .controller
+        .lock()
+        .expect("lock")
+        .as_ref()
+        .map(|c| std::fs::read_to_string(c.process.log()).unwrap_or_default())
+        .unwrap_or_default();
+    let failures: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(ns.as_str()) && l.contains("reconcile failed"))
+        .collect();
+    assert!(failures.is_empty(), "the controller retried: {failures:#?}");
+}

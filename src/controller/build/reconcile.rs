@@ -15,7 +15,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::naming::CACHE_KEY_LABEL;
 use super::plan::{self, Observed, Plan};
@@ -128,6 +128,14 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
     apply(&ctx, &builds, &build, plan).await
 }
 
+/// The apiserver refused a create because the namespace is being deleted.
+fn namespace_terminating(status: &kube::core::Status) -> bool {
+    status
+        .details
+        .as_ref()
+        .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
+}
+
 async fn apply(ctx: &Context, builds: &Api<ImageBuild>, build: &ImageBuild, plan: Plan) -> Result<Action, Error> {
     let ns = build.namespace().unwrap_or_default();
     let node_builds: Api<NodeBuild> = Api::namespaced(ctx.client.clone(), &ns);
@@ -137,6 +145,11 @@ async fn apply(ctx: &Context, builds: &Api<ImageBuild>, build: &ImageBuild, plan
                 info!(build = %build.name_any(), node_build = %nb.name_any(), node = %nb.spec.node_name, "dispatched")
             }
             Err(kube::Error::Api(s)) if s.is_already_exists() => {}
+            Err(kube::Error::Api(s)) if namespace_terminating(&s) => {
+                // The namespace is being deleted, this ImageBuild with it: nothing to start.
+                debug!(build = %build.name_any(), "namespace terminating; not dispatching");
+                return Ok(Action::await_change());
+            }
             Err(e) => return Err(Error::kube("create NodeBuild")(e)),
         }
     }
