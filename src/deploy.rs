@@ -55,6 +55,8 @@ pub fn controller_rbac(o: &Options) -> Vec<Value> {
         "metadata": {"name": "kiln-controller", "namespace": ns},
         "rules": [
             rule(&["apps"], &["daemonsets"], &["get", "list", "watch", "create", "patch", "update", "delete"]),
+            // Read-only: why a builder pod is not running goes into pool status.
+            rule(&[""], &["pods"], &["get", "list", "watch"]),
             rule(&[""], &["configmaps"], &["get", "list", "watch", "create", "patch", "update", "delete"]),
             // Heartbeats (read) and the leader election Lease (written).
             rule(&["coordination.k8s.io"], &["leases"], &["get", "list", "watch", "create", "update", "patch"]),

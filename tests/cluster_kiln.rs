@@ -700,6 +700,21 @@ async fn containerd_builders_mount_the_runtime_and_start_their_agent() {
             eprintln!("SKIPPED (buildkitd of the containerd pool): {why}; rendering and the agent were checked");
             let agent_log = cluster.kubectl_ok(&["-n", SYSTEM_NS, "logs", &pod_name, "-c", "agent", "--tail=20"]);
             assert!(!agent_log.trim().is_empty(), "the agent logs what it waits for");
+            // The pool's status says why its builder is not ready, in the kubelet's words.
+            let message = eventually("the pool's Ready condition to name the image problem", WAIT, || {
+                let pool = get_json(&cluster, &["get", "builderpool", pool_name]);
+                let ready = pool["status"]["conditions"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["type"] == "Ready")?
+                    .clone();
+                let message = ready["message"].as_str()?.to_owned();
+                (ready["status"] == "False"
+                    && (message.contains("ErrImagePull") || message.contains("ImagePullBackOff")))
+                .then_some(message)
+            });
+            assert!(message.contains("container buildkitd is waiting"), "{message}");
+            eprintln!("pool {pool_name} Ready=False: {message}");
         }
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -224,9 +224,17 @@ async fn pool_controller(ctx: Arc<Context>) {
             .collect::<Vec<_>>()
     };
     controller
-        .owns(Api::<DaemonSet>::namespaced(client.clone(), &ns), builders)
+        .owns(Api::<DaemonSet>::namespaced(client.clone(), &ns), builders.clone())
         .watches(Api::<Lease>::namespaced(client.clone(), &ns), heartbeats, |lease| {
             pool::reconcile::pool_of_lease(&lease).map(|p| ObjectRef::<BuilderPool>::new(&p))
+        })
+        // Builder pods: what the kubelet says about them appears in pool status.
+        .watches(Api::<Pod>::namespaced(client.clone(), &ns), builders.clone(), |pod| {
+            pod.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(pool::render::POOL_LABEL))
+                .map(|p| ObjectRef::<BuilderPool>::new(p))
         })
         .watches(Api::<Node>::all(client), watcher::Config::default(), move |_node| {
             all_pools()

@@ -1,6 +1,8 @@
 //! The BuilderPool controller: renders and applies each pool's builder DaemonSets, labels nodes
-//! with their detected runtime, and derives pool status from agent heartbeats.
+//! with their detected runtime, and derives pool status from agent heartbeats (and, for builders
+//! that do not heartbeat, from what the kubelet says about their pods).
 
+pub mod pods;
 pub mod reconcile;
 pub mod render;
 pub mod runtime;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -68,6 +68,14 @@ pub async fn reconcile(pool: Arc<BuilderPool>, ctx: Arc<Context>) -> Result<Acti
     prune_builders(&ctx, &name, &flavours).await?;
 
     let heartbeats = crate::controller::heartbeats(&ctx, &name).await?;
+    let problems = pod_problems(&ctx, &name).await?;
+    let selected: Vec<SelectedNode> = selected
+        .into_iter()
+        .map(|mut n| {
+            n.pod_problem = problems.get(&n.name).cloned();
+            n
+        })
+        .collect();
     let now = Timestamp::now();
     let next = status::derive(
         pool.metadata.generation,
@@ -85,6 +93,21 @@ pub async fn reconcile(pool: Arc<BuilderPool>, ctx: Arc<Context>) -> Result<Acti
         .unwrap_or(RESYNC)
         .min(RESYNC);
     Ok(Action::requeue(requeue))
+}
+
+/// What the kubelet reports about the pool's builder pods that are not running, by node.
+async fn pod_problems(ctx: &Context, pool: &str) -> Result<BTreeMap<String, String>, Error> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let params = ListParams::default().labels(&format!("{POOL_LABEL}={pool}"));
+    let list = pods.list(&params).await.map_err(Error::kube("list builder pods"))?;
+    Ok(list
+        .items
+        .iter()
+        .filter_map(|pod| {
+            let node = pod.spec.as_ref()?.node_name.clone().unwrap_or_default();
+            Some((node, super::pods::problem(pod)?))
+        })
+        .collect())
 }
 
 /// Nodes matching the pool's nodeSelector, each with its runtime.
@@ -113,6 +136,7 @@ async fn select_nodes(
         .map(|node| SelectedNode {
             name: node.name_any(),
             runtime: runtime::resolve(pool.spec.runtime.as_ref(), node),
+            pod_problem: None,
         })
         .collect();
     Ok((selected, labelled))

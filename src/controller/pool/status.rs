@@ -22,6 +22,8 @@ pub struct SelectedNode {
     pub name: String,
     /// Its flavour, or why kiln cannot build there.
     pub runtime: Result<RuntimeKind, Unsupported>,
+    /// What keeps its builder pod from running, as the kubelet reports it (see `pods`).
+    pub pod_problem: Option<String>,
 }
 
 /// Computes the pool status.
@@ -55,7 +57,13 @@ pub fn derive(
                     ..Default::default()
                 }
             }
-            Ok(kind) => builder_node(&node.name, *kind, beat, prev, now),
+            Ok(kind) => {
+                let mut entry = builder_node(&node.name, *kind, beat, prev, now);
+                if let (false, Some(problem)) = (entry.ready, &node.pod_problem) {
+                    entry.message = Some(problem.clone());
+                }
+                entry
+            }
         };
         out.push(entry);
     }
@@ -89,8 +97,14 @@ pub fn derive(
             .filter(|n| !n.ready && n.runtime.is_some())
             .map(|n| n.name.as_str())
             .collect();
+        // The first builder the kubelet has something to say about explains the wait.
+        let cause = nodes
+            .iter()
+            .filter(|n| waiting.contains(&n.name.as_str()))
+            .find_map(|n| n.pod_problem.as_ref().map(|p| format!(" ({}: {p})", n.name)))
+            .unwrap_or_default();
         let message = format!(
-            "{ready}/{desired} builders ready; waiting for {}{unsupported_note}",
+            "{ready}/{desired} builders ready; waiting for {}{cause}{unsupported_note}",
             waiting.join(", ")
         );
         desired_conditions.push(Desired::new(READY, Status::False, "BuildersNotReady", message.clone()));
@@ -168,10 +182,12 @@ mod tests {
             SelectedNode {
                 name: "a".into(),
                 runtime: Ok(RuntimeKind::Containerd),
+                pod_problem: None,
             },
             SelectedNode {
                 name: "b".into(),
                 runtime: Ok(RuntimeKind::Docker),
+                pod_problem: None,
             },
             SelectedNode {
                 name: "c".into(),
@@ -179,6 +195,7 @@ mod tests {
                     runtime_version: "cri-o://1.28".into(),
                     reason: "CRI-O is not supported".into(),
                 }),
+                pod_problem: None,
             },
         ]
     }
@@ -207,6 +224,23 @@ mod tests {
         );
         assert!(conditions::is_true(&s.conditions, RECONCILING));
         assert_eq!(s.observed_generation, Some(3));
+    }
+
+    #[test]
+    fn a_builder_pod_problem_explains_the_missing_builder() {
+        let mut with_problem = nodes();
+        let problem = "pod kiln-builder-x: container buildkitd is waiting: ImagePullBackOff";
+        with_problem[1].pod_problem = Some(problem.into());
+        with_problem[0].pod_problem = Some("stale: the builder is ready anyway".into());
+        let s = derive(Some(1), &with_problem, &[beat("a", 100, 0)], None, ts(105));
+        assert_eq!(s.nodes[1].message.as_deref(), Some(problem));
+        assert_eq!(s.nodes[0].message, None, "a ready builder has nothing to explain");
+        let ready = conditions::find(&s.conditions, READY).expect("Ready");
+        assert!(
+            ready.message.contains(&format!("waiting for b (b: {problem})")),
+            "{}",
+            ready.message
+        );
     }
 
     #[test]
