@@ -181,7 +181,7 @@ async fn a_failing_step_stalls_with_the_step_exit_code_and_log_tail() {
 }
 
 #[tokio::test]
-async fn all_nodes_builds_on_every_node_and_reports_each() {
+async fn all_nodes_builds_on_every_node_including_one_that_joins_later() {
     let rig = rig().await;
     let client = rig.client().await;
     let ns = rig.server.namespace(&client, "all").await;
@@ -199,14 +199,34 @@ async fn all_nodes_builds_on_every_node_and_reports_each() {
     let done = rig.wait_for(&ns, "everywhere", BUILD_WAIT, "Ready", is_ready).await;
     let status = done.status.expect("status");
     let nodes: Vec<&str> = status.nodes.iter().map(|n| n.name.as_str()).collect();
-    // Every ready builder at dispatch time (other tests may add nodes to the pool meanwhile).
+    // Every ready builder (other tests may add nodes to the pool meanwhile).
     assert!(nodes.contains(&"node-a") && nodes.contains(&"node-b"), "{nodes:?}");
     assert!(status.nodes.iter().all(|n| n.digest.is_some()), "{:?}", status.nodes);
-    assert_eq!(
-        rig.node_builds(&ns, "everywhere").await.len(),
-        nodes.len(),
-        "one NodeBuild per node"
-    );
+    let one_per_node = |nbs: &[kiln::api::NodeBuild], nodes: &[&str]| {
+        for node in nodes {
+            let n = nbs.iter().filter(|nb| nb.spec.node_name == *node).count();
+            assert_eq!(n, 1, "one NodeBuild on {node}: {nbs:?}");
+        }
+    };
+    one_per_node(&rig.node_builds(&ns, "everywhere").await, &nodes);
+
+    // A node whose builder turns ready later gets the image too: "every node" keeps meaning it.
+    let joined = format!("join-{ns}");
+    rig.add_node(&client, &joined).await;
+    rig.start_agent(&joined);
+    let done = rig
+        .wait_for(&ns, "everywhere", BUILD_WAIT, "Ready on the joined node", |b| {
+            is_ready(b)
+                && b.status
+                    .as_ref()
+                    .is_some_and(|s| s.nodes.iter().any(|n| n.name == joined && n.digest.is_some()))
+        })
+        .await;
+    let status = done.status.expect("status");
+    let nodes: Vec<&str> = status.nodes.iter().map(|n| n.name.as_str()).collect();
+    one_per_node(&rig.node_builds(&ns, "everywhere").await, &nodes);
+    // The joined builder stays: stopping it would leave a node other tests' builds may be
+    // scheduled to until its heartbeat expires.
 }
 
 #[tokio::test]

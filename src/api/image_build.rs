@@ -80,7 +80,9 @@ pub struct Placement {
     /// Build only on nodes with all these labels.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
-    /// Build on every ready node of the pool that matches, so the image is everywhere.
+    /// Build on every ready node of the pool that matches, so the image is everywhere; nodes
+    /// whose builder turns ready later (a node joining) get it too, each with its own
+    /// `timeoutSeconds`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub all_nodes: bool,
 }

@@ -171,17 +171,21 @@ pub fn decide(o: &Observed<'_>) -> Plan {
         return plan;
     }
 
-    let start = current
-        .iter()
-        .filter_map(|nb| nb.metadata.creation_timestamp.as_ref())
-        .map(|t| t.0)
-        .min();
-    let deadline = build.spec.timeout_seconds.map(|t| {
-        start
-            .unwrap_or(o.now)
-            .saturating_add(SignedDuration::from_secs(t))
-            .unwrap_or(o.now)
-    });
+    // timeoutSeconds counts from a slot's first attempt: the whole build's, or with allNodes
+    // each node's (a node that joins later gets its own time).
+    let deadline_from = |attempts: &mut dyn Iterator<Item = &NodeBuild>| {
+        let start = attempts
+            .filter_map(|nb| nb.metadata.creation_timestamp.as_ref())
+            .map(|t| t.0)
+            .min();
+        build.spec.timeout_seconds.map(|t| {
+            start
+                .unwrap_or(o.now)
+                .saturating_add(SignedDuration::from_secs(t))
+                .unwrap_or(o.now)
+        })
+    };
+    let deadline = deadline_from(&mut current.iter().copied());
     let pool = build.spec.pool().to_owned();
     let limit = build.spec.backoff_limit();
     let mut requeue: Vec<Duration> = Vec::new();
@@ -215,10 +219,43 @@ pub fn decide(o: &Observed<'_>) -> Plan {
         }
     }
 
+    // allNodes: builders that became ready since the first dispatch (a node joined the pool,
+    // or came back) get the image too.
+    if all_nodes
+        && !slots.is_empty()
+        && let Ok(nodes) = choose(
+            build.spec.placement.as_ref(),
+            &build.spec.recipe.platforms,
+            &o.candidates,
+            &[],
+            o.affinity.as_deref(),
+            &pool,
+            o.now,
+        )
+    {
+        let fresh_deadline = deadline_from(&mut std::iter::empty());
+        for node in nodes.into_iter().filter(|n| !slots.contains_key(&Some(n.clone()))) {
+            plan.events.push(Event {
+                warning: false,
+                reason: "Scheduled",
+                note: format!("attempt 1 on node {node}, which joined the pool's ready builders"),
+            });
+            plan.create
+                .push(node_build(build, generation, &node, 1, all_nodes, fresh_deadline));
+        }
+    }
+
     // Per slot: finished, running, or due for a retry.
     let mut slot_phase: Vec<Slot> = Vec::new();
+    let mut any_deadline_passed = false;
     for (slot, attempts) in &slots {
         let Some(last) = attempts.last() else { continue };
+        let deadline = deadline_from(&mut attempts.iter().map(|a| a.nb));
+        let deadline_passed = deadline.is_some_and(|d| o.now >= d);
+        any_deadline_passed |= deadline_passed;
+        if let Some(d) = deadline.filter(|_| !deadline_passed) {
+            requeue.push(until(o.now, d));
+        }
         if attempts.iter().any(|a| a.outcome == Outcome::Succeeded) {
             slot_phase.push((Some(BuildPhase::Succeeded), None));
             continue;
@@ -337,9 +374,6 @@ pub fn decide(o: &Observed<'_>) -> Plan {
             }
         }
     }
-    if let Some(d) = deadline.filter(|_| !deadline_passed) {
-        requeue.push(until(o.now, d));
-    }
 
     // Aggregate.
     let phase = if slot_phase.is_empty() {
@@ -361,7 +395,8 @@ pub fn decide(o: &Observed<'_>) -> Plan {
         .iter()
         .find(|(p, _)| *p == Some(BuildPhase::Failed))
         .and_then(|(_, r)| r.clone());
-    let failure = failure.or_else(|| (phase == BuildPhase::Failed && deadline_passed).then(|| deadline_reason(build)));
+    let failure =
+        failure.or_else(|| (phase == BuildPhase::Failed && any_deadline_passed).then(|| deadline_reason(build)));
     let note = slot_phase.iter().find_map(|(_, r)| r.clone());
 
     let mut status = aggregate(build, &judged, &slots, phase, o.now, &previous);

@@ -317,3 +317,52 @@ fn a_finished_build_whose_attempts_are_gone_keeps_its_outcome() {
     changed.metadata.generation = Some(2);
     assert_eq!(plan_at(&changed, &[], &[beat("n1", 0)], 5).create.len(), 1);
 }
+
+#[test]
+fn all_nodes_builds_on_a_node_that_joins_later_with_its_own_timeout() {
+    let b = build(|s| {
+        s.placement = Some(Placement {
+            all_nodes: true,
+            ..Default::default()
+        });
+        s.timeout_seconds = Some(60);
+    });
+    let first = [beat("n1", 0), beat("n2", 0)];
+    let done: Vec<NodeBuild> = plan_at(&b, &[], &first, 1)
+        .create
+        .into_iter()
+        .map(|nb| reported(nb, 1, NodeBuildPhase::Succeeded, None, Some(4)))
+        .collect();
+    assert_eq!(plan_at(&b, &done, &first, 5).status.phase, Some(BuildPhase::Succeeded));
+
+    // An hour later, long past the first attempts' timeout, n3's builder turns ready.
+    let later = [beat("n1", 3600), beat("n2", 3600), beat("n3", 3600)];
+    let p = plan_at(&b, &done, &later, 3601);
+    assert_eq!(p.create.len(), 1, "one new attempt: {:?}", p.create);
+    let joined = p.create[0].clone();
+    assert_eq!(joined.spec.node_name, "n3");
+    assert_ne!(p.status.phase, Some(BuildPhase::Succeeded), "not on every node yet");
+    assert!(conditions::is_true(&p.status.conditions, RECONCILING));
+    assert!(p.cancel.is_empty(), "nothing is cancelled");
+
+    // Its own timeout counts from its own start: running at 3630 is still in time.
+    let running = reported(joined, 3601, NodeBuildPhase::Running, None, None);
+    let mut all = done.clone();
+    all.push(running.clone());
+    let renewed = [beat("n1", 3625), beat("n2", 3625), beat("n3", 3625)];
+    let p = plan_at(&b, &all, &renewed, 3630);
+    assert!(
+        p.cancel.is_empty() && p.create.is_empty(),
+        "{:?} {:?}",
+        p.cancel,
+        p.create
+    );
+    assert_eq!(p.status.phase, Some(BuildPhase::Building));
+
+    let mut finished = done;
+    finished.push(reported(running, 3601, NodeBuildPhase::Succeeded, None, Some(3640)));
+    let renewed = [beat("n1", 3640), beat("n2", 3640), beat("n3", 3640)];
+    let p = plan_at(&b, &finished, &renewed, 3641);
+    assert_eq!(p.status.phase, Some(BuildPhase::Succeeded));
+    assert_eq!(p.status.node_names.as_deref(), Some("n1,n2,n3"));
+}
