@@ -120,6 +120,13 @@ pub enum BuildPhase {
     Failed,
 }
 
+impl BuildPhase {
+    /// True once the generation's outcome is settled (Succeeded or Failed).
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed)
+    }
+}
+
 /// What kind of digest `digest` is.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum DigestKind {

@@ -20,7 +20,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client};
 use tracing::{debug, info, warn};
 
-use crate::api::heartbeat::HEARTBEAT_LABEL;
+use crate::api::heartbeat::{HEARTBEAT_LABEL, Heartbeat};
 use crate::api::{BuilderPool, ImageBuild, NodeBuild};
 use crate::http::{self, Reply};
 use crate::leader::{self, Elector};
@@ -250,35 +250,15 @@ async fn build_controller(ctx: Arc<Context>) {
     let heartbeats = watcher::Config::default().labels(&format!("{HEARTBEAT_LABEL}=true"));
     let controller = Controller::new(Api::<ImageBuild>::all(client.clone()), watcher::Config::default());
     let store = controller.store();
-    // A heartbeat (a builder appearing, going, or freeing a slot) wakes the unfinished builds
-    // of its pool, so an unschedulable build starts as soon as a builder is ready; and the
-    // allNodes builds that have not been on its node yet, so a node that joins gets the image.
+    // A heartbeat wakes the builds it may concern (see `build::plan::woken_by`).
     let waiting = move |lease: Lease| {
-        let pool = pool::reconcile::pool_of_lease(&lease);
-        let node = lease
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(crate::api::heartbeat::NODE_LABEL))
-            .cloned();
+        let Some(beat) = Heartbeat::from_lease(&lease) else {
+            return Vec::new();
+        };
         store
             .state()
             .iter()
-            .filter(|b| Some(b.spec.pool()) == pool.as_deref())
-            .filter(|b| {
-                let status = b.status.as_ref();
-                let finished = status.and_then(|s| s.phase).is_some_and(|p| {
-                    matches!(
-                        p,
-                        crate::api::image_build::BuildPhase::Succeeded | crate::api::image_build::BuildPhase::Failed
-                    )
-                });
-                let new_node_for_all = b.spec.placement.as_ref().is_some_and(|p| p.all_nodes)
-                    && node
-                        .as_ref()
-                        .is_some_and(|n| !status.is_some_and(|s| s.nodes.iter().any(|r| &r.name == n)));
-                !finished || new_node_for_all
-            })
+            .filter(|b| build::plan::woken_by(b, &beat))
             .map(|b| ObjectRef::from_obj(&**b))
             .collect::<Vec<_>>()
     };

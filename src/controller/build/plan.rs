@@ -155,8 +155,8 @@ pub fn decide(o: &Observed<'_>) -> Plan {
     // namespace's deletion, which removes NodeBuilds and ImageBuilds in no particular order):
     // the recorded outcome stands. Building again would surprise, and in a terminating
     // namespace could not even start.
-    let finished_before = previous.observed_generation == Some(generation)
-        && matches!(previous.phase, Some(BuildPhase::Succeeded | BuildPhase::Failed));
+    let finished_before =
+        previous.observed_generation == Some(generation) && previous.phase.is_some_and(BuildPhase::is_finished);
     if slots.is_empty() && finished_before {
         let mut requeue = None;
         if let Some(expiry) = ttl_expiry(build, &previous) {
@@ -185,16 +185,15 @@ pub fn decide(o: &Observed<'_>) -> Plan {
                 .unwrap_or(o.now)
         })
     };
-    let deadline = deadline_from(&mut current.iter().copied());
     let pool = build.spec.pool().to_owned();
     let limit = build.spec.backoff_limit();
     let mut requeue: Vec<Duration> = Vec::new();
     let mut unschedulable: Option<String> = None;
     let mut retrying = false;
 
-    let deadline_passed = deadline.is_some_and(|d| o.now >= d);
-    if slots.is_empty() && !deadline_passed {
-        // First dispatch of this generation.
+    // First attempts: where `choose` puts the build at its first dispatch; with allNodes also
+    // on every builder that turned ready since (a node joined the pool, or came back).
+    if slots.is_empty() || all_nodes {
         match choose(
             build.spec.placement.as_ref(),
             &build.spec.recipe.platforms,
@@ -205,43 +204,26 @@ pub fn decide(o: &Observed<'_>) -> Plan {
             o.now,
         ) {
             Ok(nodes) => {
-                for node in nodes {
-                    let nb = node_build(build, generation, &node, 1, all_nodes, deadline);
+                // A first attempt's timeout starts now (with allNodes, per node).
+                let deadline = deadline_from(&mut std::iter::empty());
+                for node in nodes.into_iter().filter(|n| !slots.contains_key(&Some(n.clone()))) {
+                    let note = if slots.is_empty() {
+                        format!("attempt 1 on node {node}")
+                    } else {
+                        format!("attempt 1 on node {node}, which joined the pool's ready builders")
+                    };
                     plan.events.push(Event {
                         warning: false,
                         reason: "Scheduled",
-                        note: format!("attempt 1 on node {node}"),
+                        note,
                     });
-                    plan.create.push(nb);
+                    plan.create
+                        .push(node_build(build, generation, &node, 1, all_nodes, deadline));
                 }
             }
-            Err(why) => unschedulable = Some(why.0),
-        }
-    }
-
-    // allNodes: builders that became ready since the first dispatch (a node joined the pool,
-    // or came back) get the image too.
-    if all_nodes
-        && !slots.is_empty()
-        && let Ok(nodes) = choose(
-            build.spec.placement.as_ref(),
-            &build.spec.recipe.platforms,
-            &o.candidates,
-            &[],
-            o.affinity.as_deref(),
-            &pool,
-            o.now,
-        )
-    {
-        let fresh_deadline = deadline_from(&mut std::iter::empty());
-        for node in nodes.into_iter().filter(|n| !slots.contains_key(&Some(n.clone()))) {
-            plan.events.push(Event {
-                warning: false,
-                reason: "Scheduled",
-                note: format!("attempt 1 on node {node}, which joined the pool's ready builders"),
-            });
-            plan.create
-                .push(node_build(build, generation, &node, 1, all_nodes, fresh_deadline));
+            // Later, an allNodes build just has no new node to go to.
+            Err(why) if slots.is_empty() => unschedulable = Some(why.0),
+            Err(_) => {}
         }
     }
 
@@ -377,11 +359,7 @@ pub fn decide(o: &Observed<'_>) -> Plan {
 
     // Aggregate.
     let phase = if slot_phase.is_empty() {
-        if deadline_passed {
-            BuildPhase::Failed
-        } else {
-            BuildPhase::Pending
-        }
+        BuildPhase::Pending
     } else if slot_phase.iter().any(|(p, _)| *p == Some(BuildPhase::Failed)) {
         BuildPhase::Failed
     } else if slot_phase.iter().all(|(p, _)| *p == Some(BuildPhase::Succeeded)) && plan.create.is_empty() {
@@ -449,6 +427,21 @@ pub fn decide(o: &Observed<'_>) -> Plan {
     plan.requeue = requeue.into_iter().min();
     plan.status = status;
     plan
+}
+
+/// Whether a heartbeat from `beat`'s builder can change what `build` does, and so is worth a
+/// reconcile: an unfinished build of its pool (a builder appeared, went, or freed a slot), or
+/// an allNodes build that has not been on that node yet (it joined). A renewal of anything
+/// else is no news.
+pub fn woken_by(build: &ImageBuild, beat: &Heartbeat) -> bool {
+    if build.spec.pool() != beat.pool {
+        return false;
+    }
+    let status = build.status.as_ref();
+    let finished = status.and_then(|s| s.phase).is_some_and(BuildPhase::is_finished);
+    let all_nodes = build.spec.placement.as_ref().is_some_and(|p| p.all_nodes);
+    let been_there = status.is_some_and(|s| s.nodes.iter().any(|n| n.name == beat.node));
+    !finished || (all_nodes && !been_there)
 }
 
 /// When a finished build's `ttlSecondsAfterFinished` runs out, if it has one.

@@ -366,3 +366,32 @@ fn all_nodes_builds_on_a_node_that_joins_later_with_its_own_timeout() {
     assert_eq!(p.status.phase, Some(BuildPhase::Succeeded));
     assert_eq!(p.status.node_names.as_deref(), Some("n1,n2,n3"));
 }
+
+#[test]
+fn heartbeats_wake_unfinished_builds_and_all_nodes_builds_on_new_nodes() {
+    use super::plan::woken_by;
+    let single = build(|_| {});
+    assert!(woken_by(&single, &beat("n1", 0)), "an unfinished build of the pool");
+    let mut other_pool = beat("n1", 0);
+    other_pool.pool = "gpu".into();
+    assert!(!woken_by(&single, &other_pool));
+
+    let nb = reported(
+        plan_at(&single, &[], &[beat("n1", 0)], 0).create.remove(0),
+        0,
+        NodeBuildPhase::Succeeded,
+        None,
+        Some(2),
+    );
+    let mut done = single.clone();
+    done.status = Some(plan_at(&single, &[nb], &[beat("n1", 0)], 3).status);
+    assert!(!woken_by(&done, &beat("n2", 4)), "a finished single-node build");
+
+    let mut everywhere = done.clone();
+    everywhere.spec.placement = Some(Placement {
+        all_nodes: true,
+        ..Default::default()
+    });
+    assert!(!woken_by(&everywhere, &beat("n1", 4)), "a renewal from a node it is on");
+    assert!(woken_by(&everywhere, &beat("n2", 4)), "a node it has not been on");
+}
