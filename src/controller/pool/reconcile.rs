@@ -52,7 +52,7 @@ pub async fn reconcile(pool: Arc<BuilderPool>, ctx: Arc<Context>) -> Result<Acti
         return Ok(Action::await_change());
     }
 
-    let (selected, labelled) = select_nodes(&ctx, &pool).await?;
+    let (mut selected, labelled) = select_nodes(&ctx, &pool).await?;
     let detected = pool.spec.runtime.as_ref().is_none_or(|r| r.kind == RuntimeKind::Auto);
     if detected {
         label_nodes(&ctx, &selected, &labelled).await?;
@@ -68,15 +68,19 @@ pub async fn reconcile(pool: Arc<BuilderPool>, ctx: Arc<Context>) -> Result<Acti
     prune_builders(&ctx, &name, &flavours).await?;
 
     let heartbeats = crate::controller::heartbeats(&ctx, &name).await?;
-    let problems = pod_problems(&ctx, &name).await?;
-    let selected: Vec<SelectedNode> = selected
-        .into_iter()
-        .map(|mut n| {
-            n.pod_problem = problems.get(&n.name).cloned();
-            n
-        })
-        .collect();
     let now = Timestamp::now();
+    // Pod problems only explain builders that are not ready: while every builder heartbeats
+    // (the usual case, and every renewal reconciles the pool) the pods are not read.
+    let all_ready = selected
+        .iter()
+        .filter(|n| n.runtime.is_ok())
+        .all(|n| heartbeats.iter().any(|h| h.node == n.name && h.is_fresh(now)));
+    if !all_ready {
+        let problems = pod_problems(&ctx, &name).await?;
+        for node in &mut selected {
+            node.pod_problem = problems.get(&node.name).cloned();
+        }
+    }
     let next = status::derive(
         pool.metadata.generation,
         &selected,
