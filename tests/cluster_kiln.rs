@@ -25,14 +25,16 @@ mod cluster;
 mod http;
 #[path = "support/kiln_cluster.rs"]
 mod kiln_cluster;
+#[path = "support/process.rs"]
+#[allow(dead_code)]
+mod process;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cluster::eventually;
+use cluster::{env, eventually};
 use kiln_cluster::{
     Context, DeleteOnDrop, SYSTEM_NS, WAIT, apply_and_wait_ready, builder_pods, buildkitd_starts, container_running,
-    env, get_json, host_processes_with, image_build, install, pool_settings, setup,
+    get_json, host_processes_with, image_build, install, pool_settings, setup,
 };
 use serde_json::{Value, json};
 
@@ -62,17 +64,11 @@ async fn kiln_builds_in_the_cluster_and_a_pod_runs_the_image() {
             return;
         }
     }
-    let ds = cluster.kubectl_ok(&[
-        "-n",
-        SYSTEM_NS,
-        "get",
-        "daemonset",
-        "-l",
-        "kiln.dev/pool=default",
-        "-o",
-        "name",
-    ]);
-    let ds = ds.lines().next().expect("the default pool's DaemonSet").to_owned();
+    let ds = cluster
+        .names(SYSTEM_NS, "daemonsets", "kiln.dev/pool=default")
+        .into_iter()
+        .next()
+        .expect("the default pool's DaemonSet");
     cluster.rollout_status(SYSTEM_NS, &ds, WAIT);
     cluster.wait_for(SYSTEM_NS, "builderpool/default", "condition=Ready", WAIT);
     let pod = &builder_pods(&cluster, "default")[0];
@@ -124,34 +120,8 @@ async fn kiln_builds_in_the_cluster_and_a_pod_runs_the_image() {
     let digest = status["digest"].as_str().expect("status.digest").to_owned();
     assert_eq!(status["phase"], "Succeeded", "{status}");
     assert_eq!(status["nodeNames"], json!(node), "{status}");
-    cluster.apply(&format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata:
-  name: run-built
-  namespace: {ns}
-spec:
-  restartPolicy: Never
-  nodeName: {node}
-  containers:
-  - name: built
-    image: {tag}
-    imagePullPolicy: Never
-"#,
-        ns = &*ns
-    ));
-    cluster.wait_for(&ns, "pod/run-built", "jsonpath={.status.phase}=Succeeded", WAIT);
-    assert_eq!(cluster.kubectl_ok(&["-n", &ns, "logs", "run-built"]).trim(), marker);
-    let pod_image = cluster.kubectl_ok(&[
-        "-n",
-        &ns,
-        "get",
-        "pod",
-        "run-built",
-        "-o",
-        "jsonpath={.status.containerStatuses[0].imageID}",
-    ]);
+    let (logs, pod_image) = cluster.run_pod(&ns, "run-built", &tag, Some(&node));
+    assert_eq!(logs.trim(), marker);
     if status["digestKind"] == "ImageID" {
         assert!(
             pod_image.ends_with(&digest),
@@ -164,12 +134,12 @@ spec:
         );
     }
     if let Some(docker_host) = env("KILN_CLUSTER_DOCKER_HOST") {
-        let out = Command::new("docker")
-            .args(["-H", &docker_host, "image", "inspect", "--format", "{{.Id}}", &tag])
-            .output()
-            .expect("docker CLI");
+        let stored = process::run(
+            "docker",
+            &["-H", &docker_host, "image", "inspect", "--format", "{{.Id}}", &tag],
+        );
         assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
+            stored.trim(),
             digest,
             "status.digest is the image ID in the node's Docker store"
         );
@@ -218,17 +188,8 @@ spec:
         "deleting a running build took {:?} (finalizer: cancel, then release)",
         deleted.elapsed()
     );
-    let left = cluster.kubectl_ok(&[
-        "-n",
-        &ns,
-        "get",
-        "nodebuilds",
-        "-l",
-        "kiln.dev/image-build=slow",
-        "-o",
-        "name",
-    ]);
-    assert!(left.trim().is_empty(), "NodeBuilds left behind: {left}");
+    let left = cluster.names(&ns, "nodebuilds", "kiln.dev/image-build=slow");
+    assert!(left.is_empty(), "NodeBuilds left behind: {left:?}");
     if cluster.local {
         eventually(
             "the cancelled RUN step to be gone from the node",
@@ -241,32 +202,14 @@ spec:
     // reference) and so its builder pods.
     let deleted = Instant::now();
     cluster.kubectl_ok(&["delete", "builderpool", "default", "--timeout=60s"]);
-    eventually("the garbage collector to delete the pool's DaemonSet", WAIT, || {
-        let left = cluster.kubectl_ok(&[
-            "-n",
-            SYSTEM_NS,
-            "get",
-            "daemonsets",
-            "-l",
-            "kiln.dev/pool=default",
-            "-o",
-            "name",
-        ]);
-        left.trim().is_empty().then_some(())
-    });
-    eventually("the pool's builder pods to go", WAIT, || {
-        let left = cluster.kubectl_ok(&[
-            "-n",
-            SYSTEM_NS,
-            "get",
-            "pods",
-            "-l",
-            "kiln.dev/pool=default",
-            "-o",
-            "name",
-        ]);
-        left.trim().is_empty().then_some(())
-    });
+    for (what, kind) in [("DaemonSet", "daemonsets"), ("builder pods", "pods")] {
+        eventually(&format!("the pool's {what} to go"), WAIT, || {
+            cluster
+                .names(SYSTEM_NS, kind, "kiln.dev/pool=default")
+                .is_empty()
+                .then_some(())
+        });
+    }
     // The agent stops on SIGTERM; were it to ignore it (PID 1), this would take the whole
     // 60 s grace period.
     eprintln!(

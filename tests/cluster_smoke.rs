@@ -437,36 +437,8 @@ fn local_docker_build_runs_as_a_pod() {
         &ctx.path().to_string_lossy(),
     ]);
     let image_id = docker(&["image", "inspect", "--format", "{{.Id}}", &tag]);
-    cluster.apply(&format!(
-        r#"
-apiVersion: v1
-kind: Pod
-metadata:
-  name: built
-  namespace: {ns}
-spec:
-  restartPolicy: Never
-  containers:
-  - name: built
-    image: {tag}
-    imagePullPolicy: Never
-"#,
-        ns = &*ns
-    ));
-    cluster.wait_for(&ns, "pod/built", "jsonpath={.status.phase}=Succeeded", WAIT);
-    assert_eq!(
-        cluster.kubectl_ok(&["-n", &ns, "logs", "built"]).trim(),
-        "built-on-the-node"
-    );
-    let pod_image = cluster.kubectl_ok(&[
-        "-n",
-        &ns,
-        "get",
-        "pod",
-        "built",
-        "-o",
-        "jsonpath={.status.containerStatuses[0].imageID}",
-    ]);
+    let (logs, pod_image) = cluster.run_pod(&ns, "built", &tag, None);
+    assert_eq!(logs.trim(), "built-on-the-node");
     assert!(
         pod_image.ends_with(&image_id),
         "the Pod ran {pod_image}, the build produced {image_id}"

@@ -28,6 +28,9 @@ use std::time::{Duration, Instant};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+/// How long a Pod run by `run_pod` may take.
+const POD_WAIT: Duration = Duration::from_secs(180);
+
 /// The cluster under test.
 pub struct Cluster {
     pub kubeconfig: PathBuf,
@@ -39,7 +42,8 @@ pub struct Cluster {
     pub local: bool,
 }
 
-fn env(name: &str) -> Option<String> {
+/// An environment variable, if set and not empty.
+pub fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
@@ -123,6 +127,47 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Names (`kind/name`) of the `kind` objects in `ns` whose labels match `selector`.
+    pub fn names(&self, ns: &str, kind: &str, selector: &str) -> Vec<String> {
+        self.kubectl_ok(&["-n", ns, "get", kind, "-l", selector, "-o", "name"])
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Runs `image` as Pod `name` in `ns` straight from the node's store (imagePullPolicy
+    /// Never), on `node` if given, until it succeeds; returns its log and the image ID the
+    /// kubelet reports for it.
+    pub fn run_pod(&self, ns: &str, name: &str, image: &str, node: Option<&str>) -> (String, String) {
+        let mut spec = serde_json::json!({
+            "restartPolicy": "Never",
+            "containers": [{"name": name, "image": image, "imagePullPolicy": "Never"}],
+        });
+        if let Some(node) = node {
+            spec["nodeName"] = node.into();
+        }
+        let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": ns}, "spec": spec});
+        self.apply(&pod.to_string());
+        self.wait_for(
+            ns,
+            &format!("pod/{name}"),
+            "jsonpath={.status.phase}=Succeeded",
+            POD_WAIT,
+        );
+        let logs = self.kubectl_ok(&["-n", ns, "logs", name]);
+        let image_id = self.kubectl_ok(&[
+            "-n",
+            ns,
+            "get",
+            "pod",
+            name,
+            "-o",
+            "jsonpath={.status.containerStatuses[0].imageID}",
+        ]);
+        (logs, image_id)
     }
 
     /// `kubectl apply -f -` of `yaml`.

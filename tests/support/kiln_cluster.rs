@@ -4,36 +4,23 @@
 //! wait` of ImageBuilds. Included with `#[path]` next to `cluster.rs` and `http.rs`.
 
 use std::io::Read;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::cluster::{Cluster, eventually};
+use super::cluster::{Cluster, env, eventually};
 use super::http;
+use super::process::run;
 
 /// kiln's namespace, as `kiln manifests` installs it.
 pub const SYSTEM_NS: &str = "kiln-system";
 /// How long the cluster gets for each step.
 pub const WAIT: Duration = Duration::from_secs(180);
 
-/// An environment variable, if set and not empty.
-pub fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
 /// Runs this workspace's `kiln ARGS` and returns stdout.
 pub fn kiln(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .output()
-        .expect("run kiln");
-    assert!(
-        out.status.success(),
-        "kiln {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    run(env!("CARGO_BIN_EXE_kiln"), args)
 }
 
 /// `kubectl get … -o json` as a value.
