@@ -27,7 +27,7 @@ use super::logs::LogStore;
 use super::{Settings, State};
 use crate::api::image_build::{DigestKind as ApiDigestKind, Progress};
 use crate::api::node_build::{NODE_LABEL, NodeBuild, NodeBuildPhase, NodeBuildStatus, POOL_LABEL};
-use crate::api::recipe::{BuildRecipe, BuildSource};
+use crate::api::recipe::{BuildRecipe, BuildSource, PullPolicy};
 use crate::api::reference::Reference;
 use crate::buildkit::{
     self, BuildRequest, Client as BuildKit, Context, DigestKind, Dockerfile, PlainRenderer, ProgressEvent,
@@ -213,6 +213,21 @@ impl Executor {
                 ));
             }
         };
+        if let Some(dir) = &self.settings.buildkit_tmp
+            && let Err(e) = std::fs::create_dir_all(dir)
+        {
+            let message = format!(
+                "buildkitd's temporary directory {} is missing and cannot be created ({e}); check the pool's stateDir on this node",
+                dir.display()
+            );
+            return Some(finished(
+                &self.settings,
+                NodeBuildPhase::Failed,
+                "BuildKitUnavailable",
+                &message,
+                status,
+            ));
+        }
         let buildkit = match BuildKit::connect(&self.settings.buildkit, self.settings.tls.clone()).await {
             Ok(c) => c,
             Err(e) => {
@@ -362,6 +377,10 @@ impl Executor {
         request.labels = recipe.labels.clone();
         request.platforms = recipe.platforms.clone();
         request.no_cache = recipe.no_cache;
+        request.pull = match recipe.pull.unwrap_or_default() {
+            PullPolicy::IfNotPresent => buildkit::Pull::PreferLocal,
+            PullPolicy::Always => buildkit::Pull::Always,
+        };
         request.network = self.settings.network;
         let mut names = Vec::new();
         for r in std::iter::once(&recipe.image).chain(&recipe.additional_tags) {

@@ -43,6 +43,9 @@ pub struct Settings {
     pub network: Network,
     /// Where build logs are kept.
     pub log_dir: std::path::PathBuf,
+    /// buildkitd's TMPDIR as the agent sees it (containerd flavours): recreated before a build
+    /// if something removed it, since buildkitd cannot fetch a context without it.
+    pub buildkit_tmp: Option<std::path::PathBuf>,
 }
 
 /// Agent state shared between its tasks.

@@ -64,6 +64,15 @@ pub struct BuildRecipe {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_cache: bool,
 
+    /// When `FROM` images are fetched from their registry. `IfNotPresent` (the default) uses an
+    /// image the node already has — one kiln built, or one loaded by hand — without contacting
+    /// any registry, and pulls only what is missing; `Always` asks the registry for every `FROM`
+    /// first, as `docker build --pull` does, so a moved tag is picked up. BuildKit's cache keys
+    /// hold the base image's resolved digest, so a base that resolves differently rebuilds what
+    /// depends on it either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<PullPolicy>,
+
     /// Also push the image to its registry. Off by default: kiln's point is that the image
     /// is already where it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -72,6 +81,16 @@ pub struct BuildRecipe {
 
 fn build_secrets(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
     super::schema::list_map::<BuildSecret>(generator, "id")
+}
+
+/// When `FROM` images are fetched from their registry.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum PullPolicy {
+    /// Use the node's image when it has one; pull only missing images.
+    #[default]
+    IfNotPresent,
+    /// Always resolve `FROM` images against their registry (`docker build --pull`).
+    Always,
 }
 
 /// The build context: exactly one of its fields is set.

@@ -43,6 +43,9 @@ pub(super) struct Args {
     /// Directory for build logs (bounded, one file per build).
     #[arg(long, default_value = "/var/log/kiln")]
     log_dir: PathBuf,
+    /// buildkitd's TMPDIR as mounted into the agent; recreated before each build if missing.
+    #[arg(long)]
+    buildkit_tmp: Option<PathBuf>,
     /// Seconds a heartbeat stays valid; renewed every third of it.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..))]
     lease_duration_seconds: u64,
@@ -84,6 +87,7 @@ pub(super) fn run(args: Args) -> u8 {
                 _ => Network::Default,
             },
             log_dir: args.log_dir,
+            buildkit_tmp: args.buildkit_tmp,
         };
         match agent::run(client, settings).await {
             Ok(()) => exit::OK,
