@@ -1,6 +1,9 @@
 //! The ImageBuild controller: schedules attempts onto ready builders as NodeBuilds, retries,
 //! cancels and expires them, and aggregates their results into the ImageBuild's status.
 
+mod aggregate;
+mod dispatch;
+mod judge;
 pub mod naming;
 pub mod plan;
 #[cfg(test)]

@@ -395,3 +395,24 @@ fn heartbeats_wake_unfinished_builds_and_all_nodes_builds_on_new_nodes() {
     assert!(!woken_by(&everywhere, &beat("n1", 4)), "a renewal from a node it is on");
     assert!(woken_by(&everywhere, &beat("n2", 4)), "a node it has not been on");
 }
+
+#[test]
+fn an_attempt_waiting_for_its_upload_says_so_and_a_missing_upload_is_not_retried() {
+    let b = build(|s| s.backoff_limit = Some(3));
+    let nb = plan_at(&b, &[], &[beat("n1", 0)], 1).create.remove(0);
+    let mut waiting = reported(nb.clone(), 1, NodeBuildPhase::Queued, Some("WaitingForUpload"), None);
+    if let Some(s) = waiting.status.as_mut() {
+        s.message = Some("waiting for the build context sha256:ab… to be uploaded".into());
+    }
+    let p = plan_at(&b, &[waiting], &[beat("n1", 2)], 3);
+    assert_eq!(p.status.phase, Some(BuildPhase::Pending));
+    let reconciling = conditions::find(&p.status.conditions, RECONCILING).expect("Reconciling");
+    assert_eq!(reconciling.reason, "WaitingForUpload");
+    assert!(reconciling.message.contains("uploaded"), "{}", reconciling.message);
+
+    let timed_out = reported(nb, 1, NodeBuildPhase::Failed, Some("UploadTimeout"), Some(60));
+    let p = plan_at(&b, &[timed_out], &[beat("n1", 60)], 61);
+    assert!(p.create.is_empty(), "no retry: nobody is there to upload again");
+    assert!(conditions::is_true(&p.status.conditions, STALLED));
+    assert_eq!(p.status.reason.as_deref(), Some("UploadTimeout"));
+}
