@@ -17,6 +17,8 @@
 //! | `KILN_E2E_CONTAINERD_SOCKET`      | socket of the containerd-flavour pool's test   |
 //! | `KILN_E2E_CONTAINERD_ROOT`        | that containerd's root directory               |
 //! | `KILN_CLUSTER_DOCKER_HOST`        | (local cluster) the node's dockerd, to compare digests |
+//! | `KILN_CLUSTER_CONTAINERD_ADDRESS` | (local cluster) the node's containerd, likewise |
+//! | `KILN_E2E_BUILDKIT_IMAGE`         | the pools' `buildkitImage`: containerd builders run only with one the nodes have (`make e2e-cluster` loads an archive given here) |
 
 #[path = "support/cluster.rs"]
 #[allow(dead_code)]
@@ -34,7 +36,8 @@ use std::time::{Duration, Instant};
 use cluster::{env, eventually};
 use kiln_cluster::{
     Context, DeleteOnDrop, SYSTEM_NS, WAIT, apply_and_wait_ready, builder_pods, buildkitd_starts, container_running,
-    get_json, host_processes_with, image_build, install, pool_settings, setup,
+    containerd_manifest_digest, get_json, host_processes_with, image_build, install, pool_settings, rejected_packets,
+    setup,
 };
 use serde_json::{Value, json};
 
@@ -107,7 +110,10 @@ async fn kiln_builds_in_the_cluster_and_a_pod_runs_the_image() {
         busybox = cluster.busybox_image
     );
 
-    // Build, then run the built image as a Pod: no registry, no pull.
+    // Build, then run the built image as a Pod: no registry, no pull. The base image exists
+    // only in the node's store: it must be found there with nothing sent off the pod network
+    // (no registry lookup, not even DNS).
+    let rejected_before = rejected_packets();
     let cold = apply_and_wait_ready(
         &cluster,
         &ns,
@@ -131,6 +137,13 @@ async fn kiln_builds_in_the_cluster_and_a_pod_runs_the_image() {
         assert!(
             pod_image.contains(&digest) || status["configDigest"].as_str().is_some_and(|c| pod_image.contains(c)),
             "the Pod ran image {pod_image}; kiln reported {status}"
+        );
+    }
+    if let Some(stored) = containerd_manifest_digest(&tag) {
+        assert_eq!(status["digestKind"], "Manifest", "{status}");
+        assert_eq!(
+            stored, digest,
+            "status.digest is the manifest digest in the node's containerd"
         );
     }
     if let Some(docker_host) = env("KILN_CLUSTER_DOCKER_HOST") {
@@ -163,6 +176,43 @@ async fn kiln_builds_in_the_cluster_and_a_pod_runs_the_image() {
     eprintln!(
         "cached build in the cluster: apply→Ready (kubectl apply + kubectl wait) {cached:?}, median {:?}",
         cached[1]
+    );
+    if let (Some(before), Some(after)) = (rejected_before, rejected_packets()) {
+        assert_eq!(
+            after - before,
+            0,
+            "builds FROM an image in the node's store sent packets off the pod network"
+        );
+        eprintln!("base image from the node's store: 0 packets left the pod network in 4 builds");
+    }
+
+    // A failing RUN step stalls the build with the step, its exit code and its output.
+    let failing = format!(
+        "FROM {}\nRUN echo about-to-fail-{} && exit 7\n",
+        cluster.busybox_image, &*ns
+    );
+    cluster.apply(&image_build(
+        &ns,
+        "failing",
+        &format!("kiln.dev/e2e/failing:{}", &*ns),
+        &url,
+        &failing,
+    ));
+    cluster.wait_for(&ns, "imagebuild/failing", "condition=Stalled", WAIT);
+    let failed = get_json(&cluster, &["-n", &ns, "get", "imagebuild", "failing"]);
+    let stalled = failed["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Stalled")
+        .cloned()
+        .unwrap_or_default();
+    let message = stalled["message"].as_str().unwrap_or_default();
+    assert_eq!(stalled["reason"], "StepFailed", "{failed}");
+    assert!(message.contains("exit code 7"), "{message}");
+    assert!(
+        message.contains(&format!("about-to-fail-{}", &*ns)),
+        "the step's output: {message}"
     );
 
     // Deleting an ImageBuild while its RUN step runs stops that step in the node's BuildKit.

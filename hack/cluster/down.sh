@@ -45,7 +45,7 @@ stop_runtime() {
   if kc_alive containerd; then
     ids=$(kc_ctr tasks ls -q 2>/dev/null || true)
     for id in $ids; do
-      timeout 10 ctr -a "$KC_RUN/containerd.sock" -n k8s.io tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true
+      timeout 10 ctr -a "$KC_CONTAINERD_SOCK" -n k8s.io tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true
     done
   fi
   kc_stop dockerd 20
@@ -201,7 +201,7 @@ record_containers() {
   local addr ns id
   : >"$KC_RUN/shim-sockets"
   : >"$KC_RUN/container-ids"
-  for addr in "$KC_RUN/containerd.sock" "$KC_RUN/dc.sock"; do
+  for addr in "$KC_CONTAINERD_SOCK" "$KC_DC_SOCK"; do
     [[ -S "$addr" ]] || continue
     for ns in $(timeout 10 ctr -a "$addr" namespaces ls -q 2>/dev/null); do
       for id in $(timeout 10 ctr -a "$addr" -n "$ns" containers ls -q 2>/dev/null); do
@@ -270,7 +270,9 @@ cleanup_host_paths() {
   if [[ -f "$KC_RUN/shim-sockets" ]]; then
     while read -r e; do [[ -e "$e" ]] && rm -f "$e" && kc_log "removed $e (a killed shim's socket)"; done <"$KC_RUN/shim-sockets"
   fi
-  rmdir_if_new_and_empty /run/containerd/s /run/containerd /run/mount
+  # /run/containerd/fifo: containerd's client FIFO directory, which builder pods mount (the
+  # kubelet creates it).
+  rmdir_if_new_and_empty /run/containerd/fifo /run/containerd/s /run/containerd /run/mount
 }
 
 main() {

@@ -11,6 +11,11 @@
 # On the local cluster the kiln image is built from the workspace and loaded first
 # (hack/cluster/images.sh kiln; KILN_E2E_SKIP_KILN_IMAGE=1 skips that).
 #
+# KILN_E2E_BUILDKIT_IMAGE: the BuildKit image containerd-flavour builders run (no registry is
+# reachable here, so none can be pulled): a docker-save archive, which is loaded into the local
+# cluster's runtime first, or the name of an image the nodes already have. Without one, builds
+# on containerd builders are skipped with that reason.
+#
 # Extra arguments go to the test binary, e.g. `hack/cluster/e2e.sh node_is_ready`.
 # Tests: every tests/*.rs listed in E2E_TESTS (default: cluster_smoke cluster_kiln), with
 # --include-ignored.
@@ -44,6 +49,17 @@ run_tests() {
   (cd "$KC_REPO_DIR" && cargo test --locked "${args[@]}" -- --include-ignored --nocapture "$@")
 }
 
+# Loads a BuildKit archive named by KILN_E2E_BUILDKIT_IMAGE into the local cluster and points
+# the variable at the image's name.
+load_buildkit_image() {
+  local image=${KILN_E2E_BUILDKIT_IMAGE:-}
+  [[ -f "$image" ]] || return 0
+  "$KC_HACK_DIR/images.sh" load "$image"
+  KILN_E2E_BUILDKIT_IMAGE=$(tar -xOf "$image" manifest.json | jq -r '.[0].RepoTags[0]')
+  export KILN_E2E_BUILDKIT_IMAGE
+  kc_log "BuildKit image for containerd builders: $KILN_E2E_BUILDKIT_IMAGE"
+}
+
 load_local_env() {
   set -a
   # shellcheck disable=SC1090
@@ -57,6 +73,9 @@ main() {
     [[ "$(realpath "$kubeconfig")" != "$(realpath -m "$KC_KUBECONFIG")" ]]; then
     kc_log "using the cluster of KUBECONFIG=$kubeconfig"
     export KILN_E2E_KUBECONFIG=$kubeconfig
+    if [[ -f "${KILN_E2E_BUILDKIT_IMAGE:-}" ]]; then
+      kc_die "KILN_E2E_BUILDKIT_IMAGE is a file; load it into $kubeconfig's nodes yourself and give its name"
+    fi
     run_tests "$@"
     return
   fi
@@ -77,6 +96,7 @@ main() {
     KILN_E2E_KILN_IMAGE=$("$KC_HACK_DIR/images.sh" kiln-ref)
     export KILN_E2E_KILN_IMAGE
   fi
+  load_buildkit_image
   run_tests "$@"
   kc_log "e2e-cluster passed in $((SECONDS - t0)) s"
 }

@@ -32,6 +32,15 @@ KC_PIDS=$KC_RUN/pids
 KC_HOST=$KC_RUN/host
 KC_SHARED=$KC_RUN/shared
 KC_PKI=$KC_STATE/pki
+# The runtimes' containerds: each has its socket in its own state directory, as
+# /run/containerd/containerd.sock on a normal host, so a builder can mount that directory
+# (shared, for Bidirectional propagation) without taking the rest of $KC_RUN along.
+KC_CONTAINERD_DIR=$KC_RUN/containerd
+KC_CONTAINERD_SOCK=$KC_CONTAINERD_DIR/containerd.sock
+KC_CONTAINERD_ROOT=$KC_STATE/containerd
+KC_DC_DIR=$KC_RUN/dc
+KC_DC_SOCK=$KC_DC_DIR/containerd.sock
+KC_DC_ROOT=$KC_STATE/docker-containerd
 
 # Network: all private, all inside this machine. The node IP lives on an empty bridge
 # (the kernel here has no dummy links; the kubelet refuses a loopback node IP).
@@ -243,4 +252,4 @@ kc_die() { kiln_die "$@"; }
 kc_running_runtime() { cat "$KC_RUN/runtime" 2>/dev/null; }
 
 kc_docker() { docker -H "unix://$KC_RUN/docker.sock" "$@"; }
-kc_ctr() { ctr -a "$KC_RUN/containerd.sock" -n k8s.io "$@"; }
+kc_ctr() { ctr -a "$KC_CONTAINERD_SOCK" -n k8s.io "$@"; }

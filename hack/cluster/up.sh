@@ -177,12 +177,16 @@ setup_network() {
 }
 
 # hostPath volumes with Bidirectional propagation must lie below a shared mount; / is private
-# here (no systemd).
-setup_shared_mount() {
-  mkdir -p "$KC_SHARED"
-  mount --bind "$KC_SHARED" "$KC_SHARED"
-  mount --make-rshared "$KC_SHARED"
+# here (no systemd), while on a normal host it is shared.
+share_dir() {
+  mkdir -p "$1"
+  mount --bind "$1" "$1"
+  mount --make-rshared "$1"
 }
+
+# $KC_SHARED holds builders' state; each containerd's socket directory and root are shared
+# when that containerd starts (a builder mounts them Bidirectional, as on a normal host).
+setup_shared_mount() { share_dir "$KC_SHARED"; }
 
 # --- certificates and kubeconfigs ----------------------------------------------------------
 
@@ -359,16 +363,16 @@ CONTAINERD_DISABLED='"io.containerd.snapshotter.v1.aufs", "io.containerd.snapsho
 start_containerd_cri() {
   cat >"$KC_STATE/containerd.toml" <<EOF
 version = 2
-root = "$KC_STATE/containerd"
-state = "$KC_RUN/containerd"
+root = "$KC_CONTAINERD_ROOT"
+state = "$KC_CONTAINERD_DIR"
 oom_score = 0
 disabled_plugins = [$CONTAINERD_DISABLED]
 
 [grpc]
-  address = "$KC_RUN/containerd.sock"
+  address = "$KC_CONTAINERD_SOCK"
 
 [plugins."io.containerd.internal.v1.opt"]
-  path = "$KC_STATE/containerd/opt"
+  path = "$KC_CONTAINERD_ROOT/opt"
 
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$KC_IMAGE_PAUSE"
@@ -391,38 +395,42 @@ disabled_plugins = [$CONTAINERD_DISABLED]
     conf_dir = "$KC_STATE/cni/net.d"
     max_conf_num = 1
 EOF
+  share_dir "$KC_CONTAINERD_DIR"
+  share_dir "$KC_CONTAINERD_ROOT"
   kc_start containerd containerd --config "$KC_STATE/containerd.toml"
-  kc_wait_for "containerd" 30 containerd ctr -a "$KC_RUN/containerd.sock" version
+  kc_wait_for "containerd" 30 containerd ctr -a "$KC_CONTAINERD_SOCK" version
 }
 
 start_docker() {
   mkdir -p "$KC_STATE/docker"
   cat >"$KC_STATE/docker-containerd.toml" <<EOF
 version = 2
-root = "$KC_STATE/docker-containerd"
-state = "$KC_RUN/dc"
+root = "$KC_DC_ROOT"
+state = "$KC_DC_DIR"
 oom_score = 0
 disabled_plugins = ["io.containerd.grpc.v1.cri", $CONTAINERD_DISABLED]
 
 [grpc]
-  address = "$KC_RUN/dc.sock"
+  address = "$KC_DC_SOCK"
 
 [plugins."io.containerd.internal.v1.opt"]
-  path = "$KC_STATE/docker-containerd/opt"
+  path = "$KC_DC_ROOT/opt"
 EOF
   # dockerd would silently use the system containerd if /run/containerd/containerd.sock
   # existed: it gets its own.
+  share_dir "$KC_DC_DIR"
+  share_dir "$KC_DC_ROOT"
   kc_start docker-containerd containerd --config "$KC_STATE/docker-containerd.toml"
-  kc_wait_for "dockerd's containerd" 30 docker-containerd ctr -a "$KC_RUN/dc.sock" version
+  kc_wait_for "dockerd's containerd" 30 docker-containerd ctr -a "$KC_DC_SOCK" version
   # Everything in the config file (flags and file may not both set an option), so dockerd
   # reads neither /etc/docker/daemon.json nor /etc/docker/key.json.
-  jq -n --arg state "$KC_STATE/docker" --arg run "$KC_RUN" --arg runc "$KC_HACK_DIR/kiln-runc" \
+  jq -n --arg state "$KC_STATE/docker" --arg run "$KC_RUN" --arg runc "$KC_HACK_DIR/kiln-runc" --arg dc "$KC_DC_SOCK" \
     --arg cg "/$KC_CGROUP_ROOT/docker" '{
       "data-root": ($state + "/data"),
       "exec-root": ($run + "/de"),
       "pidfile": ($run + "/dockerd.pid"),
       "hosts": ["unix://" + $run + "/docker.sock"],
-      "containerd": ($run + "/dc.sock"),
+      "containerd": $dc,
       "deprecated-key-path": ($state + "/key.json"),
       "bridge": "none", "iptables": false, "ip-forward": false, "ip-masq": false,
       "userland-proxy": false,
@@ -487,14 +495,14 @@ EOF
         --network-plugin=cni --cni-bin-dir="$KC_CNI_BIN"
         --cni-conf-dir="$KC_STATE/cni/net.d" --cni-cache-dir="$KC_STATE/cni/cache"
         --pod-infra-container-image="$KC_IMAGE_PAUSE"
-        --docker="unix://$KC_RUN/docker.sock" --containerd="$KC_RUN/dc.sock"
+        --docker="unix://$KC_RUN/docker.sock" --containerd="$KC_DC_SOCK"
       )
       ;;
     containerd)
       runtime_flags=(
         --container-runtime=remote
-        --container-runtime-endpoint="unix://$KC_RUN/containerd.sock"
-        --containerd="$KC_RUN/containerd.sock" --docker="unix://$KC_RUN/no-docker.sock"
+        --container-runtime-endpoint="unix://$KC_CONTAINERD_SOCK"
+        --containerd="$KC_CONTAINERD_SOCK" --docker="unix://$KC_RUN/no-docker.sock"
       )
       ;;
   esac
@@ -535,14 +543,14 @@ write_env_file() {
       echo "KILN_E2E_POOL_RUNTIME_SOCKET=$KC_RUN/docker.sock"
       # The private dockerd has no bridge network (bridge: none), so RUN steps get none.
       echo "KILN_E2E_POOL_RUN_NETWORK=None"
-      echo "KILN_E2E_CONTAINERD_SOCKET=$KC_RUN/dc.sock"
-      echo "KILN_E2E_CONTAINERD_ROOT=$KC_STATE/docker-containerd"
+      echo "KILN_E2E_CONTAINERD_SOCKET=$KC_DC_SOCK"
+      echo "KILN_E2E_CONTAINERD_ROOT=$KC_DC_ROOT"
     else
-      echo "KILN_CLUSTER_CONTAINERD_ADDRESS=$KC_RUN/containerd.sock"
-      echo "KILN_E2E_POOL_RUNTIME_SOCKET=$KC_RUN/containerd.sock"
-      echo "KILN_E2E_POOL_RUNTIME_ROOT=$KC_STATE/containerd"
-      echo "KILN_E2E_CONTAINERD_SOCKET=$KC_RUN/containerd.sock"
-      echo "KILN_E2E_CONTAINERD_ROOT=$KC_STATE/containerd"
+      echo "KILN_CLUSTER_CONTAINERD_ADDRESS=$KC_CONTAINERD_SOCK"
+      echo "KILN_E2E_POOL_RUNTIME_SOCKET=$KC_CONTAINERD_SOCK"
+      echo "KILN_E2E_POOL_RUNTIME_ROOT=$KC_CONTAINERD_ROOT"
+      echo "KILN_E2E_CONTAINERD_SOCKET=$KC_CONTAINERD_SOCK"
+      echo "KILN_E2E_CONTAINERD_ROOT=$KC_CONTAINERD_ROOT"
     fi
   } >"$KC_ENV_FILE"
 }

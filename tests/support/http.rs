@@ -9,9 +9,10 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Serves fixed files on `127.0.0.1:<random port>` until dropped (the
+/// Serves fixed files on `127.0.0.1:<random port>` (or another local address) until dropped (the
 /// listener thread lives as long as the process; dropping stops answering).
 pub struct FileServer {
+    host: String,
     port: u16,
     files: Arc<Mutex<HashMap<String, Vec<u8>>>>,
     requests: Arc<AtomicUsize>,
@@ -73,9 +74,14 @@ fn handle(mut stream: TcpStream, files: &Mutex<HashMap<String, Vec<u8>>>) -> std
 }
 
 impl FileServer {
-    /// Starts serving `files` (path → content).
+    /// Starts serving `files` (path → content) on the loopback.
     pub fn start(files: &[(&str, Vec<u8>)]) -> FileServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        Self::start_on("127.0.0.1", files)
+    }
+
+    /// Starts serving `files` on `host` (an address of this machine), on a free port.
+    pub fn start_on(host: &str, files: &[(&str, Vec<u8>)]) -> FileServer {
+        let listener = TcpListener::bind((host, 0)).expect("bind the file server");
         let port = listener.local_addr().expect("addr").port();
         let files = Arc::new(Mutex::new(
             files
@@ -94,12 +100,17 @@ impl FileServer {
                 });
             }
         });
-        FileServer { port, files, requests }
+        FileServer {
+            host: host.to_owned(),
+            port,
+            files,
+            requests,
+        }
     }
 
-    /// `http://127.0.0.1:<port><path>`.
+    /// `http://<host>:<port><path>`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("http://{}:{}{path}", self.host, self.port)
     }
 
     /// Adds or replaces a file.

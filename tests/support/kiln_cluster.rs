@@ -72,6 +72,9 @@ pub fn pool_settings(pool: &mut Value) {
     if let Some(root) = env("KILN_E2E_POOL_STATE_ROOT") {
         spec["stateDir"] = json!(format!("{root}/{name}"));
     }
+    if let Some(image) = env("KILN_E2E_BUILDKIT_IMAGE") {
+        spec["buildkitImage"] = json!(image);
+    }
 }
 
 /// Installs kiln the way the README says (CRDs for the server's version, then the manifests)
@@ -200,8 +203,9 @@ pub fn image_build(ns: &str, name: &str, image: &str, url: &str, dockerfile: &st
 }
 
 /// Where BuildKit fetches the build context from: on the local cluster a file server of this
-/// test on the loopback (dockerd shares the host's network); on another cluster a busybox
-/// httpd Pod, at the pod's address.
+/// test, on the loopback where dockerd (which shares the host's network) builds, else on the
+/// node's IP, which buildkitd reaches from its pod; on another cluster a busybox httpd Pod, at
+/// the pod's address.
 ///
 /// Why not the Pod everywhere: for static files busybox's httpd sends ETags but answers a
 /// conditional GET with a 304 that carries none. The BuildKit of Docker 20.10 keeps the ETags
@@ -220,7 +224,11 @@ impl Context {
     pub fn start(cluster: &Cluster, ns: &str) -> Context {
         if cluster.local {
             let tar = http::tar(&[("hello.txt", b"hello\n")]);
-            Context::Local(http::FileServer::start(&[("/ctx.tar", tar)]))
+            let host = match env("KILN_CLUSTER_RUNTIME").as_deref() {
+                Some("docker") => "127.0.0.1".to_owned(),
+                _ => env("KILN_CLUSTER_NODE_IP").unwrap_or_else(|| "127.0.0.1".into()),
+            };
+            Context::Local(http::FileServer::start_on(&host, &[("/ctx.tar", tar)]))
         } else {
             Context::Pod(context_pod(cluster, ns))
         }
@@ -347,4 +355,47 @@ impl Drop for DeleteOnDrop<'_> {
             .0
             .kubectl_output(&["delete", &self.1, "--ignore-not-found", "--wait=false"], None);
     }
+}
+
+/// Packets the local cluster's guards rejected so far (iptables chains `KILN-CLUSTER-OUT` and
+/// `KILN-CLUSTER-FWD`: anything a pod or a cluster process sent off the pod network, DNS
+/// included), or `None` when they cannot be read (not the local cluster, or not root).
+pub fn rejected_packets() -> Option<u64> {
+    let mut total = 0;
+    for chain in ["KILN-CLUSTER-OUT", "KILN-CLUSTER-FWD"] {
+        let out = std::process::Command::new("iptables")
+            .args(["-w", "5", "-L", chain, "-v", "-x", "-n"])
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        total += String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.split_whitespace().nth(2) == Some("REJECT"))
+            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Some(total)
+}
+
+/// The manifest digest containerd records for `image` in namespace `k8s.io`, when the local
+/// cluster runs containerd.
+pub fn containerd_manifest_digest(image: &str) -> Option<String> {
+    let address = env("KILN_CLUSTER_CONTAINERD_ADDRESS")?;
+    let out = run(
+        "ctr",
+        &[
+            "-a",
+            &address,
+            "-n",
+            "k8s.io",
+            "images",
+            "ls",
+            &format!("name=={image}"),
+        ],
+    );
+    out.lines()
+        .skip(1)
+        .find_map(|l| l.split_whitespace().nth(2).map(str::to_owned))
 }
