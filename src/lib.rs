@@ -8,6 +8,7 @@ pub mod agent;
 pub mod api;
 pub mod buildkit;
 pub mod cli;
+pub mod context;
 pub mod controller;
 pub mod deploy;
 pub mod http;
