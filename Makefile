@@ -13,9 +13,10 @@ help: ## Show the targets
 build: ## Build the kiln binary
 	$(CARGO) build --locked
 
-test-env: ## Install/build what the tests need (kube-apiserver, etcd, Docker's BuildKit); idempotent
+test-env: ## Install/build what the tests need (kube-apiserver, etcd, Docker's BuildKit, a Starlark venv); idempotent
 	hack/test-env.sh >/dev/null
 	@if [ -x hack/docker-env.sh ]; then hack/docker-env.sh; fi
+	hack/python-env.sh >/dev/null
 
 lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

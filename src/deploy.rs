@@ -95,6 +95,45 @@ pub fn agent_rbac(o: &Options) -> Vec<Value> {
     ]
 }
 
+/// RBAC for people (and CI jobs) who run builds, to bind to them:
+///
+/// - ClusterRole `kiln-developer`, bound with a RoleBinding in each namespace they build in:
+///   create and watch ImageBuilds, read their NodeBuilds, and manage the Secrets `kiln build
+///   --secret` creates for a build. Also aggregated into the built-in `edit` and `view` roles.
+/// - Role `kiln-developer` in kiln's namespace: reach the builder pods' agents through the
+///   apiserver (pods/proxy, or pods/portforward), which is how `kiln build` sends a context and
+///   `kiln logs` reads a log. Nothing else there: no Secrets, no pools.
+/// - ClusterRole `kiln-pool-reader` (optional, with a ClusterRoleBinding): read BuilderPools,
+///   so `kiln build` can refuse a context over the pool's limit before creating anything.
+pub fn developer_rbac(o: &Options) -> Vec<Value> {
+    let aggregate = |role: &str| json!({format!("rbac.authorization.k8s.io/aggregate-to-{role}"): "true"});
+    vec![
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "kiln-developer", "labels": aggregate("edit")},
+        "rules": [
+            rule(&["kiln.dev"], &["imagebuilds"], &["get", "list", "watch", "create", "update", "patch", "delete"]),
+            rule(&["kiln.dev"], &["imagebuilds/status", "nodebuilds", "nodebuilds/status"], &["get", "list", "watch"]),
+            rule(&[""], &["secrets"], &["create", "patch", "delete"]),
+        ]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "kiln-viewer", "labels": aggregate("view")},
+        "rules": [
+            rule(&["kiln.dev"], &["imagebuilds", "imagebuilds/status", "nodebuilds", "nodebuilds/status"], &["get", "list", "watch"]),
+        ]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "kiln-developer", "namespace": o.namespace},
+        "rules": [
+            rule(&[""], &["pods"], &["get"]),
+            // PUT (upload) is `update`, GET (logs) is `get`; port-forward is `create` (SPDY) or `get` (WebSocket).
+            rule(&[""], &["pods/proxy"], &["get", "create", "update"]),
+            rule(&[""], &["pods/portforward"], &["get", "create"]),
+        ]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "kiln-pool-reader"},
+        "rules": [rule(&["kiln.dev"], &["builderpools"], &["get", "list", "watch"])]}),
+    ]
+}
+
 /// Everything but the CRDs, in apply order.
 pub fn manifests(o: &Options) -> Vec<Value> {
     let ns = &o.namespace;
@@ -108,6 +147,7 @@ pub fn manifests(o: &Options) -> Vec<Value> {
     ];
     out.extend(controller_rbac(o));
     out.extend(agent_rbac(o));
+    out.extend(developer_rbac(o));
     out.push(json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "kiln-controller", "namespace": ns, "labels": labels},

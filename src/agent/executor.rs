@@ -1,19 +1,19 @@
 //! Runs this node's NodeBuilds on the local BuildKit.
 //!
-//! A label-selected watch sees only NodeBuilds bound to this node and pool. Each unfinished one
-//! runs once a build slot is free (`--max-concurrent-builds`; the rest report `Queued` with
-//! their position). Progress goes to status at most about once a second, the final state
+//! A label-selected watch sees only NodeBuilds bound to this node and pool. An attempt whose
+//! context is uploaded (`kiln build`) first waits for those bytes, reporting `WaitingForUpload`
+//! and where to send them, without taking a slot. Each unfinished one runs once a build slot is
+//! free (`--max-concurrent-builds`; the rest report `Queued` with their position). Progress goes to status at most about once a second, the final state
 //! always. Cancellation (`spec.cancel`, deletion, or the deadline) cancels the BuildKit solve.
 //! An attempt left `Running` by an earlier agent instance is failed with `AgentRestarted`, so
 //! the controller retries it instead of waiting forever.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -23,15 +23,14 @@ use serde_json::json;
 use tokio::sync::{Mutex, Semaphore, watch};
 use tracing::{info, warn};
 
+use super::contexts::{ContextDigest, ContextStore, Wanted};
 use super::logs::LogStore;
+use super::request::{build_request, reason_of};
 use super::{Settings, State};
 use crate::api::image_build::{DigestKind as ApiDigestKind, Progress};
-use crate::api::node_build::{NODE_LABEL, NodeBuild, NodeBuildPhase, NodeBuildStatus, POOL_LABEL};
-use crate::api::recipe::{BuildRecipe, BuildSource, PullPolicy};
-use crate::api::reference::Reference;
-use crate::buildkit::{
-    self, BuildRequest, Client as BuildKit, Context, DigestKind, Dockerfile, PlainRenderer, ProgressEvent,
-};
+use crate::api::node_build::{NODE_LABEL, NodeBuild, NodeBuildPhase, NodeBuildStatus, POOL_LABEL, WAITING_FOR_UPLOAD};
+use crate::api::recipe::BuildSource;
+use crate::buildkit::{Client as BuildKit, DigestKind, PlainRenderer, ProgressEvent};
 
 /// Field manager of the agent's status writes.
 pub const STATUS_FIELD_MANAGER: &str = "kiln-agent";
@@ -56,6 +55,9 @@ pub struct Executor {
     settings: Settings,
     state: Arc<State>,
     logs: LogStore,
+    contexts: Arc<ContextStore>,
+    /// Where BuildKit fetches uploaded contexts from this agent.
+    contexts_url: String,
     slots: Arc<Semaphore>,
     tracked: Mutex<HashMap<(String, String), Tracked>>,
     queue: Mutex<Vec<(String, String)>>,
@@ -63,7 +65,14 @@ pub struct Executor {
 
 impl Executor {
     /// An executor for this node.
-    pub fn new(client: Client, settings: Settings, state: Arc<State>, logs: LogStore) -> Arc<Self> {
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        state: Arc<State>,
+        logs: LogStore,
+        contexts: Arc<ContextStore>,
+        contexts_url: String,
+    ) -> Arc<Self> {
         let slots = Arc::new(Semaphore::new(
             usize::try_from(settings.max_concurrent_builds).unwrap_or(1).max(1),
         ));
@@ -72,6 +81,8 @@ impl Executor {
             settings,
             state,
             logs,
+            contexts,
+            contexts_url,
             slots,
             tracked: Mutex::default(),
             queue: Mutex::default(),
@@ -136,8 +147,6 @@ impl Executor {
         }
         let (tx, rx) = watch::channel(Stop::Run);
         self.tracked.lock().await.insert(key.clone(), Tracked { stop: tx });
-        self.queue.lock().await.push(key.clone());
-        self.state.queued.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             self.execute(nb, rx).await;
             self.tracked.lock().await.remove(&key);
@@ -154,8 +163,14 @@ impl Executor {
     async fn execute(self: &Arc<Self>, nb: NodeBuild, mut stop: watch::Receiver<Stop>) {
         let key = (nb.namespace().unwrap_or_default(), nb.name_any());
         let mut status = nb.status.clone().unwrap_or_default();
-        status.phase = Some(NodeBuildPhase::Queued);
         status.agent = Some(self.settings.identity.clone());
+        status.agent_endpoint = self.settings.endpoint.clone();
+        let Ok(_context) = self.context_ready(&nb, &mut status, &mut stop).await else {
+            return;
+        };
+        self.queue.lock().await.push(key.clone());
+        self.state.queued.fetch_add(1, Ordering::Relaxed);
+        status.phase = Some(NodeBuildPhase::Queued);
         status.queue_position = self.queue_position(&key).await;
         self.write(&nb, &status).await;
 
@@ -201,7 +216,14 @@ impl Executor {
         status.start_time = Some(Time(Timestamp::now()));
         self.write(nb, status).await;
 
-        let request = match self.request(&ns, &nb.spec.build).await {
+        let request = build_request(
+            &self.client,
+            &ns,
+            &nb.spec.build,
+            self.settings.network,
+            &self.contexts_url,
+        );
+        let request = match request.await {
             Ok(r) => r,
             Err((reason, message)) => {
                 return Some(finished(
@@ -350,59 +372,64 @@ impl Executor {
         Some(done)
     }
 
-    /// Turns a recipe into a BuildKit request, reading referenced Secrets (never stored).
-    async fn request(&self, namespace: &str, recipe: &BuildRecipe) -> Result<BuildRequest, (&'static str, String)> {
-        let context = match &recipe.source {
-            BuildSource::Git(g) => Context::Git {
-                url: g.url.clone(),
-                reference: g.reference.clone(),
-                subdir: g.sub_path.clone(),
-            },
-            BuildSource::Http(h) => Context::Http { url: h.url.clone() },
-            BuildSource::Upload(_) => {
-                return Err((
-                    "UnsupportedSource",
-                    "uploaded contexts are not supported by this agent version yet; use a git or http source".into(),
-                ));
+    /// For an uploaded context: holds it (accepted for upload, safe from garbage collection)
+    /// and, while it is not on the node, reports `WaitingForUpload` with where to send it and
+    /// waits, up to the pool's limit. `Err` when the attempt ended meanwhile (status written).
+    async fn context_ready(
+        &self,
+        nb: &NodeBuild,
+        status: &mut NodeBuildStatus,
+        stop: &mut watch::Receiver<Stop>,
+    ) -> Result<Option<Wanted>, ()> {
+        let BuildSource::Upload(upload) = &nb.spec.build.source else {
+            return Ok(None);
+        };
+        let Some(digest) = ContextDigest::parse(&upload.digest) else {
+            let why = format!("upload digest {:?} is not sha256:<64 hex>", upload.digest);
+            self.finish(nb, NodeBuildPhase::Failed, "InvalidSpec", &why, status)
+                .await;
+            return Err(());
+        };
+        let limit = self.contexts.limits().max_context;
+        if let Some(size) = upload.size.and_then(|s| u64::try_from(s).ok()).filter(|s| *s > limit) {
+            let why = format!(
+                "the context is {size} bytes, over pool {}'s limit of {limit} bytes (spec.uploads.maxContextMiB); shrink it with a .dockerignore",
+                self.settings.pool
+            );
+            self.finish(nb, NodeBuildPhase::Failed, "ContextTooLarge", &why, status)
+                .await;
+            return Err(());
+        }
+        let held = self.contexts.want(&digest);
+        if self.contexts.has(&digest) {
+            return Ok(Some(held));
+        }
+        let wait = self.settings.upload_wait;
+        status.phase = Some(NodeBuildPhase::Queued);
+        status.reason = Some(WAITING_FOR_UPLOAD.to_owned());
+        status.message = Some(format!(
+            "waiting for the build context {digest}{} to be uploaded to this node (kiln build sends it); gives up after {}s",
+            upload.size.map(|s| format!(" ({s} bytes)")).unwrap_or_default(),
+            wait.as_secs()
+        ));
+        self.write(nb, status).await;
+        tokio::select! {
+            here = self.contexts.wait_for(&digest, wait) => {
+                if here {
+                    status.reason = None;
+                    status.message = None;
+                    return Ok(Some(held));
+                }
+                let why = format!("no build context arrived within {}s (spec.uploads.waitSeconds); run kiln build again", wait.as_secs());
+                self.finish(nb, NodeBuildPhase::Failed, "UploadTimeout", &why, status).await;
             }
-        };
-        let dockerfile = match (&recipe.dockerfile_inline, &recipe.dockerfile) {
-            (Some(text), _) => Dockerfile::Inline(text.clone()),
-            (None, Some(path)) => Dockerfile::Path(path.clone()),
-            (None, None) => Dockerfile::default(),
-        };
-        let mut request = BuildRequest::new(context, dockerfile);
-        request.target = recipe.target.clone();
-        request.build_args = recipe.build_args.clone();
-        request.labels = recipe.labels.clone();
-        request.platforms = recipe.platforms.clone();
-        request.no_cache = recipe.no_cache;
-        request.pull = match recipe.pull.unwrap_or_default() {
-            PullPolicy::IfNotPresent => buildkit::Pull::PreferLocal,
-            PullPolicy::Always => buildkit::Pull::Always,
-        };
-        request.network = self.settings.network;
-        let mut names = Vec::new();
-        for r in std::iter::once(&recipe.image).chain(&recipe.additional_tags) {
-            let parsed = Reference::parse(r).map_err(|e| ("InvalidSpec", format!("image {r:?}: {e}")))?;
-            names.push(parsed.tagged().to_string());
+            why = stopped(stop) => {
+                if why == Stop::Cancel {
+                    self.finish(nb, NodeBuildPhase::Cancelled, "Cancelled", "cancelled while waiting for its context", status).await;
+                }
+            }
         }
-        request.export = buildkit::Export {
-            names,
-            push: recipe.push.as_ref().is_some_and(|p| p.enabled),
-            unpack: true,
-        };
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let mut values = BTreeMap::new();
-        for s in &recipe.secrets {
-            let value = secret_value(&secrets, &s.secret_key_ref.name, &s.secret_key_ref.key).await?;
-            values.insert(s.id.clone(), value);
-        }
-        request.secrets = values;
-        if let Some(auth) = recipe.push.as_ref().and_then(|p| p.secret_ref.as_ref()) {
-            request.registry_auth = Some(secret_value(&secrets, &auth.name, ".dockerconfigjson").await?);
-        }
-        Ok(request)
+        Err(())
     }
 
     async fn queue_position(&self, key: &(String, String)) -> Option<i32> {
@@ -447,24 +474,6 @@ async fn stopped(stop: &mut watch::Receiver<Stop>) -> Stop {
         .unwrap_or(Stop::Cancel)
 }
 
-async fn secret_value(secrets: &Api<Secret>, name: &str, key: &str) -> Result<Vec<u8>, (&'static str, String)> {
-    let secret = secrets
-        .get_opt(name)
-        .await
-        .map_err(|e| ("SecretNotFound", format!("cannot read Secret {name:?}: {e}")))?
-        .ok_or_else(|| {
-            (
-                "SecretNotFound",
-                format!("Secret {name:?} does not exist in the ImageBuild's namespace"),
-            )
-        })?;
-    secret
-        .data
-        .and_then(|mut d| d.remove(key))
-        .map(|b| b.0)
-        .ok_or_else(|| ("SecretNotFound", format!("Secret {name:?} has no key {key:?}")))
-}
-
 fn finished(
     settings: &Settings,
     phase: NodeBuildPhase,
@@ -484,18 +493,4 @@ fn finished(
     });
     s.completion_time = Some(Time(Timestamp::now()));
     s
-}
-
-/// The status reason for a BuildKit error.
-fn reason_of(e: &buildkit::Error) -> &'static str {
-    match e {
-        buildkit::Error::DockerfileParse { .. } => "DockerfileParse",
-        buildkit::Error::StepFailed { .. } => "StepFailed",
-        buildkit::Error::SourceFetch { .. } => "SourceFetch",
-        buildkit::Error::Auth { .. } => "RegistryAuth",
-        buildkit::Error::Cancelled => "Cancelled",
-        buildkit::Error::Unreachable { .. } => "BuildKitUnavailable",
-        buildkit::Error::InvalidRequest(_) => "InvalidRequest",
-        _ => "BuildFailed",
-    }
 }

@@ -1,8 +1,11 @@
 //! Build logs kept on the node: one bounded file per NodeBuild, served by the agent over HTTP
-//! (`GET /logs/<namespace>/<name>`) for `kiln logs`.
+//! (`GET /logs/<namespace>/<name>`, `?follow=true` while the build runs) for `kiln logs` and
+//! `kiln build`.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// Largest log kept per build; later lines are dropped with a note.
 pub const MAX_LOG_BYTES: u64 = 8 * 1024 * 1024;
@@ -11,13 +14,25 @@ pub const MAX_LOG_BYTES: u64 = 8 * 1024 * 1024;
 #[derive(Clone, Debug)]
 pub struct LogStore {
     dir: PathBuf,
+    /// Logs still being written (their builds run).
+    open: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
-/// An open log of one build.
+/// An open log of one build; the log counts as finished once this drops.
 pub struct BuildLog {
     file: Option<std::fs::File>,
     written: u64,
     truncated: bool,
+    path: Option<PathBuf>,
+    open: Arc<Mutex<HashSet<PathBuf>>>,
+}
+
+impl Drop for BuildLog {
+    fn drop(&mut self) {
+        if let (Some(path), Ok(mut open)) = (&self.path, self.open.lock()) {
+            open.remove(path);
+        }
+    }
 }
 
 impl LogStore {
@@ -25,10 +40,14 @@ impl LogStore {
     pub fn new(dir: impl Into<PathBuf>) -> std::io::Result<Self> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
-        Ok(Self { dir })
+        Ok(Self {
+            dir,
+            open: Arc::default(),
+        })
     }
 
-    fn path(&self, namespace: &str, name: &str) -> Option<PathBuf> {
+    /// The file of a build's log, if the names are safe to use as one.
+    pub fn path(&self, namespace: &str, name: &str) -> Option<PathBuf> {
         let safe = |s: &str| {
             !s.is_empty()
                 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
@@ -40,12 +59,23 @@ impl LogStore {
 
     /// Starts (or restarts) the log of a build.
     pub fn create(&self, namespace: &str, name: &str) -> BuildLog {
-        let file = self.path(namespace, name).and_then(|p| std::fs::File::create(p).ok());
+        let path = self.path(namespace, name);
+        let file = path.as_ref().and_then(|p| std::fs::File::create(p).ok());
+        if let (Some(p), Ok(mut open)) = (&path, self.open.lock()) {
+            open.insert(p.clone());
+        }
         BuildLog {
             file,
             written: 0,
             truncated: false,
+            path,
+            open: self.open.clone(),
         }
+    }
+
+    /// True while the build whose log is at `path` runs (more lines may come).
+    pub fn is_open(&self, path: &Path) -> bool {
+        self.open.lock().is_ok_and(|o| o.contains(path))
     }
 
     /// The log of a build, if this node has it.

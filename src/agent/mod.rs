@@ -1,20 +1,24 @@
 //! `kiln agent`: the per-node sidecar next to BuildKit. It heartbeats the node's builder
-//! capacity into a Lease (so the controller knows the builder is ready) and, next, runs the
-//! node's NodeBuilds on the local BuildKit.
+//! capacity into a Lease (so the controller knows the builder is ready), runs the node's
+//! NodeBuilds on the local BuildKit, receives uploaded contexts and serves them to BuildKit,
+//! and serves build logs.
 
+pub mod contexts;
 pub mod executor;
 pub mod heartbeat;
 pub mod logs;
+pub mod request;
+pub mod server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32};
 use std::time::Duration;
 
-use tracing::info;
+use tracing::{info, warn};
 
+use crate::api::node_build::AgentEndpoint;
 use crate::buildkit::{Endpoint, Network, TlsConfig};
-use crate::http::{self, Reply, StatusCode};
 
 /// Settings of `kiln agent`.
 #[derive(Clone, Debug)]
@@ -35,8 +39,20 @@ pub struct Settings {
     pub runtime: String,
     /// Builds this node runs at once.
     pub max_concurrent_builds: i32,
-    /// Probe (and later logs) address.
+    /// Address of the agent's API: probes, metrics, logs, uploads.
     pub listen: SocketAddr,
+    /// This agent's pod and port, as clients reach it through the apiserver (none when it does
+    /// not run in a pod: then nothing can be uploaded to it).
+    pub endpoint: Option<AgentEndpoint>,
+    /// Where uploaded contexts are kept (the pool's state directory on the node).
+    pub contexts_dir: std::path::PathBuf,
+    /// Limits of the context store.
+    pub context_limits: contexts::Limits,
+    /// How long an attempt waits for its uploaded context.
+    pub upload_wait: Duration,
+    /// Where the node's BuildKit fetches uploaded contexts from: loopback where buildkitd shares
+    /// the pod's network, the pod's address on Docker nodes. Port 0 picks a free one.
+    pub context_listen: SocketAddr,
     /// How long a heartbeat is valid.
     pub lease_duration: Duration,
     /// Network of `RUN` steps.
@@ -70,8 +86,16 @@ pub enum Error {
         /// I/O error.
         source: std::io::Error,
     },
-    /// The probe server could not start.
-    #[error("cannot serve probes on {addr}: {source}")]
+    /// The context store cannot be used.
+    #[error("cannot use the context directory {dir}: {source}; check the pool's stateDir on this node")]
+    Contexts {
+        /// Directory.
+        dir: std::path::PathBuf,
+        /// I/O error.
+        source: std::io::Error,
+    },
+    /// A server could not start.
+    #[error("cannot listen on {addr}: {source}")]
     Listen {
         /// Address.
         addr: SocketAddr,
@@ -83,39 +107,39 @@ pub enum Error {
 /// Runs the agent until it is stopped.
 pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> {
     let state = Arc::new(State::default());
-    let probe_state = state.clone();
     let logs = logs::LogStore::new(&settings.log_dir).map_err(|source| Error::Logs {
         dir: settings.log_dir.clone(),
         source,
     })?;
-    let served_logs = logs.clone();
-    let (addr, serve) = http::bind(
-        settings.listen,
-        Arc::new(move |path: &str| match path {
-            "/healthz" => Reply::ok("ok"),
-            "/readyz" if probe_state.buildkit_ready.load(Ordering::Relaxed) => Reply::ok("ok"),
-            "/readyz" => Reply::status(StatusCode::SERVICE_UNAVAILABLE, "BuildKit is not answering"),
-            p if p.starts_with("/logs/") => {
-                match p
-                    .trim_start_matches("/logs/")
-                    .split_once('/')
-                    .and_then(|(ns, name)| served_logs.read(ns, name))
-                {
-                    Some(text) => Reply::ok(text),
-                    None => Reply::status(StatusCode::NOT_FOUND, "no log for that build on this node"),
-                }
-            }
-            _ => Reply::status(StatusCode::NOT_FOUND, "not found"),
-        }),
-    )
-    .await
-    .map_err(|source| Error::Listen {
-        addr: settings.listen,
-        source,
+    let contexts = contexts::ContextStore::open(&settings.contexts_dir, settings.context_limits).map_err(|source| {
+        Error::Contexts {
+            dir: settings.contexts_dir.clone(),
+            source,
+        }
     })?;
-    info!(%addr, node = %settings.node, pool = %settings.pool, buildkit = %settings.buildkit, "agent serving probes");
-    tokio::spawn(serve);
-    let executor = executor::Executor::new(client.clone(), settings.clone(), state.clone(), logs);
+    let contexts_url = serve_contexts(&settings, contexts.clone()).await?;
+    let api = Arc::new(server::Api {
+        state: state.clone(),
+        logs: logs.clone(),
+        contexts: contexts.clone(),
+    });
+    let (addr, serving) = server::serve(settings.listen, move |req| api.clone().route(req))
+        .await
+        .map_err(|source| Error::Listen {
+            addr: settings.listen,
+            source,
+        })?;
+    info!(%addr, node = %settings.node, pool = %settings.pool, buildkit = %settings.buildkit, "agent serving its API");
+    tokio::spawn(serving);
+    tokio::spawn(collect_context_garbage(contexts.clone()));
+    let executor = executor::Executor::new(
+        client.clone(),
+        settings.clone(),
+        state.clone(),
+        logs,
+        contexts,
+        contexts_url,
+    );
     tokio::select! {
         _ = async { tokio::join!(heartbeat::run(client, settings, state), executor.run()) } => {}
         signal = crate::shutdown::signal() => {
@@ -126,4 +150,31 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
         }
     }
     Ok(())
+}
+
+/// Serves stored contexts to BuildKit; returns their base URL (with this run's secret token).
+async fn serve_contexts(settings: &Settings, contexts: Arc<contexts::ContextStore>) -> Result<String, Error> {
+    let token: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
+    let url_token = token.clone();
+    let (addr, serving) = server::serve(settings.context_listen, move |req| {
+        server::serve_context(contexts.clone(), token.clone(), req)
+    })
+    .await
+    .map_err(|source| Error::Listen {
+        addr: settings.context_listen,
+        source,
+    })?;
+    tokio::spawn(serving);
+    Ok(format!("http://{addr}/contexts/{url_token}"))
+}
+
+/// Deletes old and surplus contexts every few minutes.
+async fn collect_context_garbage(contexts: Arc<contexts::ContextStore>) {
+    let mut every = tokio::time::interval(Duration::from_secs(300));
+    loop {
+        every.tick().await;
+        if let Err(e) = contexts.collect_garbage(std::time::SystemTime::now()) {
+            warn!(error = %e, dir = %contexts.dir().display(), "cannot collect old contexts");
+        }
+    }
 }

@@ -75,6 +75,10 @@ pub struct BuilderPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^/\S+$"))]
     pub state_dir: Option<String>,
+    /// Build contexts uploaded by `kiln build`: size limit, how long an attempt waits for its
+    /// upload, and how long and how many the agents keep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploads: Option<UploadsSpec>,
     /// The network `RUN` steps get. Defaults to `Default`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_network: Option<RunNetwork>,
@@ -130,6 +134,39 @@ pub enum RuntimeKind {
     /// Docker (dockershim or cri-dockerd): Docker's embedded BuildKit, no buildkitd container.
     Docker,
 }
+
+/// Uploaded build contexts on the builders.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadsSpec {
+    /// Largest context accepted, in MiB. Defaults to 2048.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "maxContextMiB")]
+    #[schemars(range(min = 1))]
+    pub max_context_mib: Option<i64>,
+    /// How long an attempt waits for its context before failing with `UploadTimeout`.
+    /// Defaults to 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub wait_seconds: Option<i64>,
+    /// Contexts not used for this long are deleted, as a Go duration. Defaults to `24h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$"))]
+    pub keep_duration: Option<String>,
+    /// Total size of the kept contexts per node, in MiB; the least recently used go first.
+    /// Defaults to 10240.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "maxStoreMiB")]
+    #[schemars(range(min = 1))]
+    pub max_store_mib: Option<i64>,
+}
+
+/// Largest uploaded context when the pool sets none, in MiB.
+pub const DEFAULT_MAX_CONTEXT_MIB: i64 = 2048;
+/// How long an attempt waits for its upload when the pool sets nothing.
+pub const DEFAULT_UPLOAD_WAIT_SECONDS: i64 = 300;
+/// How long unused contexts are kept when the pool sets nothing.
+pub const DEFAULT_CONTEXT_KEEP: &str = "24h";
+/// Total size of kept contexts per node when the pool sets none, in MiB.
+pub const DEFAULT_CONTEXT_STORE_MIB: i64 = 10240;
 
 /// BuildKit cache garbage collection.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

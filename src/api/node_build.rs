@@ -15,6 +15,8 @@ pub const NODE_LABEL: &str = "kiln.dev/node";
 pub const IMAGE_BUILD_LABEL: &str = "kiln.dev/image-build";
 /// Label carrying the pool a NodeBuild runs in.
 pub const POOL_LABEL: &str = "kiln.dev/pool";
+/// The reason an agent reports while an attempt waits for its uploaded context.
+pub const WAITING_FOR_UPLOAD: &str = "WaitingForUpload";
 
 /// One attempt of an ImageBuild on one node, like a Pod is one run of a Job.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -83,6 +85,18 @@ impl NodeBuildPhase {
     }
 }
 
+/// A builder pod's agent, reachable with the pods/proxy (or pods/portforward) subresource.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentEndpoint {
+    /// Namespace of the builder pod (kiln's).
+    pub namespace: String,
+    /// Name of the builder pod.
+    pub pod: String,
+    /// The agent's port in the pod.
+    pub port: i32,
+}
+
 /// What the agent reports about one attempt.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -97,6 +111,10 @@ pub struct NodeBuildStatus {
     /// The agent instance that ran the attempt (changes when the agent restarts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+    /// Where that agent is reached through the apiserver: for `kiln build` to upload the
+    /// context to, and for `kiln logs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_endpoint: Option<AgentEndpoint>,
     /// Position in the node's queue while `Queued` (0 = next).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_position: Option<i32>,

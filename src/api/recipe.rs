@@ -146,13 +146,19 @@ pub struct HttpSource {
     pub sha256: Option<String>,
 }
 
-/// A context uploaded by the CLI.
+/// A context uploaded by `kiln build`: a tarball the CLI sends to the agent of each node an
+/// attempt is bound to, through the apiserver; the agent builds once it holds these bytes.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UploadSource {
     /// Content digest of the uploaded context tarball, `sha256:<64 hex>`.
     #[schemars(regex(pattern = r"^sha256:[a-f0-9]{64}$"))]
     pub digest: String,
+    /// Size of the tarball in bytes; an agent refuses a context over its pool's limit before
+    /// anything is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub size: Option<i64>,
 }
 
 /// A reference to an object in the same namespace.

@@ -217,6 +217,9 @@ fn source(s: &BuildSource, at: &str, errs: &mut Collector) {
                     "must be sha256:<64 lowercase hex digits>",
                 );
             }
+            if u.size.is_some_and(|s| s < 0) {
+                errs.add(format!("{at}.upload.size"), "must be 0 or more");
+            }
         }
     }
 }
@@ -410,6 +413,7 @@ mod tests {
         assert!(e.has("spec.source.http.url") && e.has("spec.source.http.sha256"), "{e}");
         spec.recipe.source = BuildSource::Upload(UploadSource {
             digest: "md5:abc".into(),
+            size: None,
         });
         assert!(errors(&spec).has("spec.source.upload.digest"));
     }

@@ -5,7 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::exit;
+use crate::agent::contexts::Limits;
 use crate::agent::{self, Settings};
+use crate::api::builder_pool::{
+    DEFAULT_CONTEXT_KEEP, DEFAULT_CONTEXT_STORE_MIB, DEFAULT_MAX_CONTEXT_MIB, DEFAULT_UPLOAD_WAIT_SECONDS,
+};
+use crate::api::node_build::AgentEndpoint;
 use crate::buildkit::{Endpoint, Network, TlsConfig};
 
 #[derive(clap::Args, Debug)]
@@ -31,12 +36,35 @@ pub(super) struct Args {
     /// Builds this node runs at once.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..=64))]
     max_concurrent_builds: i32,
-    /// Address for /healthz and /readyz.
+    /// Address of the agent's API (probes, metrics, logs, context uploads).
     #[arg(long, default_value = "0.0.0.0:8081")]
     listen: SocketAddr,
     /// This agent instance's identity. Defaults to the pod name, else host and PID.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// The builder pod this agent runs in, in --namespace; clients upload contexts and read logs
+    /// through it (pods/proxy). Without it, uploaded contexts cannot reach this agent.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// Directory for uploaded build contexts (the pool's state directory on the node).
+    #[arg(long, default_value = "/var/lib/kiln/contexts")]
+    contexts_dir: PathBuf,
+    /// Largest uploaded context accepted, in MiB.
+    #[arg(long, default_value_t = DEFAULT_MAX_CONTEXT_MIB, value_parser = clap::value_parser!(i64).range(1..))]
+    max_context_mib: i64,
+    /// Seconds an attempt waits for its uploaded context.
+    #[arg(long, default_value_t = DEFAULT_UPLOAD_WAIT_SECONDS, value_parser = clap::value_parser!(i64).range(1..))]
+    upload_wait_seconds: i64,
+    /// Uploaded contexts unused for this long are deleted (a duration such as 24h or 90m).
+    #[arg(long, default_value = DEFAULT_CONTEXT_KEEP)]
+    context_keep: String,
+    /// Total size of kept contexts, in MiB; the least recently used go first.
+    #[arg(long, default_value_t = DEFAULT_CONTEXT_STORE_MIB, value_parser = clap::value_parser!(i64).range(1..))]
+    context_store_mib: i64,
+    /// Where BuildKit fetches uploaded contexts from this agent: loopback where buildkitd shares
+    /// the pod's network; the pod's IP on Docker nodes (BuildKit runs in dockerd on the host).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    context_listen: SocketAddr,
     /// Network of RUN steps: default (BuildKit's), none, or host.
     #[arg(long, default_value = "default", value_parser = ["default", "none", "host"])]
     network: String,
@@ -66,6 +94,24 @@ pub(super) fn run(args: Args) -> u8 {
             return exit::INVALID;
         }
     };
+    let Ok(keep) = args.context_keep.parse::<kube::core::Duration>() else {
+        eprintln!(
+            "error: --context-keep {:?} is not a duration such as 24h or 90m",
+            args.context_keep
+        );
+        return exit::INVALID;
+    };
+    let mib = |m: i64| u64::try_from(m).unwrap_or(0) * 1024 * 1024;
+    let context_limits = Limits {
+        max_context: mib(args.max_context_mib),
+        keep: keep.into(),
+        max_total: mib(args.context_store_mib),
+    };
+    let endpoint = args.pod_name.clone().map(|pod| AgentEndpoint {
+        namespace: args.namespace.clone(),
+        pod,
+        port: i32::from(args.listen.port()),
+    });
     super::block_on(async move {
         let Some(client) = super::kube_client().await else {
             return exit::FAILURE;
@@ -87,6 +133,11 @@ pub(super) fn run(args: Args) -> u8 {
                 _ => Network::Default,
             },
             log_dir: args.log_dir,
+            endpoint,
+            contexts_dir: args.contexts_dir,
+            context_limits,
+            upload_wait: Duration::from_secs(u64::try_from(args.upload_wait_seconds).unwrap_or(1)),
+            context_listen: args.context_listen,
             buildkit_tmp: args.buildkit_tmp,
         };
         match agent::run(client, settings).await {

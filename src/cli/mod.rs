@@ -6,8 +6,13 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod agent;
+pub mod agent_client;
+mod build;
 mod controller;
 mod crds;
+mod get;
+pub mod kube_args;
+mod logs;
 mod manifests;
 mod validate;
 
@@ -42,6 +47,12 @@ enum Command {
     Controller(controller::Args),
     /// Run a node's agent: heartbeat its BuildKit and run the node's builds.
     Agent(agent::Args),
+    /// Build an image from a local directory on the node(s) that will run it.
+    Build(build::Args),
+    /// List ImageBuilds: phase, node(s), digest, age.
+    Get(get::Args),
+    /// Print a build's log from the node(s) it ran on (`-f` to follow).
+    Logs(logs::Args),
 }
 
 /// Output formats for commands that print data.
@@ -69,6 +80,9 @@ impl Cli {
                 init_logging();
                 agent::run(args)
             }
+            Command::Build(args) => build::run(args),
+            Command::Get(args) => get::run(args),
+            Command::Logs(args) => logs::run(args),
         };
         ExitCode::from(code)
     }

@@ -1,6 +1,11 @@
 //! An end-to-end rig: a real apiserver, a real BuildKit (Docker's), and kiln's controller and
 //! agents as the processes they are in production, installed from `kiln manifests` and acting
 //! as their own ServiceAccounts. Nodes are Node objects whose agents all share the one Docker.
+//!
+//! Each agent also gets a Pod object (never run: there is no kubelet) whose `status.podIP` is
+//! the private address the agent listens on, so clients reach it through the apiserver's
+//! pods/proxy exactly as in a cluster. The apiserver refuses to proxy to loopback addresses,
+//! so that address lives on a bridge of our own ([`agent_ip`]), inside this machine.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -126,10 +131,16 @@ impl Rig {
             .expect("node status");
     }
 
-    /// Starts (or restarts) the agent of `node`, as the builder DaemonSet would.
+    /// Starts (or restarts) the agent of `node`, as the builder DaemonSet would, with a Pod
+    /// object clients reach it through (see the module docs).
     pub fn start_agent(&self, node: &str) {
         let port = free_port();
         let log_dir = self.server.dir.join(format!("logs-{node}"));
+        let identity = format!("{node}-{}", uuid::Uuid::new_v4().simple().to_string().split_at(6).0);
+        let ip = agent_ip().unwrap_or("127.0.0.1");
+        if agent_ip().is_some() {
+            self.agent_pod(&identity, ip, port);
+        }
         let args: Vec<String> = vec![
             "agent".into(),
             format!("--pool={POOL}"),
@@ -138,13 +149,16 @@ impl Rig {
             format!("--buildkit-addr={}", self.docker.endpoint()),
             "--runtime=docker".into(),
             "--network=none".into(),
-            format!("--listen=127.0.0.1:{port}"),
+            format!("--listen={ip}:{port}"),
             format!("--lease-duration-seconds={LEASE_SECONDS}"),
             format!("--log-dir={}", log_dir.display()),
             format!(
-                "--identity={node}-{}",
-                uuid::Uuid::new_v4().simple().to_string().split_at(6).0
+                "--contexts-dir={}",
+                self.server.dir.join(format!("contexts-{node}")).display()
             ),
+            format!("--identity={identity}"),
+            format!("--pod-name={identity}"),
+            "--upload-wait-seconds=60".into(),
         ];
         let log = self.server.dir.join(format!("agent-{node}.log"));
         let process = Supervised::spawn(
@@ -159,6 +173,27 @@ impl Rig {
             None,
         );
         self.agents.lock().expect("lock").insert(node.to_owned(), process);
+    }
+
+    /// The Pod object of an agent: its name, and its address and port for pods/proxy.
+    fn agent_pod(&self, name: &str, ip: &str, port: u16) {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS},
+            "spec": {"containers": [{"name": "agent", "image": "kiln.dev/kiln:test",
+                     "ports": [{"name": "agent", "containerPort": port}]}]}});
+        self.server.apply_manifests(&pod.to_string());
+        let status = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}});
+        let (ok, _, err) = self.server.kubectl(&[
+            "-n",
+            NS,
+            "patch",
+            "pod",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status.to_string(),
+        ]);
+        assert!(ok, "set the agent pod's IP: {err}");
     }
 
     /// Kills the agent of `node` (SIGKILL).
@@ -260,6 +295,41 @@ impl Rig {
         }
         out
     }
+}
+
+/// The private address agents listen on (`10.214.0.1` on a bridge `kiln-e2e0` this function
+/// creates once, and leaves for later runs), or `None` when it cannot be made (not root): then
+/// agents listen on loopback and nothing can be uploaded to them.
+pub fn agent_ip() -> Option<&'static str> {
+    static IP: std::sync::OnceLock<Option<&'static str>> = std::sync::OnceLock::new();
+    *IP.get_or_init(|| {
+        const BRIDGE: &str = "kiln-e2e0";
+        const ADDR: &str = "10.214.0.1";
+        let ip = |args: &[&str]| {
+            std::process::Command::new("ip")
+                .args(args)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        let has_addr = || {
+            std::process::Command::new("ip")
+                .args(["-o", "addr", "show", "dev", BRIDGE])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&format!("{ADDR}/32")))
+        };
+        if !has_addr() {
+            // Racing test binaries may both try; whoever loses finds it there.
+            ip(&["link", "add", BRIDGE, "type", "bridge"]);
+            ip(&["addr", "add", &format!("{ADDR}/32"), "dev", BRIDGE]);
+        }
+        ip(&["link", "set", BRIDGE, "up"]);
+        if has_addr() {
+            Some(ADDR)
+        } else {
+            eprintln!("NOTE: cannot create bridge {BRIDGE} with {ADDR} (not root?): agents listen on loopback, uploads cannot reach them");
+            None
+        }
+    })
 }
 
 /// An ImageBuild manifest as a user writes it.

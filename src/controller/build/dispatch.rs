@@ -16,7 +16,7 @@ use super::naming::{CACHE_KEY_LABEL, GENERATION_LABEL, cache_key, node_build_nam
 use super::plan::{Event, Next, Observed, Plan, Scope};
 use super::schedule::choose;
 use crate::api::image_build::{BuildPhase, ImageBuild};
-use crate::api::node_build::{IMAGE_BUILD_LABEL, NODE_LABEL, NodeBuild, NodeBuildSpec, POOL_LABEL};
+use crate::api::node_build::{IMAGE_BUILD_LABEL, NODE_LABEL, NodeBuild, NodeBuildSpec, POOL_LABEL, WAITING_FOR_UPLOAD};
 
 /// First retry delay; doubled per failure, capped at [`MAX_BACKOFF`].
 pub const BASE_BACKOFF: SignedDuration = SignedDuration::from_secs(2);
@@ -125,9 +125,6 @@ fn active(scope: &Scope<'_>, last: &Attempt<'_>, running: bool, next: &mut Next)
     });
     (Some(BuildPhase::Pending), note)
 }
-
-/// The reason an agent reports while an attempt waits for its uploaded context.
-pub const WAITING_FOR_UPLOAD: &str = "WaitingForUpload";
 
 /// A slot whose latest attempt failed: give up (a permanent reason, or `backoffLimit` used
 /// up), wait for the backoff, or retry now — pinned, or where the scheduler says.

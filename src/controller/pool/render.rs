@@ -32,6 +32,8 @@ pub const BUILDKIT_ADDR: &str = "unix:///run/kiln/buildkitd.sock";
 /// containerd's client default FIFO directory, where BuildKit's containerd executor creates each
 /// task's stdio FIFOs for the shim to open on the host.
 pub const CONTAINERD_FIFO_DIR: &str = "/run/containerd/fifo";
+/// Where the agent keeps uploaded contexts (`<stateDir>/contexts` on the node).
+pub const AGENT_CONTEXTS_DIR: &str = "/var/lib/kiln/contexts";
 /// Where the agent sees buildkitd's TMPDIR (to check it exists before each build).
 pub const AGENT_BUILDKIT_TMP: &str = "/var/lib/kiln/buildkit-tmp";
 /// The snapshotter used when the pool names none (containerd's default on Linux).
@@ -150,7 +152,14 @@ fn storage(input: &Input<'_>, host: &RuntimePaths, ds_name: &str) -> Storage {
     let mut agent_mounts = vec![
         json!({"name": "run-kiln", "mountPath": BUILDKIT_SOCKET_DIR}),
         json!({"name": "logs", "mountPath": "/var/log/kiln"}),
+        json!({"name": "contexts", "mountPath": AGENT_CONTEXTS_DIR}),
     ];
+    // Uploaded contexts outlive the pod (a restarted agent still has them), one store per pool.
+    volumes.push(host_dir(
+        "contexts",
+        &format!("{}/contexts", state_dir(input.pool)),
+        "DirectoryOrCreate",
+    ));
     if input.kind == RuntimeKind::Docker {
         volumes.push(json!({"name": "docker-sock", "hostPath": {"path": host.socket, "type": "Socket"}}));
         agent_mounts.push(json!({"name": "docker-sock", "mountPath": host.socket}));
@@ -329,9 +338,15 @@ fn agent_container(input: &Input<'_>, pool: &str, host: &RuntimePaths, mounts: V
         ),
         format!("--listen=0.0.0.0:{AGENT_PORT}"),
     ];
-    if input.kind != RuntimeKind::Docker {
+    args.push(format!("--contexts-dir={AGENT_CONTEXTS_DIR}"));
+    if input.kind == RuntimeKind::Docker {
+        // BuildKit runs inside dockerd, in the host's network: it reaches the pod's address,
+        // not its loopback.
+        args.push("--context-listen=$(POD_IP):0".to_owned());
+    } else {
         args.push(format!("--buildkit-tmp={AGENT_BUILDKIT_TMP}"));
     }
+    args.extend(upload_args(spec));
     match run_network(spec) {
         RunNetwork::Default => {}
         RunNetwork::None => args.push("--network=none".to_owned()),
@@ -354,6 +369,26 @@ fn agent_container(input: &Input<'_>, pool: &str, host: &RuntimePaths, mounts: V
         "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
                             "capabilities": {"drop": ["ALL"]}},
     })
+}
+
+/// The pool's upload settings as agent flags (only those it sets, so pools that set none keep
+/// the same pod template).
+fn upload_args(spec: &BuilderPoolSpec) -> Vec<String> {
+    let Some(u) = &spec.uploads else { return Vec::new() };
+    let mut args = Vec::new();
+    if let Some(v) = u.max_context_mib {
+        args.push(format!("--max-context-mib={v}"));
+    }
+    if let Some(v) = u.wait_seconds {
+        args.push(format!("--upload-wait-seconds={v}"));
+    }
+    if let Some(v) = &u.keep_duration {
+        args.push(format!("--context-keep={v}"));
+    }
+    if let Some(v) = u.max_store_mib {
+        args.push(format!("--context-store-mib={v}"));
+    }
+    args
 }
 
 pub(super) fn run_network(spec: &BuilderPoolSpec) -> RunNetwork {

@@ -327,3 +327,48 @@ fn the_fifo_directory_is_mounted_only_where_the_socket_directory_does_not_cover_
     assert!(is_within("/run/containerd/fifo", "/run/containerd/"));
     assert!(!is_within("/run/containerd-x/fifo", "/run/containerd"));
 }
+
+#[test]
+fn agents_keep_uploaded_contexts_under_the_state_dir_and_serve_them_where_buildkit_is() {
+    use crate::api::builder_pool::UploadsSpec;
+    let p = pool(BuilderPoolSpec {
+        uploads: Some(UploadsSpec {
+            max_context_mib: Some(64),
+            wait_seconds: Some(30),
+            keep_duration: Some("2h".into()),
+            max_store_mib: Some(512),
+        }),
+        ..Default::default()
+    });
+    for (kind, agent) in [(RuntimeKind::Containerd, 1), (RuntimeKind::Docker, 0)] {
+        let (ds, _) = render_for(&p, kind);
+        let pod = &ds["spec"]["template"]["spec"];
+        let volume = pod["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .find(|v| v["name"] == "contexts")
+            .expect("a contexts volume");
+        assert_eq!(
+            volume["hostPath"]["path"], "/var/lib/kiln/pools/fast/contexts",
+            "{kind:?}"
+        );
+        assert!(mounts(&ds, agent).contains(&(AGENT_CONTEXTS_DIR.into(), "None".into())));
+        let args: Vec<&str> = pod["containers"][agent]["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        for want in [
+            "--max-context-mib=64",
+            "--upload-wait-seconds=30",
+            "--context-keep=2h",
+            "--context-store-mib=512",
+        ] {
+            assert!(args.contains(&want), "{want} in {args:?}");
+        }
+        let on_pod_ip = args.contains(&"--context-listen=$(POD_IP):0");
+        assert_eq!(on_pod_ip, kind == RuntimeKind::Docker, "{kind:?}: {args:?}");
+    }
+}

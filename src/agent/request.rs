@@ -1,0 +1,117 @@
+//! Turns a NodeBuild's recipe into a BuildKit request: the context (git, http, or an uploaded
+//! tarball served to BuildKit by this agent), Dockerfile, arguments, image names, and the
+//! referenced Secrets' values (read at build time, never stored). Also names the status reason
+//! for each BuildKit error.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::api::Api;
+
+use super::contexts::ContextDigest;
+use crate::api::recipe::{BuildRecipe, BuildSource, PullPolicy};
+use crate::api::reference::Reference;
+use crate::buildkit::{self, BuildRequest, Context, Dockerfile, Network};
+
+/// A failure before BuildKit is asked: the status reason and message.
+pub type Refusal = (&'static str, String);
+
+/// Builds the request for `recipe` of a NodeBuild in `namespace`. `contexts_url` is where this
+/// agent serves uploaded contexts to BuildKit (`http://…/contexts/<token>`).
+pub async fn build_request(
+    client: &Client,
+    namespace: &str,
+    recipe: &BuildRecipe,
+    network: Network,
+    contexts_url: &str,
+) -> Result<BuildRequest, Refusal> {
+    let context = match &recipe.source {
+        BuildSource::Git(g) => Context::Git {
+            url: g.url.clone(),
+            reference: g.reference.clone(),
+            subdir: g.sub_path.clone(),
+        },
+        BuildSource::Http(h) => Context::Http { url: h.url.clone() },
+        BuildSource::Upload(u) => {
+            let digest = ContextDigest::parse(&u.digest).ok_or_else(|| {
+                (
+                    "InvalidSpec",
+                    format!("upload digest {:?} is not sha256:<64 hex>", u.digest),
+                )
+            })?;
+            Context::Http {
+                url: format!("{contexts_url}/{}", digest.file_name()),
+            }
+        }
+    };
+    let dockerfile = match (&recipe.dockerfile_inline, &recipe.dockerfile) {
+        (Some(text), _) => Dockerfile::Inline(text.clone()),
+        (None, Some(path)) => Dockerfile::Path(path.clone()),
+        (None, None) => Dockerfile::default(),
+    };
+    let mut request = BuildRequest::new(context, dockerfile);
+    request.target = recipe.target.clone();
+    request.build_args = recipe.build_args.clone();
+    request.labels = recipe.labels.clone();
+    request.platforms = recipe.platforms.clone();
+    request.no_cache = recipe.no_cache;
+    request.pull = match recipe.pull.unwrap_or_default() {
+        PullPolicy::IfNotPresent => buildkit::Pull::PreferLocal,
+        PullPolicy::Always => buildkit::Pull::Always,
+    };
+    request.network = network;
+    let mut names = Vec::new();
+    for r in std::iter::once(&recipe.image).chain(&recipe.additional_tags) {
+        let parsed = Reference::parse(r).map_err(|e| ("InvalidSpec", format!("image {r:?}: {e}")))?;
+        names.push(parsed.tagged().to_string());
+    }
+    request.export = buildkit::Export {
+        names,
+        push: recipe.push.as_ref().is_some_and(|p| p.enabled),
+        unpack: true,
+    };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let mut values = BTreeMap::new();
+    for s in &recipe.secrets {
+        let value = secret_value(&secrets, &s.secret_key_ref.name, &s.secret_key_ref.key).await?;
+        values.insert(s.id.clone(), value);
+    }
+    request.secrets = values;
+    if let Some(auth) = recipe.push.as_ref().and_then(|p| p.secret_ref.as_ref()) {
+        request.registry_auth = Some(secret_value(&secrets, &auth.name, ".dockerconfigjson").await?);
+    }
+    Ok(request)
+}
+
+async fn secret_value(secrets: &Api<Secret>, name: &str, key: &str) -> Result<Vec<u8>, (&'static str, String)> {
+    let secret = secrets
+        .get_opt(name)
+        .await
+        .map_err(|e| ("SecretNotFound", format!("cannot read Secret {name:?}: {e}")))?
+        .ok_or_else(|| {
+            (
+                "SecretNotFound",
+                format!("Secret {name:?} does not exist in the ImageBuild's namespace"),
+            )
+        })?;
+    secret
+        .data
+        .and_then(|mut d| d.remove(key))
+        .map(|b| b.0)
+        .ok_or_else(|| ("SecretNotFound", format!("Secret {name:?} has no key {key:?}")))
+}
+
+/// The status reason for a BuildKit error.
+pub fn reason_of(e: &buildkit::Error) -> &'static str {
+    match e {
+        buildkit::Error::DockerfileParse { .. } => "DockerfileParse",
+        buildkit::Error::StepFailed { .. } => "StepFailed",
+        buildkit::Error::SourceFetch { .. } => "SourceFetch",
+        buildkit::Error::Auth { .. } => "RegistryAuth",
+        buildkit::Error::Cancelled => "Cancelled",
+        buildkit::Error::Unreachable { .. } => "BuildKitUnavailable",
+        buildkit::Error::InvalidRequest(_) => "InvalidRequest",
+        _ => "BuildFailed",
+    }
+}

@@ -1,0 +1,539 @@
+//! `kiln build` from a local directory, as a developer runs it: only a kubeconfig (a
+//! ServiceAccount bound to the `kiln-developer` roles of `kiln manifests`), the context sent to
+//! the node's agent through the apiserver (pods/proxy), a real BuildKit (Docker's). Also
+//! `kiln get` and `kiln logs`.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::e2e::{NS, Rig, agent_ip};
+use tokio::sync::OnceCell;
+
+/// Largest context this rig's pool accepts.
+const MAX_CONTEXT_MIB: u64 = 4;
+
+async fn rig() -> &'static Rig {
+    static RIG: OnceCell<Rig> = OnceCell::const_new();
+    RIG.get_or_init(|| async {
+        let rig = Rig::start(&["node-up"]).await;
+        let pool = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "BuilderPool", "metadata": {"name": "default"},
+            "spec": {"nodeSelector": {"kiln.dev/e2e": "true"}, "maxConcurrentBuilds": 2,
+                     "uploads": {"maxContextMiB": MAX_CONTEXT_MIB}}});
+        rig.server.apply_manifests(&pool.to_string());
+        rig
+    })
+    .await
+}
+
+/// A namespace with a developer: a ServiceAccount bound to the developer roles; returns the
+/// namespace and that developer's kubeconfig.
+async fn developer(rig: &Rig, prefix: &str) -> (String, PathBuf) {
+    let client = rig.client().await;
+    let ns = rig.server.namespace(&client, prefix).await;
+    let binding = |kind: &str, name: &str, at: &str, role_kind: &str, role: &str| {
+        let mut meta = json!({"name": name});
+        if kind == "RoleBinding" {
+            meta["namespace"] = json!(at);
+        }
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": meta,
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
+               "subjects": [{"kind": "ServiceAccount", "name": "dev", "namespace": ns}]})
+    };
+    let objects = [
+        binding("RoleBinding", "dev-builds", &ns, "ClusterRole", "kiln-developer"),
+        binding("RoleBinding", &format!("dev-{ns}"), NS, "Role", "kiln-developer"),
+        binding(
+            "ClusterRoleBinding",
+            &format!("dev-{ns}"),
+            "",
+            "ClusterRole",
+            "kiln-pool-reader",
+        ),
+    ];
+    for o in objects {
+        rig.server.apply_manifests(&o.to_string());
+    }
+    let kubeconfig = rig.server.service_account_kubeconfig(&ns, "dev").await;
+    (ns, kubeconfig)
+}
+
+/// Runs `kiln ARGS` as the developer; returns the output.
+fn kiln(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kiln")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The agent's counter of bytes received by uploads.
+fn uploaded_bytes(rig: &Rig) -> f64 {
+    let Some(ip) = agent_ip() else { return 0.0 };
+    let agents = rig.agents.lock().expect("lock");
+    let Some(agent) = agents.get("node-up") else { return 0.0 };
+    let log = agent.log_tail(200);
+    let Some(addr) = log
+        .lines()
+        .find_map(|l| l.split("addr=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .filter(|a| a.starts_with(ip))
+    else {
+        return 0.0;
+    };
+    let mut stream = std::net::TcpStream::connect(addr).expect("agent API");
+    use std::io::{Read, Write};
+    write!(stream, "GET /metrics HTTP/1.0\r\n\r\n").expect("request");
+    let mut body = String::new();
+    stream.read_to_string(&mut body).expect("metrics");
+    body.lines()
+        .find_map(|l| l.strip_prefix("kiln_agent_context_upload_bytes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read testdata") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
+}
+
+#[tokio::test]
+async fn kiln_build_sends_a_local_directory_and_prints_the_image() {
+    let Some(_) = agent_ip() else {
+        eprintln!("SKIPPED: agents cannot be reached through the apiserver here (no private address; run as root)");
+        return;
+    };
+    let rig = rig().await;
+    let (ns, kubeconfig) = developer(rig, "build").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = dir.path().join("app");
+    copy_dir(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/testdata/app")
+            .as_path(),
+        &app,
+    );
+    let tag = format!("example/app:{ns}");
+    let app_dir = app.to_str().expect("utf-8 path");
+
+    let before = uploaded_bytes(rig);
+    let out = kiln(
+        &kubeconfig,
+        &["build", "-t", &tag, "-o", "json", "--progress", "plain", app_dir],
+    );
+    assert!(out.status.success(), "{}\n{}", text(&out), rig.diagnostics());
+    let result: Value = serde_json::from_slice(&out.stdout).expect("-o json is JSON");
+    let digest = result["digest"].as_str().expect("digest").to_owned();
+    assert_eq!(result["image"], json!(tag));
+    assert_eq!(result["succeeded"], true);
+    assert_eq!(result["namespace"], json!(ns));
+    assert_eq!(result["nodes"][0]["name"], "node-up");
+    assert_eq!(
+        rig.docker.image_id(&tag).as_deref(),
+        Some(digest.as_str()),
+        "the digest is the image in the node's store"
+    );
+    assert_eq!(
+        rig.docker.image_file(&tag, "app/hello.txt").as_deref(),
+        Some(&b"hello from a local directory\n"[..]),
+        "a file of the context is in the image"
+    );
+    let sent = result["context"]["uploadedBytes"].as_u64().expect("uploadedBytes");
+    assert_eq!(sent, result["context"]["bytes"].as_u64().expect("bytes"), "{result}");
+    assert!(uploaded_bytes(rig) - before >= sent as f64);
+
+    // The same context again: the agent holds it, nothing is sent.
+    let before = uploaded_bytes(rig);
+    let out = kiln(&kubeconfig, &["build", "-t", &tag, "-o", "json", app_dir]);
+    assert!(out.status.success(), "{}", text(&out));
+    let again: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(again["context"]["uploadedBytes"], 0, "{again}");
+    assert_eq!(uploaded_bytes(rig), before, "the agent received nothing");
+    assert_eq!(again["digest"], json!(digest), "same context, same image");
+    assert_ne!(again["name"], result["name"], "every kiln build is a new ImageBuild");
+
+    // One file changed: a new context goes up and the image changes.
+    std::fs::write(app.join("hello.txt"), "changed\n").expect("write");
+    let out = kiln(&kubeconfig, &["build", "-t", &tag, "-q", app_dir]);
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert_ne!(printed, digest, "-q prints the new image");
+    assert_eq!(rig.docker.image_id(&tag).as_deref(), Some(printed.as_str()));
+    assert_eq!(
+        rig.docker.image_file(&tag, "app/hello.txt").as_deref(),
+        Some(&b"changed\n"[..])
+    );
+
+    // kiln get lists them; kiln logs shows a build's log.
+    let out = kiln(&kubeconfig, &["get", "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let list: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(list.as_array().map(Vec::len), Some(3), "{list}");
+    let name = result["name"].as_str().expect("name");
+    let out = kiln(&kubeconfig, &["logs", name]);
+    assert!(out.status.success(), "{}", text(&out));
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("COPY . /app/"), "{log}");
+}
+
+/// The Python that evaluates Tiltfiles (`make test-env` makes it), or `None` with a note.
+fn starlark_python() -> Option<PathBuf> {
+    let path = std::env::var_os("KILN_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+        home.join(".cache/kiln/venv/bin/python")
+    });
+    if path.is_file() {
+        Some(path)
+    } else {
+        eprintln!(
+            "SKIPPED: no Starlark interpreter at {} (run `make test-env`)",
+            path.display()
+        );
+        None
+    }
+}
+
+fn repo_file(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// The Tilt extension hands Tilt's custom_build what Tilt needs (no push, no local Docker, the
+/// user's kwargs passed through), evaluated by Google's Starlark as Tilt does; and its command,
+/// run by a shell with EXPECTED_REF set as Tilt sets it, puts exactly that image on the node.
+#[tokio::test]
+async fn the_tilt_extension_builds_expected_ref_with_kiln_build() {
+    let (Some(python), Some(_)) = (starlark_python(), agent_ip()) else {
+        return;
+    };
+    let script = "kiln_build('example.com/tilt-app', '.', build_args={'V': \"it's\"}, \
+                  live_update=[sync('./src', '/app/src')], ignore=['tmp'], match_in_env_vars=True)\n\
+                  kiln_build('example.com/other', 'svc', deps=['svc/src'], dockerfile='docker/Dockerfile', extra_args=['--target', 'dev'])";
+    let out = Command::new(&python)
+        .arg(repo_file("tests/tilt/eval_tiltfile.py"))
+        .arg(repo_file("contrib/tilt/Tiltfile"))
+        .arg(script)
+        .output()
+        .expect("run the Starlark evaluator");
+    assert!(out.status.success(), "{}", text(&out));
+    let calls: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per custom_build call"))
+        .collect();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    let first = &calls[0];
+    assert_eq!(first["ref"], "example.com/tilt-app");
+    assert_eq!(first["deps"], json!(["."]), "the context is the default dependency");
+    let kwargs = &first["kwargs"];
+    assert_eq!(kwargs["disable_push"], true);
+    assert_eq!(kwargs["skips_local_docker"], true);
+    assert_eq!(
+        kwargs["live_update"],
+        json!([{"sync": ["./src", "/app/src"]}]),
+        "kwargs pass through"
+    );
+    assert_eq!(kwargs["ignore"], json!(["tmp"]));
+    assert_eq!(kwargs["match_in_env_vars"], true);
+    assert!(
+        kwargs["command_bat"]
+            .as_str()
+            .is_some_and(|c| c.contains("%EXPECTED_REF%"))
+    );
+    let second = &calls[1];
+    assert_eq!(second["deps"], json!(["svc/src"]));
+    let command = second["command"].as_str().expect("command");
+    assert!(
+        command.contains("'-f' 'docker/Dockerfile'")
+            && command.contains("'--target' 'dev'")
+            && command.ends_with("'svc'"),
+        "{command}"
+    );
+
+    // Tilt runs the command with sh -c in the Tiltfile's directory, EXPECTED_REF set.
+    let rig = rig().await;
+    let (_ns, kubeconfig) = developer(rig, "tilt").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_dir(&repo_file("tests/testdata/app"), dir.path());
+    let expected = format!(
+        "example.com/tilt-app:tilt-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..16]
+    );
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_kiln")).parent().expect("bin dir");
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let command = first["command"].as_str().expect("command");
+    let out = Command::new("sh")
+        .args(["-c", command])
+        .current_dir(dir.path())
+        .env("EXPECTED_REF", &expected)
+        .env("PATH", path)
+        .env("KUBECONFIG", &kubeconfig)
+        .stdin(Stdio::null())
+        .output()
+        .expect("sh");
+    assert!(out.status.success(), "{command}\n{}\n{}", text(&out), rig.diagnostics());
+    assert!(
+        rig.docker.image_id(&expected).is_some(),
+        "{expected} is in the node's store"
+    );
+}
+
+/// The pure-kubectl recipe for git/http sources: creates an ImageBuild named from
+/// $EXPECTED_REF's tag, returns 0 once it is Ready, and 1 at once when it stalls.
+#[tokio::test]
+async fn the_kubectl_recipe_waits_for_ready_and_fails_fast_on_a_stall() {
+    let rig = rig().await;
+    let (ns, kubeconfig) = developer(rig, "recipe").await;
+    let script = repo_file("contrib/tilt/imagebuild.sh");
+    let run = |url: &str, expected: &str| {
+        Command::new("bash")
+            .arg(&script)
+            .args(["--http", url, "--namespace", &ns, "--timeout", "2m"])
+            .env("EXPECTED_REF", expected)
+            .env("KUBECONFIG", &kubeconfig)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run imagebuild.sh")
+    };
+    let good = rig.context(
+        &format!("{ns}-good"),
+        &[
+            ("Dockerfile", b"FROM scratch\nCOPY hello.txt /\n"),
+            ("hello.txt", b"hi\n"),
+        ],
+    );
+    let expected = format!(
+        "example.com/recipe:tilt-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..16]
+    );
+    let out = run(&good, &expected);
+    assert!(out.status.success(), "{}\n{}", text(&out), rig.diagnostics());
+    assert!(
+        rig.docker.image_id(&expected).is_some(),
+        "{expected} is in the node's store"
+    );
+
+    let bad = rig.context(
+        &format!("{ns}-bad"),
+        &[("Dockerfile", b"FROM scratch\nCOPY missing.txt /\n")],
+    );
+    let out = run(&bad, "example.com/recipe:tilt-bad0123456789ab");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("failed: SourceFetch") || err.contains("failed: BuildFailed"),
+        "the stall's reason, not the timeout, ended the wait: {}",
+        text(&out)
+    );
+}
+
+/// A context with a `.dockerignore` (Docker's documented cases, `**`, `!` re-includes) and a
+/// symlink to a file outside the context: the image holds exactly what Docker would send, and
+/// the symlink arrives as a symlink, not as the target's content.
+#[tokio::test]
+async fn dockerignore_and_symlinks_shape_the_context_as_docker_would() {
+    let Some(_) = agent_ip() else { return };
+    let rig = rig().await;
+    let (ns, kubeconfig) = developer(rig, "ignore").await;
+    let outside = tempfile::tempdir().expect("tempdir");
+    let secret = outside.path().join("secret.txt");
+    std::fs::write(&secret, format!("outside-the-context-{ns}")).expect("write");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let files = [
+        ("Dockerfile", "FROM scratch\nCOPY . /ctx/\n"),
+        (
+            ".dockerignore",
+            "# Docker's examples\n*/temp*\n*.md\n!README*.md\nREADME-secret.md\n**/*.log\nbuild/\n!build/keep.txt\n",
+        ),
+        ("README.md", "readme"),
+        ("README-secret.md", "secret readme"),
+        ("notes.md", "notes"),
+        ("temp.txt", "root temp stays"),
+        ("sub/temporary.txt", "excluded by */temp*"),
+        ("sub/keep.txt", "kept"),
+        ("a/b/c/debug.log", "excluded by **/*.log"),
+        ("build/out.bin", "excluded"),
+        ("build/keep.txt", "re-included"),
+    ];
+    for (path, content) in files {
+        let p = root.join(path);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, content).expect("write");
+    }
+    std::os::unix::fs::symlink(&secret, root.join("leak")).expect("symlink");
+    let tag = format!("example/ignore:{ns}");
+    let out = kiln(&kubeconfig, &["build", "-t", &tag, "-q", root.to_str().expect("path")]);
+    assert!(out.status.success(), "{}\n{}", text(&out), rig.diagnostics());
+    let image = rig.docker.image_export(&tag);
+    let has = |p: &str| {
+        image
+            .iter()
+            .any(|(path, _)| path.trim_end_matches('/') == format!("ctx/{p}"))
+    };
+    for kept in [
+        "README.md",
+        "temp.txt",
+        "sub/keep.txt",
+        "build/keep.txt",
+        "Dockerfile",
+        ".dockerignore",
+        "leak",
+    ] {
+        assert!(
+            has(kept),
+            "{kept} is in the image: {:?}",
+            image.iter().map(|(p, _)| p).collect::<Vec<_>>()
+        );
+    }
+    for left_out in [
+        "README-secret.md",
+        "notes.md",
+        "sub/temporary.txt",
+        "a/b/c/debug.log",
+        "build/out.bin",
+    ] {
+        assert!(!has(left_out), "{left_out} is left out");
+    }
+    let marker = format!("outside-the-context-{ns}");
+    assert!(
+        !image
+            .iter()
+            .any(|(_, data)| String::from_utf8_lossy(data).contains(&marker)),
+        "the symlink's target outside the context did not leak into the image"
+    );
+}
+
+/// A context over the pool's limit is refused before anything is created: exit 1, a message
+/// naming the limit, no ImageBuild.
+#[tokio::test]
+async fn a_context_over_the_pools_limit_is_refused_and_nothing_is_created() {
+    let rig = rig().await;
+    let (ns, kubeconfig) = developer(rig, "big").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\nCOPY . /\n").expect("write");
+    let big: Vec<u8> = (0..(MAX_CONTEXT_MIB + 1) * 1024 * 1024)
+        .map(|i| (i * 7919 % 251) as u8)
+        .collect();
+    std::fs::write(dir.path().join("big.bin"), big).expect("write");
+    let out = kiln(
+        &kubeconfig,
+        &["build", "-t", "example/big:1", dir.path().to_str().expect("path")],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("limit of {MAX_CONTEXT_MIB} MiB")) && err.contains(".dockerignore"),
+        "{err}"
+    );
+    let out = kiln(&kubeconfig, &["get", "-o", "json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(list, json!([]), "nothing was created in {ns}");
+}
+
+/// Exit codes scripts rely on: a failing RUN is 1 with the step's output on stderr; a bad flag
+/// or a missing -t is 2 with usage; nothing is created for the latter.
+#[tokio::test]
+async fn failures_and_usage_errors_have_their_exit_codes() {
+    let Some(_) = agent_ip() else { return };
+    let rig = rig().await;
+    let (_ns, kubeconfig) = developer(rig, "fail").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ctx = dir.path().to_str().expect("path");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!(
+            "FROM {}\nRUN echo boom-before-failing && exit 3\n",
+            support::docker::BUSYBOX
+        ),
+    )
+    .expect("write");
+    let out = kiln(
+        &kubeconfig,
+        &["build", "-t", "example/fail:1", "--progress", "plain", ctx],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("boom-before-failing"),
+        "the step's log is on stderr: {err}"
+    );
+    assert!(err.contains("exit code 3"), "{err}");
+
+    let out = kiln(&kubeconfig, &["build", "--no-such-flag", "-t", "x:1", ctx]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Usage"), "{}", text(&out));
+    let out = kiln(&kubeconfig, &["build", ctx]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("-t NAME"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// Ctrl-C while a RUN step runs: the build is cancelled in the cluster (the ImageBuild goes, the
+/// RUN process ends) and kiln exits 130.
+#[tokio::test]
+async fn interrupting_kiln_build_cancels_the_build_in_the_cluster() {
+    let Some(_) = agent_ip() else { return };
+    let rig = rig().await;
+    let (_ns, kubeconfig) = developer(rig, "sigint").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!("FROM {}\nRUN sleep 61\n", support::docker::BUSYBOX),
+    )
+    .expect("write");
+    let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "build",
+            "-t",
+            "example/sleepy:1",
+            "-o",
+            "json",
+            dir.path().to_str().expect("path"),
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kiln build");
+    let sleeping = || {
+        rig.docker
+            .descendant_processes()
+            .iter()
+            .any(|(_, c)| c.contains("sleep 61"))
+    };
+    support::kiln::eventually(Duration::from_secs(60), "the RUN step to run", || async {
+        sleeping().then_some(())
+    })
+    .await;
+    let sent = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    assert!(sent.is_ok_and(|s| s.success()));
+    let out = child.wait_with_output().expect("wait for kiln");
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    let out = kiln(&kubeconfig, &["get", "-o", "json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(list, json!([]), "the ImageBuild is gone");
+    support::kiln::eventually(Duration::from_secs(30), "the RUN step to end", || async {
+        (!sleeping()).then_some(())
+    })
+    .await;
+}
