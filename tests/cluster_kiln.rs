@@ -196,6 +196,49 @@ async fn kiln_builds_in_the_cluster_and_a_pod_runs_the_image() {
         }
     }
 
+    // kiln build from a directory on this machine, with nothing but the cluster's kubeconfig:
+    // the context goes to the node's agent through the apiserver, by either transport, and a
+    // Pod runs the image.
+    for (i, via) in ["proxy", "port-forward"].iter().enumerate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let words = format!("uploaded-{via}-{}", &*ns);
+        std::fs::write(dir.path().join("words.txt"), format!("{words}\n")).expect("write");
+        std::fs::write(
+            dir.path().join("Dockerfile"),
+            format!(
+                "FROM {}\nCOPY words.txt /words.txt\nCMD [\"cat\", \"/words.txt\"]\n",
+                cluster.busybox_image
+            ),
+        )
+        .expect("write");
+        let uploaded = format!("kiln.dev/e2e/uploaded:{}-{i}", &*ns);
+        let started = Instant::now();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["build", "-t", &uploaded, "-n", &ns, "-o", "json", "--upload-via", via])
+            .arg(dir.path())
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .output()
+            .expect("kiln build");
+        assert!(
+            out.status.success(),
+            "kiln build via {via}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            kiln_cluster::controller_logs(&cluster)
+        );
+        let result: Value = serde_json::from_slice(&out.stdout).expect("kiln build -o json");
+        assert!(
+            result["context"]["uploadedBytes"].as_u64().is_some_and(|b| b > 0),
+            "{result}"
+        );
+        eprintln!(
+            "kiln build via {via}: {:?} (context {} bytes)",
+            started.elapsed(),
+            result["context"]["bytes"]
+        );
+        let (logs, _) = cluster.run_pod(&ns, &format!("run-uploaded-{i}"), &uploaded, Some(&node));
+        assert_eq!(logs.trim(), words);
+    }
+
     // A failing RUN step stalls the build with the step, its exit code and its output.
     let failing = format!(
         "FROM {}\nRUN echo about-to-fail-{} && exit 7\n",
