@@ -141,8 +141,37 @@ pub fn buildkitd_starts(cluster: &Cluster, pod: &Value) -> Result<(), String> {
         return Ok(());
     }
     let deadline = Instant::now() + WAIT;
+    let pool = pod["metadata"]["labels"]["kiln.dev/pool"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let mut name = name;
     loop {
-        let pod = get_json(cluster, &["-n", SYSTEM_NS, "get", "pod", &name]);
+        let out = cluster.kubectl_output(&["-n", SYSTEM_NS, "get", "pod", &name, "-o", "json"], None);
+        if !out.status.success() {
+            // Replaced meanwhile (a rollout of an install left from an earlier run): follow
+            // the pool's newest pod.
+            let newest = builder_pods(cluster, &pool)
+                .into_iter()
+                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .max_by_key(|p| {
+                    p["metadata"]["creationTimestamp"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned()
+                });
+            if let Some(n) = newest.and_then(|p| p["metadata"]["name"].as_str().map(str::to_owned)) {
+                name = n;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no builder pod of pool {pool} stays:\n{}",
+                cluster.diagnose(SYSTEM_NS)
+            );
+            std::thread::sleep(Duration::from_secs(1));
+            continue;
+        }
+        let pod: Value = serde_json::from_slice(&out.stdout).expect("pod JSON");
         if container_running(&pod, "buildkitd") {
             return Ok(());
         }
