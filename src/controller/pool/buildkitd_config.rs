@@ -1,6 +1,10 @@
 //! Renders `buildkitd.toml` for a pool's containerd-flavour builders: the containerd worker in
 //! namespace `k8s.io` with the node's snapshotter, the OCI worker off, GC and parallelism from
 //! the pool. Pure, like the DaemonSet rendering beside it.
+//!
+//! Every path buildkitd hands the host's containerd must exist at the same path on the host,
+//! so besides its root, the tracing socket BuildKit (v0.13+) bind-mounts into `RUN` containers
+//! lives in the pool's state directory too, not in the default `/run/buildkit`.
 
 use super::render::{BUILDKIT_ADDR, DEFAULT_SNAPSHOTTER, Input, run_network, state_dir};
 use super::runtime::{RuntimePaths, slug};
@@ -20,6 +24,7 @@ pub fn buildkitd_toml(input: &Input<'_>, host: &RuntimePaths) -> String {
         "# Rendered by kiln for BuilderPool {pool:?} ({flavour} nodes); do not edit.\n\
          root = \"{root}/buildkit\"\n{entitlements}\n\
          [grpc]\n  address = [\"{BUILDKIT_ADDR}\"]\n\n\
+         [otel]\n  socketPath = \"{root}/otel-grpc.sock\"\n\n\
          [worker.oci]\n  enabled = false\n\n\
          [worker.containerd]\n  enabled = true\n  address = \"{socket}\"\n  namespace = \"k8s.io\"\n  \
          snapshotter = \"{snapshotter}\"\n  gc = {gc_on}\n",

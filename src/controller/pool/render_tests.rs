@@ -276,6 +276,8 @@ fn every_path_buildkitd_shares_with_containerd_is_the_same_on_the_host() {
                     visible(&format!("{CONTAINERD_FIFO_DIR}/abc/abc-stdout")).is_some(),
                     "FIFO dir: {case}"
                 );
+                let otel = toml_value(&toml, "socketPath");
+                assert!(visible(&otel).is_some(), "tracing socket {otel}: {case}");
                 let root = toml_value(&toml, "root");
                 assert_eq!(visible(&root).as_deref(), Some("Bidirectional"), "root {root}: {case}");
                 let containerd_root = paths(kind, runtime.as_ref()).host_dirs[1].clone();
