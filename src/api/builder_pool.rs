@@ -9,8 +9,10 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// The BuildKit image used when `buildkitImage` is unset (pinned; containerd worker support).
-pub const DEFAULT_BUILDKIT_IMAGE: &str = "moby/buildkit:v0.17.3";
+/// The BuildKit image used when `buildkitImage` is unset (pinned). v0.24 is the first release
+/// that finds a `FROM name:tag` in containerd's image store without asking its registry
+/// (moby/buildkit 43580f9), which node-local builds depend on.
+pub const DEFAULT_BUILDKIT_IMAGE: &str = "moby/buildkit:v0.24.0";
 /// Builds per node at once when `maxConcurrentBuilds` is unset.
 pub const DEFAULT_MAX_CONCURRENT_BUILDS: i32 = 2;
 
