@@ -83,27 +83,7 @@ fn text(out: &Output) -> String {
 
 /// The agent's counter of bytes received by uploads.
 fn uploaded_bytes(rig: &Rig) -> f64 {
-    let Some(ip) = agent_ip() else { return 0.0 };
-    let agents = rig.agents.lock().expect("lock");
-    let Some(agent) = agents.get("node-up") else { return 0.0 };
-    let log = agent.log_tail(200);
-    let Some(addr) = log
-        .lines()
-        .find_map(|l| l.split("addr=").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .filter(|a| a.starts_with(ip))
-    else {
-        return 0.0;
-    };
-    let mut stream = std::net::TcpStream::connect(addr).expect("agent API");
-    use std::io::{Read, Write};
-    write!(stream, "GET /metrics HTTP/1.0\r\n\r\n").expect("request");
-    let mut body = String::new();
-    stream.read_to_string(&mut body).expect("metrics");
-    body.lines()
-        .find_map(|l| l.strip_prefix("kiln_agent_context_upload_bytes_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    rig.agent_metric("node-up", "kiln_agent_context_upload_bytes_total")
 }
 
 fn copy_dir(from: &Path, to: &Path) {

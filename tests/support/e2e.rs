@@ -175,6 +175,32 @@ impl Rig {
         self.agents.lock().expect("lock").insert(node.to_owned(), process);
     }
 
+    /// The address of `node`'s agent API, as its log announces it (once it serves).
+    pub fn agent_addr(&self, node: &str) -> Option<String> {
+        let agents = self.agents.lock().ok()?;
+        let log = agents.get(node)?.log_tail(400);
+        log.lines()
+            .rev()
+            .filter(|l| l.contains("agent serving its API"))
+            .find_map(|l| l.split("addr=").nth(1)?.split_whitespace().next().map(str::to_owned))
+    }
+
+    /// A Prometheus sample of `node`'s agent (`/metrics`), 0 when absent or unreachable.
+    pub fn agent_metric(&self, node: &str, name: &str) -> f64 {
+        use std::io::{Read, Write};
+        let Some(addr) = self.agent_addr(node) else { return 0.0 };
+        let Ok(mut stream) = std::net::TcpStream::connect(&addr) else {
+            return 0.0;
+        };
+        let _ = write!(stream, "GET /metrics HTTP/1.0\r\n\r\n");
+        let mut body = String::new();
+        let _ = stream.read_to_string(&mut body);
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// The Pod object of an agent: its name, and its address and port for pods/proxy.
     fn agent_pod(&self, name: &str, ip: &str, port: u16) {
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS},
