@@ -218,11 +218,13 @@ impl ContextStore {
     }
 
     /// Copies `body` into `file`, hashing; refuses more than `limit` bytes.
-    async fn receive<S, E>(&self, mut file: tokio::fs::File, mut body: S, limit: u64) -> Result<(String, u64), PutError>
+    async fn receive<S, E>(&self, file: tokio::fs::File, mut body: S, limit: u64) -> Result<(String, u64), PutError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
+        // Writes in large batches: each tokio file write is a trip to the blocking pool.
+        let mut file = tokio::io::BufWriter::with_capacity(4 << 20, file);
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
         while let Some(chunk) = body.next().await {
@@ -238,7 +240,8 @@ impl ContextStore {
             hasher.update(&chunk);
             file.write_all(&chunk).await?;
         }
-        file.sync_all().await?;
+        file.flush().await?;
+        file.get_ref().sync_all().await?;
         Ok((format!("{:x}", hasher.finalize()), size))
     }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use kube::api::{Api, DeleteParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 
@@ -87,7 +87,22 @@ pub async fn follow(f: &Followed, progress: Arc<Progress>, stats: &Stats) -> Res
     let builds: Api<ImageBuild> = Api::namespaced(f.client.clone(), &f.namespace);
     let attempts: Api<NodeBuild> = Api::namespaced(f.client.clone(), &f.namespace);
     let (tx, mut rx) = mpsc::unbounded_channel::<Seen>();
-    spawn_watches(&builds, &attempts, &f.name, tx.clone());
+    let watches = spawn_watches(&builds, &attempts, &f.name, tx.clone());
+    let outcome = follow_events(f, &builds, &mut rx, tx, progress, stats).await;
+    for w in watches {
+        w.abort();
+    }
+    outcome
+}
+
+async fn follow_events(
+    f: &Followed,
+    builds: &Api<ImageBuild>,
+    rx: &mut mpsc::UnboundedReceiver<Seen>,
+    tx: mpsc::UnboundedSender<Seen>,
+    progress: Arc<Progress>,
+    stats: &Stats,
+) -> Result<Outcome, Error> {
     let mut uploading = BTreeSet::new();
     let mut logging = BTreeSet::new();
     let mut last_note = String::new();
@@ -96,7 +111,7 @@ pub async fn follow(f: &Followed, progress: Arc<Progress>, stats: &Stats) -> Res
             seen = rx.recv() => seen,
             _ = tokio::signal::ctrl_c() => {
                 progress.event("interrupted: cancelling the build in the cluster");
-                cancel(&builds, &f.name).await;
+                cancel(builds, &f.name).await;
                 return Ok(Outcome::Interrupted);
             }
         };
@@ -156,11 +171,17 @@ fn settled(ib: &ImageBuild) -> Option<Outcome> {
     }
 }
 
-fn spawn_watches(builds: &Api<ImageBuild>, attempts: &Api<NodeBuild>, name: &str, tx: mpsc::UnboundedSender<Seen>) {
+/// Watches the build and its attempts (with backoff on errors) into `tx`, until aborted.
+fn spawn_watches(
+    builds: &Api<ImageBuild>,
+    attempts: &Api<NodeBuild>,
+    name: &str,
+    tx: mpsc::UnboundedSender<Seen>,
+) -> [tokio::task::JoinHandle<()>; 2] {
     let by_name = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let mut build_events = watcher(builds.clone(), by_name).boxed();
+    let mut build_events = watcher(builds.clone(), by_name).default_backoff().boxed();
     let build_tx = tx.clone();
-    tokio::spawn(async move {
+    let builds_task = tokio::spawn(async move {
         while let Some(event) = build_events.next().await {
             let seen = match event {
                 Ok(watcher::Event::Apply(ib) | watcher::Event::InitApply(ib)) => Seen::Build(ib),
@@ -174,8 +195,8 @@ fn spawn_watches(builds: &Api<ImageBuild>, attempts: &Api<NodeBuild>, name: &str
         }
     });
     let by_label = watcher::Config::default().labels(&format!("{IMAGE_BUILD_LABEL}={name}"));
-    let mut attempt_events = watcher(attempts.clone(), by_label).boxed();
-    tokio::spawn(async move {
+    let mut attempt_events = watcher(attempts.clone(), by_label).default_backoff().boxed();
+    let attempts_task = tokio::spawn(async move {
         while let Some(event) = attempt_events.next().await {
             if let Ok(watcher::Event::Apply(nb) | watcher::Event::InitApply(nb)) = event
                 && tx.send(Seen::Attempt(nb)).is_err()
@@ -184,6 +205,7 @@ fn spawn_watches(builds: &Api<ImageBuild>, attempts: &Api<NodeBuild>, name: &str
             }
         }
     });
+    [builds_task, attempts_task]
 }
 
 fn spawn_upload(
