@@ -42,7 +42,7 @@ async fn an_upload_is_stored_only_when_wanted_and_its_bytes_match_the_digest() {
     let _wanted = store.want(&digest);
     let wrong = store.put(&digest, None, body(&[b"other bytes"])).await;
     assert!(matches!(wrong, Err(PutError::Mismatch { .. })), "{wrong:?}");
-    assert!(!store.has(&digest), "nothing half-written under the name");
+    assert!(!store.has(&digest).await, "nothing half-written under the name");
 
     let (head, tail) = data.split_at(5);
     assert!(
@@ -51,7 +51,7 @@ async fn an_upload_is_stored_only_when_wanted_and_its_bytes_match_the_digest() {
             .await
             .expect("stored")
     );
-    assert!(store.has(&digest));
+    assert!(store.has(&digest).await);
     assert_eq!(std::fs::read(store.path(&digest)).expect("read"), data);
     assert!(
         !store.put(&digest, None, body(&[data])).await.expect("again"),
@@ -84,7 +84,7 @@ async fn contexts_over_the_limit_are_refused_declared_or_not() {
     );
     let counted = store.put(&digest, None, body(&[&BIG[..600], &BIG[600..]])).await;
     assert!(matches!(counted, Err(PutError::TooLarge { .. })), "{counted:?}");
-    assert!(!store.has(&digest));
+    assert!(!store.has(&digest).await);
 }
 
 #[tokio::test]
@@ -134,4 +134,22 @@ fn collection_drops_old_then_least_recently_used_but_never_held_contexts() {
         vec![PathBuf::from("a"), PathBuf::from("c")],
         "LRU first, held kept"
     );
+}
+
+#[tokio::test]
+async fn a_stored_context_that_does_not_match_its_name_is_dropped_on_first_use() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data: &'static [u8] = b"the real context";
+    let digest = digest_of(data);
+    // What a machine crash could leave: the file under its name, its content cut short.
+    std::fs::write(dir.path().join(digest.file_name()), b"the real").expect("write");
+    let store = ContextStore::open(dir.path(), limits()).expect("store");
+    assert!(
+        !store.has(&digest).await,
+        "a file that does not hash to its name is not the context"
+    );
+    assert!(!store.path(&digest).exists(), "and it is deleted");
+    std::fs::write(store.path(&digest), data).expect("write");
+    let fresh = ContextStore::open(dir.path(), limits()).expect("store");
+    assert!(fresh.has(&digest).await, "an intact file from an earlier run is used");
 }

@@ -401,7 +401,7 @@ impl Executor {
             return Err(());
         }
         let held = self.contexts.want(&digest);
-        if self.contexts.has(&digest) {
+        if self.contexts.has(&digest).await {
             return Ok(Some(held));
         }
         let wait = self.settings.upload_wait;

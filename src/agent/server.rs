@@ -87,7 +87,7 @@ impl Api {
                     );
                 };
                 match method {
-                    Method::HEAD if self.contexts.has(&digest) => text(StatusCode::OK, ""),
+                    Method::HEAD if self.contexts.has(&digest).await => text(StatusCode::OK, ""),
                     Method::HEAD => text(StatusCode::NOT_FOUND, ""),
                     Method::PUT => self.upload(&digest, req).await,
                     _ => text(StatusCode::METHOD_NOT_ALLOWED, "use PUT to upload, HEAD to check"),
@@ -188,9 +188,12 @@ pub async fn serve_context(contexts: Arc<ContextStore>, token: Arc<str>, req: Re
         .strip_prefix("sha256-")
         .and_then(|h| h.strip_suffix(".tar"))
         .and_then(|h| ContextDigest::parse(&format!("sha256:{h}")));
-    let Some(digest) = digest.filter(|d| contexts.has(d)) else {
+    let Some(digest) = digest else {
         return text(StatusCode::NOT_FOUND, "no such context on this node");
     };
+    if !contexts.has(&digest).await {
+        return text(StatusCode::NOT_FOUND, "no such context on this node");
+    }
     let etag = format!("\"{digest}\"");
     let matches = req
         .headers()
