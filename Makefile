@@ -31,9 +31,9 @@ test: test-env lint ## Lint, then every test, against a real kube-apiserver and 
 demo: ## Run kiln end to end with no cluster: apiserver, Docker's BuildKit, controller, agent, examples
 	hack/demo.sh
 
-generate: ## Regenerate crds/ and deploy/ from the Rust code
+generate: ## Regenerate crds/, deploy/ and charts/kiln/ from the Rust code
 	$(CARGO) run --locked --quiet -- crds > crds/kiln.dev.yaml
-	$(CARGO) run --locked --quiet -- manifests > deploy/kiln.yaml
+	$(CARGO) run --locked --quiet -- generate --root .
 
 # --- Real cluster (hack/cluster) ---
 # A real single-node Kubernetes v1.20 cluster on this machine (root, Debian): see

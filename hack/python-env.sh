@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A Python virtualenv for the tests that need Python packages, with pinned versions:
-#   starlark-go   Google's Starlark (what Tilt embeds), to evaluate contrib/tilt/Tiltfile
+#   starlark-go       Google's Starlark (what Tilt embeds), to evaluate contrib/tilt/Tiltfile
+#   helm-python-sdk   Helm v4's engine as a library: lint and render charts/kiln
 #
 #   hack/python-env.sh        ensure it; print the venv's python on stdout
 #
@@ -10,7 +11,7 @@ set -euo pipefail
 # shellcheck source=hack/lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
 
-PINS=(starlark-go==1.0.1)
+PINS=(starlark-go==1.0.1 helm-python-sdk==0.2.2)
 VENV=$KILN_CACHE/venv
 STAMP=$VENV/.kiln-pins
 

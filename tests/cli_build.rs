@@ -173,23 +173,6 @@ async fn kiln_build_sends_a_local_directory_and_prints_the_image() {
     assert!(log.contains("COPY . /app/"), "{log}");
 }
 
-/// The Python that evaluates Tiltfiles (`make test-env` makes it), or `None` with a note.
-fn starlark_python() -> Option<PathBuf> {
-    let path = std::env::var_os("KILN_PYTHON").map(PathBuf::from).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
-        home.join(".cache/kiln/venv/bin/python")
-    });
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!(
-            "SKIPPED: no Starlark interpreter at {} (run `make test-env`)",
-            path.display()
-        );
-        None
-    }
-}
-
 fn repo_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
@@ -199,7 +182,7 @@ fn repo_file(path: &str) -> PathBuf {
 /// run by a shell with EXPECTED_REF set as Tilt sets it, puts exactly that image on the node.
 #[tokio::test]
 async fn the_tilt_extension_builds_expected_ref_with_kiln_build() {
-    let (Some(python), Some(_)) = (starlark_python(), agent_ip()) else {
+    let (Some(python), Some(_)) = (support::python::venv_python(), agent_ip()) else {
         return;
     };
     let script = "kiln_build('example.com/tilt-app', '.', build_args={'V': \"it's\"}, \

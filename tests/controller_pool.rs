@@ -29,8 +29,7 @@ async fn controller() -> &'static ControllerProcess {
     CONTROLLER
         .get_or_init(|| async {
             let server = ApiServer::shared().await;
-            let options = kiln::deploy::Options::default();
-            let rbac: Vec<Value> = kiln::deploy::manifests(&options)
+            let rbac: Vec<Value> = kiln::deploy::manifests(&kiln::deploy::Install::default())
                 .into_iter()
                 .filter(|m| m["kind"] != "Deployment" && m["kind"] != "BuilderPool")
                 .collect();

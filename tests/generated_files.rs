@@ -1,5 +1,5 @@
-//! `crds/` and `deploy/` hold exactly what `kiln crds` and `kiln manifests` print: generated
-//! files are never edited by hand.
+//! Generated files are never edited by hand: `crds/`, `deploy/` and `charts/kiln/` hold
+//! exactly what the code renders (`make generate` writes them).
 
 #[test]
 fn crds_directory_matches_the_rust_types() {
@@ -13,12 +13,33 @@ fn crds_directory_matches_the_rust_types() {
 }
 
 #[test]
-fn deploy_directory_matches_the_rust_code() {
-    let expected = kiln::deploy::to_yaml(&kiln::deploy::Options::default()).expect("render manifests");
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kiln.yaml");
-    let actual = std::fs::read_to_string(path).unwrap_or_default();
-    assert!(
-        actual == expected,
-        "deploy/kiln.yaml is stale or missing: run `make generate` and commit the result"
-    );
+fn deploy_and_chart_directories_match_the_rust_code() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let files = kiln::deploy::generated_files().expect("render install files");
+    for (path, expected) in &files {
+        let actual = std::fs::read_to_string(root.join(path)).unwrap_or_default();
+        assert!(
+            &actual == expected,
+            "{path} is stale or missing: run `make generate` and commit the result"
+        );
+    }
+    // Nothing else lives in the chart: a file left over from an earlier layout would ship.
+    let mut on_disk = Vec::new();
+    let mut dirs = vec![root.join("charts/kiln")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("charts/kiln exists").flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if let Ok(rel) = p.strip_prefix(root) {
+                on_disk.push(rel.display().to_string());
+            }
+        }
+    }
+    for path in on_disk {
+        assert!(
+            files.contains_key(&path),
+            "{path} is not generated: remove it, or generate it"
+        );
+    }
 }

@@ -14,6 +14,9 @@ pub(super) struct Args {
     /// kiln image for the agents of pools that name none.
     #[arg(long, env = "KILN_AGENT_IMAGE", default_value = concat!("kiln.dev/kiln:", env!("CARGO_PKG_VERSION")))]
     agent_image: String,
+    /// The ServiceAccount builder pods run as.
+    #[arg(long, default_value = "kiln-agent")]
+    agent_service_account: String,
     /// Address for /healthz, /readyz and /metrics.
     #[arg(long, default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -37,6 +40,7 @@ pub(super) fn run(args: Args) -> u8 {
         let settings = Settings {
             namespace: args.namespace,
             agent_image: args.agent_image,
+            agent_service_account: args.agent_service_account,
             listen: args.listen,
             leader_election: !args.no_leader_election,
             identity,

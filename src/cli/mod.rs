@@ -10,6 +10,7 @@ pub mod agent_client;
 mod build;
 mod controller;
 mod crds;
+mod generate;
 mod get;
 pub mod kube_args;
 mod logs;
@@ -43,6 +44,9 @@ enum Command {
     Validate(validate::Args),
     /// Print the install manifests: namespace, RBAC, controller Deployment, default pool.
     Manifests(manifests::Args),
+    /// Write the generated install files (deploy/, charts/kiln/) under a directory (`make generate`).
+    #[command(hide = true)]
+    Generate(generate::Args),
     /// Run the controller: BuilderPools to builder DaemonSets, ImageBuilds to node builds.
     Controller(controller::Args),
     /// Run a node's agent: heartbeat its BuildKit and run the node's builds.
@@ -72,6 +76,7 @@ impl Cli {
             Command::Crds(args) => crds::run(&args),
             Command::Validate(args) => validate::run(&args),
             Command::Manifests(args) => manifests::run(&args),
+            Command::Generate(args) => generate::run(&args),
             Command::Controller(args) => {
                 init_logging();
                 controller::run(args)

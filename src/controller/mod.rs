@@ -39,6 +39,8 @@ pub struct Context {
     pub namespace: String,
     /// The kiln image agents run when a pool names none.
     pub agent_image: String,
+    /// The ServiceAccount builder pods run as.
+    pub agent_service_account: String,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Publishes events on the objects it reconciles.
@@ -115,6 +117,8 @@ pub struct Settings {
     pub namespace: String,
     /// Default agent image.
     pub agent_image: String,
+    /// The ServiceAccount builder pods run as (the install's `<name>-agent`).
+    pub agent_service_account: String,
     /// Probe and metrics address.
     pub listen: SocketAddr,
     /// Leader election (off only for single-replica debugging).
@@ -185,6 +189,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         client: client.clone(),
         namespace: settings.namespace.clone(),
         agent_image: settings.agent_image.clone(),
+        agent_service_account: settings.agent_service_account.clone(),
         metrics,
         timings: std::sync::Mutex::default(),
         recorder: Recorder::new(

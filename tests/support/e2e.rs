@@ -53,7 +53,7 @@ impl Rig {
     pub async fn start(nodes: &[&str]) -> Rig {
         let server = ApiServer::shared().await;
         let docker = DockerDaemon::shared();
-        let manifests: Vec<Value> = kiln::deploy::manifests(&kiln::deploy::Options::default())
+        let manifests: Vec<Value> = kiln::deploy::manifests(&kiln::deploy::Install::default())
             .into_iter()
             .filter(|m| m["kind"] != "Deployment" && m["kind"] != "BuilderPool")
             .collect();

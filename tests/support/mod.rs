@@ -9,3 +9,4 @@ pub mod git;
 pub mod http;
 pub mod kiln;
 pub mod process;
+pub mod python;

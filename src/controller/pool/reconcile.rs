@@ -191,6 +191,7 @@ async fn apply_builders(
             detected,
             namespace: &ctx.namespace,
             default_agent_image: &ctx.agent_image,
+            service_account: &ctx.agent_service_account,
         };
         let rendered = render::render(&input).map_err(Error::Render)?;
         if let Some(config) = &rendered.config {

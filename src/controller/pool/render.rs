@@ -53,6 +53,8 @@ pub struct Input<'a> {
     pub namespace: &'a str,
     /// The kiln image for the agent when the pool does not name one.
     pub default_agent_image: &'a str,
+    /// The ServiceAccount builder pods run as.
+    pub service_account: &'a str,
 }
 
 /// The objects for one pool and flavour.
@@ -223,7 +225,7 @@ fn pod_spec(input: &Input<'_>, containers: Vec<Value>, volumes: Vec<Value>) -> V
         .entry("kubernetes.io/os".into())
         .or_insert_with(|| "linux".into());
     let mut pod_spec = json!({
-        "serviceAccountName": "kiln-agent",
+        "serviceAccountName": input.service_account,
         "nodeSelector": node_selector,
         "containers": containers,
         "volumes": volumes,

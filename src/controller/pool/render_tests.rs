@@ -24,6 +24,7 @@ fn render_for(pool: &BuilderPool, kind: RuntimeKind) -> (Value, Option<String>) 
         detected: true,
         namespace: "kiln-system",
         default_agent_image: "kiln:dev",
+        service_account: "kiln-agent",
     };
     let out = render(&input).expect("renders");
     let toml = out
