@@ -268,7 +268,7 @@ fn assert_well_ordered(events: &[ProgressEvent]) {
                 assert!(started.contains(step), "step {step} ended before it started");
             }
             ProgressEvent::Progress(p) => {
-                assert!(p.completed >= last_completed, "completed went backwards");
+                assert!(p.completed >= last_completed, "completed went backwards: {events:#?}");
                 assert!(p.completed <= p.total);
                 last_completed = p.completed;
             }

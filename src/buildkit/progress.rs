@@ -116,6 +116,9 @@ struct VertexState {
     name: String,
     started: Option<SystemTime>,
     completed: Option<SystemTime>,
+    /// It completed at least once (a vertex BuildKit restarts, such as a `FROM` it first
+    /// resolves in the local store, still counts as done in the summary, which never goes back).
+    done_once: bool,
     cached: bool,
     error: String,
     announced_start: bool,
@@ -224,6 +227,7 @@ impl Tracker {
                 }
                 v.started = started.or(v.started);
                 v.completed = completed;
+                v.done_once |= completed.is_some();
                 if !error.is_empty() {
                     v.error = error;
                 }
@@ -337,7 +341,7 @@ impl Tracker {
         };
         let mut current: Option<(SystemTime, &str)> = None;
         for v in self.vertices.values() {
-            if v.completed.is_some() {
+            if v.completed.is_some() || v.done_once {
                 s.completed += 1;
                 if v.cached {
                     s.cached += 1;
@@ -501,6 +505,22 @@ mod tests {
             completed: completed.and_then(ts),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_restarted_step_does_not_make_the_summary_go_back() {
+        let mut t = Tracker::new(Redactor::new(Vec::<&[u8]>::new()));
+        let step = |t: &mut Tracker, started, completed| {
+            t.apply(StatusResponse {
+                vertexes: vec![vx("a", "[1/1] FROM x", started, completed)],
+                ..Default::default()
+            });
+            t.summary().completed
+        };
+        assert_eq!(step(&mut t, Some(0), Some(10)), 1);
+        // BuildKit resolves a FROM in the local store, then runs the vertex again.
+        assert_eq!(step(&mut t, Some(20), None), 1, "restarted: still counted as done");
+        assert_eq!(step(&mut t, Some(20), Some(30)), 1);
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod controller;
 mod crds;
 mod generate;
 mod get;
+mod install;
 pub mod kube_args;
 mod logs;
 mod manifests;
@@ -44,6 +45,10 @@ enum Command {
     Validate(validate::Args),
     /// Print the install manifests: namespace, RBAC, controller Deployment, default pool.
     Manifests(manifests::Args),
+    /// Install kiln into the cluster (server-side apply of the manifests; no Helm needed).
+    Install(install::Args),
+    /// Remove what `kiln install` made (the CRDs, and with them every build, only if asked).
+    Uninstall(install::UninstallArgs),
     /// Write the generated install files (deploy/, charts/kiln/) under a directory (`make generate`).
     #[command(hide = true)]
     Generate(generate::Args),
@@ -77,6 +82,8 @@ impl Cli {
             Command::Validate(args) => validate::run(&args),
             Command::Manifests(args) => manifests::run(&args),
             Command::Generate(args) => generate::run(&args),
+            Command::Install(args) => install::run(args),
+            Command::Uninstall(args) => install::uninstall(args),
             Command::Controller(args) => {
                 init_logging();
                 controller::run(args)
@@ -91,6 +98,22 @@ impl Cli {
         };
         ExitCode::from(code)
     }
+}
+
+/// A duration flag: `90` (seconds), `90s`, `15m`, `1h30m`; at least a second.
+pub(crate) fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let secs = if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) {
+        s.parse::<u64>().map_err(|e| e.to_string())?
+    } else {
+        let d: kube::core::Duration = s
+            .parse()
+            .map_err(|_| format!("{s:?} is not a duration such as 90s, 15m or 1h"))?;
+        std::time::Duration::from(d).as_secs()
+    };
+    if secs == 0 {
+        return Err(format!("{s:?} must be at least one second"));
+    }
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 /// Reads a file, or standard input for `-`.

@@ -196,18 +196,8 @@ pub fn secret_flag(flag: &str) -> Result<(String, SecretSource), String> {
 
 /// `--timeout` as seconds: `90`, `90s`, `15m`, `1h30m`.
 pub fn duration_seconds(s: &str) -> Result<i64, String> {
-    let secs = if s.chars().all(|c| c.is_ascii_digit()) {
-        s.parse::<u64>().map_err(|e| e.to_string())?
-    } else {
-        let d: kube::core::Duration = s
-            .parse()
-            .map_err(|_| format!("{s:?} is not a duration such as 90s, 15m or 1h"))?;
-        std::time::Duration::from(d).as_secs()
-    };
-    if secs == 0 {
-        return Err(format!("{s:?} must be at least one second"));
-    }
-    i64::try_from(secs).map_err(|e| e.to_string())
+    let d = crate::cli::parse_duration(s)?;
+    i64::try_from(d.as_secs()).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
