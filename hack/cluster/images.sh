@@ -16,11 +16,13 @@
 #   kiln.dev/pause:3.2     a static C pause (hack/cluster/pause.c, gcc -static)
 #   kiln.dev/busybox:1.35  Debian's busybox-static, one symlink per applet
 #   kiln.dev/kiln:dev      ($KILN_IMAGE; also tagged kiln.dev/kiln:dev-<image ID prefix>, see
-#                          `images.sh kiln-ref`) the kiln binary, statically linked
+#                          `images.sh kiln-ref`) the repository's Dockerfile, target `prebuilt`,
+#                          from hack/build-static.sh's root filesystem: the kiln binary, statically linked
 #                          (RUSTFLAGS=-Ctarget-feature=+crt-static, target
 #                          x86_64-unknown-linux-gnu, release), entrypoint /kiln, plus CA
 #                          certificates and an empty /tmp. Whatever subcommands the binary has.
-# Archives are byte-for-byte reproducible from the same inputs (sorted tar, mtime 0, uid 0).
+# pause and busybox archives are byte-for-byte reproducible (sorted tar, mtime 0, uid 0); the
+# kiln image is rebuilt only when its binary or its recipe changes.
 set -euo pipefail
 
 # shellcheck source=hack/cluster/lib.sh
@@ -99,32 +101,68 @@ build_busybox() {
   echo "$key" >"$out.key"
 }
 
-# The kiln binary, statically linked (only the gnu target is installed here, no musl).
+# The kiln image, from the repository's Dockerfile: hack/build-static.sh makes the root
+# filesystem (the same script the Dockerfile's compile stage runs), and a private, short-lived
+# dockerd builds the Dockerfile's `prebuilt` target from it (the classic builder: this Docker
+# has no buildx) and saves it. No Rust image is needed, and nothing is pulled.
 build_kiln() {
-  local target=x86_64-unknown-linux-gnu bin out=$KC_IMAGES/kiln.tar key root start=$SECONDS
-  kc_log "cargo build --release --target $target (static) for $KC_IMAGE_KILN"
-  (cd "$KC_REPO_DIR" &&
-    RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-C target-feature=+crt-static" \
-      cargo build --locked --release --target "$target" --bin kiln >&2)
-  bin=${CARGO_TARGET_DIR:-$KC_REPO_DIR/target}/$target/release/kiln
-  [[ -x "$bin" ]] || kc_die "cargo did not produce $bin"
-  if readelf -l "$bin" | grep -q 'Requesting program interpreter'; then
-    kc_die "$bin is dynamically linked; expected a static binary"
-  fi
-  kc_log "kiln binary: $bin ($(du -h "$bin" | cut -f1), static) in $((SECONDS - start)) s"
-  key="$KC_IMAGE_KILN $(sha256sum "$bin" | cut -c1-64) $(sha256sum "$0" | cut -c1-16)"
+  local out=$KC_IMAGES/kiln.tar key rootfs=$KC_REPO_DIR/.kiln-image/rootfs start=$SECONDS id revision
+  kc_log "building the kiln binary (hack/build-static.sh) for $KC_IMAGE_KILN"
+  "$KC_REPO_DIR/hack/build-static.sh" "$rootfs"
+  kc_log "kiln binary: $(du -h "$rootfs/kiln" | cut -f1), static, in $((SECONDS - start)) s"
+  key="$KC_IMAGE_KILN $(sha256sum "$rootfs/kiln" | cut -c1-64) $(sha256sum "$0" "$KC_REPO_DIR/Dockerfile" | sha256sum | cut -c1-16)"
   up_to_date "$out" "$key" && { kc_log "image $KC_IMAGE_KILN: $out (unchanged)"; return 0; }
-  root=$(mktemp -d "$KC_IMAGES/.rootfs.XXXXXX")
-  mkdir -p "$root/etc/ssl/certs" "$root/tmp"
-  chmod 1777 "$root/tmp"
-  cp "$bin" "$root/kiln"
-  if [[ -f /etc/ssl/certs/ca-certificates.crt ]]; then
-    cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
-  fi
-  make_archive "$root" "$KC_IMAGE_KILN" "$out" \
-    '{"Entrypoint":["/kiln"],"Env":["SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"]}' by-id
-  rm -rf "$root"
+  revision=$(git -C "$KC_REPO_DIR" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+  builder_start
+  DOCKER_BUILDKIT=0 builder_docker build -q --target prebuilt --build-arg PREBUILT=.kiln-image/rootfs \
+    --build-arg REVISION="$revision" -t "$KC_IMAGE_KILN" "$KC_REPO_DIR" >/dev/null
+  id=$(builder_docker image inspect --format '{{.Id}}' "$KC_IMAGE_KILN")
+  id=${id#sha256:}
+  builder_docker tag "$KC_IMAGE_KILN" "$KC_IMAGE_KILN-${id:0:12}"
+  builder_docker save -o "$out.tmp" "$KC_IMAGE_KILN" "$KC_IMAGE_KILN-${id:0:12}"
+  mv -f "$out.tmp" "$out"
+  builder_stop
   echo "$key" >"$out.key"
+  kc_log "image $KC_IMAGE_KILN: $out (image ID sha256:${id:0:12}…)"
+}
+
+# A private containerd + dockerd for building images, stopped by PID when images.sh exits.
+BUILDER_RUN=/run/kiln-image-builder
+builder_docker() { docker -H "unix://$BUILDER_RUN/docker.sock" "$@"; }
+builder_start() {
+  local state=$KC_IMAGES/.builder
+  kiln_apt_ensure docker.io containerd
+  mkdir -p "$BUILDER_RUN" "$state"
+  trap builder_stop EXIT
+  cat >"$state/containerd.toml" <<TOML
+version = 2
+root = "$state/containerd"
+state = "$BUILDER_RUN/containerd"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$BUILDER_RUN/containerd.sock"
+TOML
+  echo '{}' >"$state/daemon.json"
+  setsid containerd --config "$state/containerd.toml" >"$state/containerd.log" 2>&1 </dev/null &
+  echo $! >"$BUILDER_RUN/containerd.pid"
+  kc_wait_for "the image builder's containerd" 30 "" test -S "$BUILDER_RUN/containerd.sock"
+  setsid dockerd --containerd="$BUILDER_RUN/containerd.sock" --data-root="$state/docker" \
+    --exec-root="$BUILDER_RUN/exec" --pidfile="$BUILDER_RUN/dockerd.pid" --host="unix://$BUILDER_RUN/docker.sock" \
+    --bridge=none --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false \
+    --config-file="$state/daemon.json" >"$state/dockerd.log" 2>&1 </dev/null &
+  echo $! >"$BUILDER_RUN/dockerd.run.pid"
+  kc_wait_for "the image builder's dockerd" 60 "" builder_docker version
+}
+builder_stop() {
+  local f pid
+  for f in "$BUILDER_RUN/dockerd.run.pid" "$BUILDER_RUN/containerd.pid"; do
+    [[ -f "$f" ]] || continue
+    pid=$(cat "$f")
+    kill -TERM "$pid" 2>/dev/null && kc_wait_gone "$pid" 20 || kill -KILL "$pid" 2>/dev/null || true
+    rm -f "$f"
+  done
+  [[ -d "$BUILDER_RUN" ]] && { umount -R "$BUILDER_RUN" 2>/dev/null || true; rm -rf "$BUILDER_RUN"; }
+  return 0
 }
 
 # load ARCHIVE...: into the running cluster's runtime.
@@ -152,7 +190,7 @@ main() {
       build_busybox
       ;;
     kiln)
-      kiln_apt_ensure jq binutils
+      kiln_apt_ensure jq binutils docker.io
       build_kiln
       ;;
     kiln-ref)

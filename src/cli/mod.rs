@@ -18,6 +18,9 @@ mod logs;
 mod manifests;
 mod validate;
 
+/// `kiln --version`: the crate version and the git revision it was built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("KILN_REVISION"), ")");
+
 /// Exit codes scripts can rely on.
 pub mod exit {
     /// Success.
@@ -31,7 +34,7 @@ pub mod exit {
 /// kiln builds container images on the Kubernetes nodes that will run them:
 /// no registry, no push, no pull.
 #[derive(Parser, Debug)]
-#[command(name = "kiln", version, about, long_about = None, propagate_version = true)]
+#[command(name = "kiln", version = VERSION, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -368,7 +368,9 @@ fn agent_container(input: &Input<'_>, pool: &str, host: &RuntimePaths, mounts: V
         "volumeMounts": mounts,
         "readinessProbe": probe("/readyz"),
         "livenessProbe": probe("/healthz"),
-        "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+        // Root (the image's user is not): it writes uploaded contexts and buildkitd's TMPDIR on
+        // the node, which root owns; with every capability dropped.
+        "securityContext": {"runAsUser": 0, "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
                             "capabilities": {"drop": ["ALL"]}},
     })
 }
