@@ -23,6 +23,8 @@
 #[path = "support/cluster.rs"]
 #[allow(dead_code)]
 mod cluster;
+#[path = "support/helm.rs"]
+mod helm;
 #[path = "support/http.rs"]
 mod http;
 #[path = "support/kiln_cluster.rs"]
@@ -30,6 +32,8 @@ mod kiln_cluster;
 #[path = "support/process.rs"]
 #[allow(dead_code)]
 mod process;
+#[path = "support/python.rs"]
+mod python;
 
 use std::time::{Duration, Instant};
 
@@ -448,4 +452,119 @@ async fn containerd_builders_mount_the_runtime_and_start_their_agent() {
             eprintln!("pool {pool_name} Ready=False: {message}");
         }
     }
+}
+
+/// kiln installed the way most platform teams install operators — by rendering the Helm chart
+/// (with the cluster's pool settings as values) and applying what it renders, as `helm install`
+/// does — builds an example ImageBuild that a Pod then runs; an upgrade that changes one
+/// controller value rolls the controller and leaves the builder pods (and their running
+/// builds) alone.
+#[tokio::test]
+#[ignore = "needs a real cluster: run `make e2e-cluster` (or set KILN_E2E_KUBECONFIG)"]
+async fn the_helm_chart_installs_kiln_and_an_upgrade_rolls_only_the_controller() {
+    let Some((cluster, image)) = setup() else { return };
+    let Some(python) = python::venv_python() else { return };
+    let _turn = SERIAL.lock().await;
+    // CRDs for the server's version, as install() applies them (Helm creates crds/ itself).
+    install(&cluster, &image);
+    let (repository, tag) = image.rsplit_once(':').expect("image has a tag");
+    let mut pool = json!({"metadata": {"name": "default"}, "spec": {"nodeSelector": {"kubernetes.io/os": "linux"}}});
+    pool_settings(&mut pool);
+    let values = |annotation: &str| {
+        json!({"image": {"repository": repository, "tag": tag, "pullPolicy": cluster.pull_policy},
+               "controller": {"podAnnotations": {"kiln.dev/e2e-upgrade": annotation}},
+               "defaultPool": {"spec": pool["spec"]}})
+    };
+    let apply = |values: &Value| {
+        let objects = helm::render(&python, values, "kiln", SYSTEM_NS);
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
+        cluster.kubectl_stdin_ok(
+            &[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--field-manager=helm",
+                "-f",
+                "-",
+            ],
+            Some(&list.to_string()),
+        );
+    };
+    apply(&values("1"));
+    cluster.rollout_status(SYSTEM_NS, "deployment/kiln-controller", WAIT);
+    let deployment = get_json(&cluster, &["-n", SYSTEM_NS, "get", "deployment", "kiln-controller"]);
+    assert_eq!(deployment["metadata"]["labels"]["app.kubernetes.io/managed-by"], "Helm");
+    for pod in builder_pods(&cluster, "default") {
+        if let Err(why) = buildkitd_starts(&cluster, &pod) {
+            eprintln!("SKIPPED (chart install): {why}");
+            return;
+        }
+    }
+    cluster.wait_for(SYSTEM_NS, "builderpool/default", "condition=Ready", WAIT);
+
+    // An example from examples/, its context served here, with the cluster's busybox.
+    let ns = cluster.namespace("chart");
+    let dockerfile = format!(
+        "FROM {busybox} AS build\nARG GREETING=hello\nRUN mkdir -p /out && printf '#!/bin/sh\\necho \"%s\"\\n' \"$GREETING\" > /out/greet && chmod +x /out/greet\n\
+         FROM {busybox} AS runtime\nCOPY --from=build /out/greet /usr/local/bin/greet\nCMD [\"greet\"]\n",
+        busybox = cluster.busybox_image
+    );
+    let context = Context::start_with(&cluster, &ns, &[("Dockerfile", dockerfile.as_bytes())]);
+    let example = std::fs::read_to_string(helm::repo("examples/imagebuild-multistage.yaml")).expect("example");
+    let mut build: Value = serde_yaml::from_str(&example).expect("example YAML");
+    build["metadata"]["namespace"] = json!(&*ns);
+    build["spec"]["source"]["http"]["url"] = json!(context.url());
+    apply_and_wait_ready(&cluster, &ns, &build.to_string(), "greeter");
+    let node = builder_pods(&cluster, "default")[0]["spec"]["nodeName"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let image = build["spec"]["image"].as_str().expect("image").to_owned();
+    let (logs, _) = cluster.run_pod(&ns, "greeter", &image, Some(&node));
+    assert_eq!(logs.trim(), "hello from kiln");
+
+    // helm upgrade with one controller value changed.
+    let builders_before = builder_state(&cluster);
+    let generation_before = deployment["metadata"]["generation"].as_i64().unwrap_or_default();
+    apply(&values("2"));
+    cluster.rollout_status(SYSTEM_NS, "deployment/kiln-controller", WAIT);
+    let after = get_json(&cluster, &["-n", SYSTEM_NS, "get", "deployment", "kiln-controller"]);
+    assert!(
+        after["metadata"]["generation"].as_i64().unwrap_or_default() > generation_before,
+        "the controller rolled"
+    );
+    assert_eq!(builder_state(&cluster), builders_before, "the builders did not roll");
+    eprintln!("chart install: example built and run; an upgrade rolled the controller only");
+}
+
+/// The builder DaemonSets' generations and their pods' UIDs.
+fn builder_state(cluster: &cluster::Cluster) -> (Vec<(String, i64)>, Vec<String>) {
+    let sets = get_json(
+        cluster,
+        &[
+            "-n",
+            SYSTEM_NS,
+            "get",
+            "daemonsets",
+            "-l",
+            "app.kubernetes.io/component=builder",
+        ],
+    );
+    let generations = sets["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            (
+                d["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
+                d["metadata"]["generation"].as_i64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let mut pods: Vec<String> = builder_pods(cluster, "default")
+        .iter()
+        .map(|p| p["metadata"]["uid"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    pods.sort();
+    (generations, pods)
 }

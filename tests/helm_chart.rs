@@ -6,62 +6,11 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
 use kiln::deploy::{Install, Values};
 use serde_json::{Value, json};
 use support::apiserver::ApiServer;
+use support::helm::{helm, render as helm_render, repo};
 use support::python::venv_python;
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-fn helm(python: &Path, args: &[&str]) -> Value {
-    let out = Command::new(python)
-        .arg(repo("tests/helm/helm.py"))
-        .args(args)
-        .output()
-        .expect("run Helm's engine");
-    assert!(
-        out.status.success(),
-        "helm.py {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("helm.py prints JSON")
-}
-
-/// The chart rendered by Helm for `values`: objects, NOTES.txt left out.
-fn helm_render(python: &Path, values: &Value, release: &str, namespace: &str) -> Vec<Value> {
-    let chart = repo("charts/kiln");
-    let files = helm(
-        python,
-        &[
-            "render",
-            chart.to_str().expect("path"),
-            &values.to_string(),
-            release,
-            namespace,
-        ],
-    );
-    let mut objects = Vec::new();
-    let mut names: Vec<&String> = files.as_object().expect("files").keys().collect();
-    names.sort();
-    for name in names {
-        if !name.ends_with(".yaml") {
-            continue;
-        }
-        let text = files[name].as_str().expect("text");
-        for doc in serde_yaml::Deserializer::from_str(text) {
-            let v: Value = serde::Deserialize::deserialize(doc).expect("rendered YAML parses");
-            if !v.is_null() {
-                objects.push(v);
-            }
-        }
-    }
-    objects
-}
 
 fn all_values() -> Value {
     let text = std::fs::read_to_string(repo("tests/helm/all-values.yaml")).expect("all-values.yaml");

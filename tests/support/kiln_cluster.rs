@@ -251,15 +251,20 @@ pub enum Context {
 impl Context {
     /// Starts serving a one-file context for the tests of namespace `ns`.
     pub fn start(cluster: &Cluster, ns: &str) -> Context {
+        Self::start_with(cluster, ns, &[("hello.txt", b"hello\n")])
+    }
+
+    /// Starts serving a context of these files for the tests of namespace `ns`.
+    pub fn start_with(cluster: &Cluster, ns: &str, files: &[(&str, &[u8])]) -> Context {
         if cluster.local {
-            let tar = http::tar(&[("hello.txt", b"hello\n")]);
+            let tar = http::tar(files);
             let host = match env("KILN_CLUSTER_RUNTIME").as_deref() {
                 Some("docker") => "127.0.0.1".to_owned(),
                 _ => env("KILN_CLUSTER_NODE_IP").unwrap_or_else(|| "127.0.0.1".into()),
             };
             Context::Local(http::FileServer::start_on(&host, &[("/ctx.tar", tar)]))
         } else {
-            Context::Pod(context_pod(cluster, ns))
+            Context::Pod(context_pod(cluster, ns, files))
         }
     }
 
@@ -274,7 +279,17 @@ impl Context {
 
 /// A busybox httpd Pod in `ns` serving a build context (`/ctx.tar`, one file); returns the
 /// context's URL, reachable from the node (BuildKit fetches it).
-pub fn context_pod(cluster: &Cluster, ns: &str) -> String {
+pub fn context_pod(cluster: &Cluster, ns: &str, files: &[(&str, &[u8])]) -> String {
+    use base64::Engine;
+    let writes: String = files
+        .iter()
+        .map(|(name, data)| {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(data);
+            format!("echo {b64} | base64 -d > /ctx/{name} && ")
+        })
+        .collect();
+    let script =
+        format!("mkdir -p /www /ctx && {writes}tar -cf /www/ctx.tar -C /ctx . && exec httpd -f -p 8080 -h /www");
     let pod = json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "context", "namespace": ns},
@@ -282,7 +297,7 @@ pub fn context_pod(cluster: &Cluster, ns: &str) -> String {
             "name": "httpd",
             "image": cluster.busybox_image,
             "imagePullPolicy": cluster.pull_policy,
-            "command": ["sh", "-c", "mkdir -p /www /ctx && echo hello > /ctx/hello.txt && tar -cf /www/ctx.tar -C /ctx . && exec httpd -f -p 8080 -h /www"],
+            "command": ["sh", "-c", script],
             "ports": [{"containerPort": 8080}],
             "readinessProbe": {"httpGet": {"path": "/ctx.tar", "port": 8080}, "periodSeconds": 1},
         }]},

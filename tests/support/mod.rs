@@ -6,6 +6,7 @@ pub mod buildkit;
 pub mod docker;
 pub mod e2e;
 pub mod git;
+pub mod helm;
 pub mod http;
 pub mod kiln;
 pub mod process;
