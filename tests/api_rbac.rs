@@ -74,3 +74,82 @@ async fn service_account_clients_have_only_granted_rights() {
         "create stays forbidden: {create:?}"
     );
 }
+
+/// The install's roles, applied from kiln's own manifests (the Helm chart renders the same
+/// objects; tests/helm_chart.rs proves it): the agent's identity cannot change what users
+/// asked for or remove pools, and a developer can build but cannot read kiln's Secrets or
+/// change a pool.
+#[tokio::test]
+async fn the_install_roles_grant_no_more_than_their_jobs_need() {
+    use kiln::api::BuilderPool;
+    use kube::api::{DeleteParams, Patch, PatchParams};
+    use serde_json::json;
+
+    let server = ApiServer::shared().await;
+    let admin = server.client().await;
+    let yaml: String = kiln::deploy::manifests(&kiln::deploy::Install::default())
+        .into_iter()
+        .filter(|m| m["kind"] != "Deployment")
+        .map(|m| format!("---\n{}", serde_yaml::to_string(&m).expect("yaml")))
+        .collect();
+    server.apply_manifests(&yaml);
+    let ns = server.namespace(&admin, "least").await;
+    let build = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": "app", "namespace": &ns},
+                       "spec": {"image": "example.com/app:1", "source": {"http": {"url": "http://example.com/c.tar"}}}});
+    server.apply_manifests(&build.to_string());
+    server.apply_manifests(r#"{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kiln-internal", "namespace": "kiln-system"}, "stringData": {"k": "v"}}"#);
+    let forbidden = |r: Result<(), kube::Error>, what: &str| match r {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => panic!("{what}: expected 403 Forbidden, got {other:?}"),
+    };
+
+    let agent = server.client_as_service_account("kiln-system", "kiln-agent").await;
+    let spec_patch = json!({"spec": {"image": "docker.io/library/nginx:latest"}});
+    let r = Api::<ImageBuild>::namespaced(agent.clone(), &ns)
+        .patch("app", &PatchParams::default(), &Patch::Merge(&spec_patch))
+        .await
+        .map(|_| ());
+    forbidden(r, "the agent patches an ImageBuild's spec");
+    let r = Api::<BuilderPool>::all(agent.clone())
+        .delete("default", &DeleteParams::default())
+        .await
+        .map(|_| ());
+    forbidden(r, "the agent deletes a BuilderPool");
+
+    // A developer: the developer ClusterRole in their namespace, the developer Role in kiln's.
+    let dev_ns = ns.clone();
+    let bind = |kind: &str, at: &str, role_kind: &str, role: &str| {
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": format!("dev-{kind}-{dev_ns}"), "namespace": at},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
+               "subjects": [{"kind": "ServiceAccount", "name": "dev", "namespace": &dev_ns}]})
+    };
+    server.apply_manifests(&bind("builds", &ns, "ClusterRole", "kiln-developer").to_string());
+    server.apply_manifests(&bind("agents", "kiln-system", "Role", "kiln-developer").to_string());
+    let dev = server.client_as_service_account(&ns, "dev").await;
+    let builds: Api<ImageBuild> = Api::namespaced(dev.clone(), &ns);
+    let mine = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": "mine"},
+                      "spec": {"image": "example.com/mine:1", "source": {"http": {"url": "http://example.com/c.tar"}}}});
+    let mine: ImageBuild = serde_json::from_value(mine).expect("object");
+    let mut created = false;
+    for _ in 0..50 {
+        if builds.create(&PostParams::default(), &mine).await.is_ok() {
+            created = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(created, "a developer creates an ImageBuild");
+    builds.get_status("mine").await.expect("and reads its status");
+    let r = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(dev.clone(), "kiln-system")
+        .get("kiln-internal")
+        .await
+        .map(|_| ());
+    forbidden(r, "a developer reads a Secret in kiln's namespace");
+    let pool_patch = json!({"spec": {"maxConcurrentBuilds": 64}});
+    let r = Api::<BuilderPool>::all(dev)
+        .patch("default", &PatchParams::default(), &Patch::Merge(&pool_patch))
+        .await
+        .map(|_| ());
+    forbidden(r, "a developer edits a BuilderPool");
+}
