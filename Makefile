@@ -38,7 +38,7 @@ generate: ## Regenerate crds/, deploy/ and charts/kiln/ from the Rust code
 # --- Real cluster (hack/cluster) ---
 # A real single-node Kubernetes v1.20 cluster on this machine (root, Debian): see
 # docs/real-cluster.md. RUNTIME=containerd (default) or RUNTIME=docker.
-.PHONY: cluster-up cluster-down e2e-cluster images
+.PHONY: cluster-up cluster-down e2e-cluster images image-test
 
 cluster-up: ## Start the local cluster (RUNTIME=containerd|docker); prints the kubeconfig path
 	hack/cluster/up.sh
@@ -48,6 +48,9 @@ cluster-down: ## Stop the local cluster and restore the host (safe to repeat)
 
 images: ## Build the pause, busybox and kiln images; load them into the local cluster if up
 	hack/cluster/images.sh
+
+image-test: ## `docker build .` from source, offline (a local Rust image, vendored crates); ~10 min
+	hack/image-test.sh
 
 e2e-cluster: ## End-to-end tests on $KUBECONFIG's cluster, or on a local one (docker) started and stopped for them
 	hack/cluster/e2e.sh

@@ -13,13 +13,16 @@ use serde_json::{Value, json};
 use support::e2e::{NS, Rig, agent_ip};
 use tokio::sync::OnceCell;
 
+/// The rig's nodes.
+const NODES: [&str; 2] = ["node-up", "node-two"];
+
 /// Largest context this rig's pool accepts.
 const MAX_CONTEXT_MIB: u64 = 4;
 
 async fn rig() -> &'static Rig {
     static RIG: OnceCell<Rig> = OnceCell::const_new();
     RIG.get_or_init(|| async {
-        let rig = Rig::start(&["node-up"]).await;
+        let rig = Rig::start(&NODES).await;
         let pool = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "BuilderPool", "metadata": {"name": "default"},
             "spec": {"nodeSelector": {"kiln.dev/e2e": "true"}, "maxConcurrentBuilds": 2,
                      "uploads": {"maxContextMiB": MAX_CONTEXT_MIB}}});
@@ -83,7 +86,10 @@ fn text(out: &Output) -> String {
 
 /// The agent's counter of bytes received by uploads.
 fn uploaded_bytes(rig: &Rig) -> f64 {
-    rig.agent_metric("node-up", "kiln_agent_context_upload_bytes_total")
+    NODES
+        .iter()
+        .map(|n| rig.agent_metric(n, "kiln_agent_context_upload_bytes_total"))
+        .sum()
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -124,7 +130,7 @@ async fn kiln_build_sends_a_local_directory_and_prints_the_image() {
     assert_eq!(result["image"], json!(tag));
     assert_eq!(result["succeeded"], true);
     assert_eq!(result["namespace"], json!(ns));
-    assert_eq!(result["nodes"][0]["name"], "node-up");
+    assert!(NODES.iter().any(|n| result["nodes"][0]["name"] == *n), "{result}");
     assert_eq!(
         rig.docker.image_id(&tag).as_deref(),
         Some(digest.as_str()),
@@ -499,4 +505,68 @@ async fn interrupting_kiln_build_cancels_the_build_in_the_cluster() {
         (!sleeping()).then_some(())
     })
     .await;
+}
+
+/// `--all-nodes`: every node of the pool gets the context and builds the image.
+#[tokio::test]
+async fn all_nodes_sends_the_context_to_every_node() {
+    let Some(_) = agent_ip() else { return };
+    let rig = rig().await;
+    let (ns, kubeconfig) = developer(rig, "all").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\nCOPY . /all/\n").expect("write");
+    std::fs::write(dir.path().join("marker.txt"), format!("on every node {ns}")).expect("write");
+    let out = kiln(
+        &kubeconfig,
+        &["build", "-t", &format!("example/all:{ns}"), "--all-nodes", "-o", "json"]
+            .into_iter()
+            .chain([dir.path().to_str().expect("path")])
+            .collect::<Vec<_>>(),
+    );
+    assert!(out.status.success(), "{}\n{}", text(&out), rig.diagnostics());
+    let result: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let nodes: Vec<&str> = result["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter_map(|n| n["name"].as_str())
+        .collect();
+    assert_eq!(nodes.len(), NODES.len(), "{result}");
+    let bytes = result["context"]["bytes"].as_u64().expect("bytes");
+    assert_eq!(
+        result["context"]["uploadedBytes"].as_u64(),
+        Some(bytes * NODES.len() as u64),
+        "one upload per node: {result}"
+    );
+}
+
+/// An attempt whose context never comes says so (Reconciling, WaitingForUpload) and then fails
+/// with UploadTimeout (this rig's agents wait 20 s), which is not retried.
+#[tokio::test]
+async fn an_upload_that_never_comes_times_out_clearly() {
+    let rig = rig().await;
+    let client = rig.client().await;
+    let ns = rig.server.namespace(&client, "noupload").await;
+    let digest = format!("sha256:{}", "0".repeat(64));
+    let build = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": "orphan", "namespace": &ns},
+        "spec": {"image": "example/orphan:1", "source": {"upload": {"digest": digest, "size": 10}},
+                 "dockerfileInline": "FROM scratch\n", "backoffLimit": 3}});
+    rig.server.apply_manifests(&build.to_string());
+    let reason = |b: &kiln::api::ImageBuild| b.status.as_ref().and_then(|s| s.reason.clone()).unwrap_or_default();
+    rig.wait_for(&ns, "orphan", Duration::from_secs(30), "WaitingForUpload", |b| {
+        reason(b) == "WaitingForUpload"
+    })
+    .await;
+    let failed = rig
+        .wait_for(&ns, "orphan", Duration::from_secs(60), "UploadTimeout", |b| {
+            reason(b) == "UploadTimeout"
+        })
+        .await;
+    let status = failed.status.expect("status");
+    assert!(kiln::api::conditions::is_true(
+        &status.conditions,
+        kiln::api::conditions::STALLED
+    ));
+    assert_eq!(status.failed_attempts, Some(1), "not retried");
+    assert!(status.message.unwrap_or_default().contains("run kiln build again"));
 }

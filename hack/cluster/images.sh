@@ -27,6 +27,8 @@ set -euo pipefail
 
 # shellcheck source=hack/cluster/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=hack/lib/builder-docker.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/builder-docker.sh"
 
 TAR_FLAGS=(--sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner --format=gnu)
 
@@ -124,45 +126,6 @@ build_kiln() {
   builder_stop
   echo "$key" >"$out.key"
   kc_log "image $KC_IMAGE_KILN: $out (image ID sha256:${id:0:12}…)"
-}
-
-# A private containerd + dockerd for building images, stopped by PID when images.sh exits.
-BUILDER_RUN=/run/kiln-image-builder
-builder_docker() { docker -H "unix://$BUILDER_RUN/docker.sock" "$@"; }
-builder_start() {
-  local state=$KC_IMAGES/.builder
-  kiln_apt_ensure docker.io containerd
-  mkdir -p "$BUILDER_RUN" "$state"
-  trap builder_stop EXIT
-  cat >"$state/containerd.toml" <<TOML
-version = 2
-root = "$state/containerd"
-state = "$BUILDER_RUN/containerd"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "$BUILDER_RUN/containerd.sock"
-TOML
-  echo '{}' >"$state/daemon.json"
-  setsid containerd --config "$state/containerd.toml" >"$state/containerd.log" 2>&1 </dev/null &
-  echo $! >"$BUILDER_RUN/containerd.pid"
-  kc_wait_for "the image builder's containerd" 30 "" test -S "$BUILDER_RUN/containerd.sock"
-  setsid dockerd --containerd="$BUILDER_RUN/containerd.sock" --data-root="$state/docker" \
-    --exec-root="$BUILDER_RUN/exec" --pidfile="$BUILDER_RUN/dockerd.pid" --host="unix://$BUILDER_RUN/docker.sock" \
-    --bridge=none --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false \
-    --config-file="$state/daemon.json" >"$state/dockerd.log" 2>&1 </dev/null &
-  echo $! >"$BUILDER_RUN/dockerd.run.pid"
-  kc_wait_for "the image builder's dockerd" 60 "" builder_docker version
-}
-builder_stop() {
-  local f pid
-  for f in "$BUILDER_RUN/dockerd.run.pid" "$BUILDER_RUN/containerd.pid"; do
-    [[ -f "$f" ]] || continue
-    pid=$(cat "$f")
-    kill -TERM "$pid" 2>/dev/null && kc_wait_gone "$pid" 20 || kill -KILL "$pid" 2>/dev/null || true
-    rm -f "$f"
-  done
-  [[ -d "$BUILDER_RUN" ]] && { umount -R "$BUILDER_RUN" 2>/dev/null || true; rm -rf "$BUILDER_RUN"; }
-  return 0
 }
 
 # load ARCHIVE...: into the running cluster's runtime.

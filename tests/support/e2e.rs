@@ -158,7 +158,7 @@ impl Rig {
             ),
             format!("--identity={identity}"),
             format!("--pod-name={identity}"),
-            "--upload-wait-seconds=60".into(),
+            "--upload-wait-seconds=20".into(),
         ];
         let log = self.server.dir.join(format!("agent-{node}.log"));
         let process = Supervised::spawn(
