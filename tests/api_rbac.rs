@@ -115,6 +115,16 @@ async fn the_install_roles_grant_no_more_than_their_jobs_need() {
         .await
         .map(|_| ());
     forbidden(r, "the agent deletes a BuilderPool");
+    server.apply_manifests(
+        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "team-token", "namespace": &ns},
+                                   "stringData": {"k": "v"}})
+        .to_string(),
+    );
+    let r = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(agent.clone(), &ns)
+        .get("team-token")
+        .await
+        .map(|_| ());
+    forbidden(r, "the agent reads a Secret no running build references");
 
     // A developer: the developer ClusterRole in their namespace, the developer Role in kiln's.
     let dev_ns = ns.clone();

@@ -37,7 +37,15 @@ fn help_and_version() {
         assert!(sub.status.success(), "{command} --help works");
     }
     let version = kiln(&["--version"], None);
-    assert_eq!(stdout(&version).trim(), format!("kiln {}", env!("CARGO_PKG_VERSION")));
+    let printed = stdout(&version).trim().to_owned();
+    let revision = printed
+        .strip_prefix(&format!("kiln {} (", env!("CARGO_PKG_VERSION")))
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("kiln <version> (<revision>): {printed}"));
+    assert!(
+        revision == "unknown" || (revision.len() == 12 && revision.chars().all(|c| c.is_ascii_hexdigit())),
+        "the git revision it was built from: {printed}"
+    );
     let bad = kiln(&["no-such-command"], None);
     assert_eq!(bad.status.code(), Some(2), "usage errors exit 2");
 }

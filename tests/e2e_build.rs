@@ -487,3 +487,67 @@ async fn deleting_the_namespace_neither_rebuilds_nor_retries() {
         .collect();
     assert!(failures.is_empty(), "the controller retried: {failures:#?}");
 }
+
+/// Build secrets reach the build through a grant that exists only while the build runs: the
+/// agents hold no right to Secrets of their own, so before (and after) the build the agent's
+/// identity is refused the Secret; during it the RUN step sees the value; the value is in no
+/// layer of the image.
+#[tokio::test]
+async fn agents_read_a_builds_secrets_only_while_it_runs() {
+    use k8s_openapi::api::core::v1::Secret;
+    let rig = rig().await;
+    let client = rig.client().await;
+    let ns = rig.server.namespace(&client, "secrets").await;
+    let value = format!("s3cr3t-{}", &ns[ns.len() - 8..]);
+    rig.server.apply_manifests(
+        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "token", "namespace": &ns},
+                "stringData": {"value": &value}})
+        .to_string(),
+    );
+    let agent = rig
+        .server
+        .client_as_service_account(support::e2e::NS, "kiln-agent")
+        .await;
+    let as_agent: Api<Secret> = Api::namespaced(agent, &ns);
+    let refused = |r: Result<Secret, kube::Error>| matches!(r, Err(kube::Error::Api(e)) if e.code == 403);
+    assert!(
+        refused(as_agent.get("token").await),
+        "no build references it: the agent is refused"
+    );
+
+    let url = rig.context(&ns, &[("x", b"x")]);
+    let spec = json!({
+        "image": format!("kiln.test/{ns}/secret:v1"),
+        "source": {"http": {"url": url}},
+        "dockerfileInline": format!(
+            "FROM kiln-test/busybox:latest\nRUN --mount=type=secret,id=tok test \"$(cat /run/secrets/tok)\" = \"{value}\" && echo ok > /ok\n"
+        ),
+        "secrets": [{"id": "tok", "secretKeyRef": {"name": "token", "key": "value"}}],
+        "backoffLimit": 0,
+    });
+    let build = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild",
+                       "metadata": {"name": "withsecret", "namespace": &ns}, "spec": spec});
+    rig.server.apply_manifests(&build.to_string());
+    let built = rig
+        .wait_for(&ns, "withsecret", BUILD_WAIT, "Ready or Stalled", |b| {
+            is_ready(b) || is_stalled(b)
+        })
+        .await;
+    assert!(
+        is_ready(&built),
+        "the RUN step saw the value: {:?}\n{}",
+        built.status,
+        rig.diagnostics()
+    );
+    let layers = rig.docker.image_export(&format!("kiln.test/{ns}/secret:v1"));
+    assert!(
+        !layers
+            .iter()
+            .any(|(_, data)| String::from_utf8_lossy(data).contains(&value)),
+        "the value is in no file of the image"
+    );
+    support::kiln::eventually(Duration::from_secs(20), "the grant to be revoked", || async {
+        refused(as_agent.get("token").await).then_some(())
+    })
+    .await;
+}

@@ -84,17 +84,35 @@ pub async fn build_request(
     Ok(request)
 }
 
+/// A key of a Secret. The controller grants this agent read access in the build's namespace
+/// just before it creates the attempt; a refusal is retried for a few seconds, the time the
+/// apiserver's authorizer takes to see a new RoleBinding.
 async fn secret_value(secrets: &Api<Secret>, name: &str, key: &str) -> Result<Vec<u8>, (&'static str, String)> {
-    let secret = secrets
-        .get_opt(name)
-        .await
-        .map_err(|e| ("SecretNotFound", format!("cannot read Secret {name:?}: {e}")))?
-        .ok_or_else(|| {
-            (
-                "SecretNotFound",
-                format!("Secret {name:?} does not exist in the ImageBuild's namespace"),
-            )
-        })?;
+    let mut tries = 0;
+    let secret = loop {
+        match secrets.get_opt(name).await {
+            Ok(s) => break s,
+            Err(kube::Error::Api(e)) if e.code == 403 && tries < 20 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            Err(kube::Error::Api(e)) if e.code == 403 => {
+                return Err((
+                    "SecretForbidden",
+                    format!(
+                        "kiln's agent may not read Secret {name:?}: the controller grants that while a build that references it runs; check the controller's RBAC (bind on the agent-secrets ClusterRole)"
+                    ),
+                ));
+            }
+            Err(e) => return Err(("SecretNotFound", format!("cannot read Secret {name:?}: {e}"))),
+        }
+    };
+    let secret = secret.ok_or_else(|| {
+        (
+            "SecretNotFound",
+            format!("Secret {name:?} does not exist in the ImageBuild's namespace"),
+        )
+    })?;
     secret
         .data
         .and_then(|mut d| d.remove(key))

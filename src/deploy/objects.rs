@@ -106,6 +106,11 @@ fn controller_rbac(s: &dyn Source) -> Vec<Value> {
             // Nodes are read to select builders and labelled with their detected runtime.
             rule(&[""], &["nodes"], &["get", "list", "watch", "patch"]),
             rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
+            // Grants the agents a build's Secrets while it runs (controller/build/grants.rs):
+            // RoleBindings to the one role below, which the controller may bind but not use.
+            rule(&["rbac.authorization.k8s.io"], &["rolebindings"], &["get", "create", "patch", "delete"]),
+            json!({"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"], "verbs": ["bind"],
+                   "resourceNames": [s.name("agent-secrets")]}),
         ]}),
         binding(s, "ClusterRoleBinding", "ClusterRole", "controller", "controller"),
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
@@ -122,8 +127,9 @@ fn controller_rbac(s: &dyn Source) -> Vec<Value> {
     ]
 }
 
-/// The agents: heartbeat Leases in kiln's namespace; NodeBuilds and the Secrets they
-/// reference, everywhere (an ImageBuild may live in any namespace).
+/// The agents: heartbeat Leases in kiln's namespace; NodeBuilds everywhere (an ImageBuild may
+/// live in any namespace). Secrets only through the controller's per-build grants of
+/// `<name>-agent-secrets`, in the build's namespace while it runs.
 fn agent_rbac(s: &dyn Source) -> Vec<Value> {
     vec![
         json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
@@ -135,10 +141,13 @@ fn agent_rbac(s: &dyn Source) -> Vec<Value> {
         "rules": [
             rule(&["kiln.dev"], &["nodebuilds"], &["get", "list", "watch"]),
             rule(&["kiln.dev"], &["nodebuilds/status"], &["get", "patch", "update"]),
-            rule(&[""], &["secrets"], &["get"]),
             rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
         ]}),
         binding(s, "ClusterRoleBinding", "ClusterRole", "agent", "agent"),
+        // Bound only per namespace and per build, by the controller.
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+               "metadata": cluster_meta(s, "agent-secrets", "agent"),
+               "rules": [rule(&[""], &["secrets"], &["get"])]}),
     ]
 }
 

@@ -18,6 +18,7 @@ const PERMANENT: &[&str] = &[
     "InvalidSpec",
     "DeadlineExceeded",
     "SecretNotFound",
+    "SecretForbidden",
     "UploadTimeout",
     "ContextTooLarge",
 ];

@@ -3,6 +3,7 @@
 
 mod aggregate;
 mod dispatch;
+pub mod grants;
 mod judge;
 pub mod naming;
 pub mod plan;

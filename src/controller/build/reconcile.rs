@@ -17,6 +17,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
+use super::grants;
 use super::naming::CACHE_KEY_LABEL;
 use super::plan::{self, Observed, Plan};
 use super::schedule::Candidate;
@@ -139,6 +140,14 @@ fn namespace_terminating(status: &kube::core::Status) -> bool {
 async fn apply(ctx: &Context, builds: &Api<ImageBuild>, build: &ImageBuild, plan: Plan) -> Result<Action, Error> {
     let ns = build.namespace().unwrap_or_default();
     let node_builds: Api<NodeBuild> = Api::namespaced(ctx.client.clone(), &ns);
+    let finished = matches!(
+        plan.status.phase,
+        Some(crate::api::image_build::BuildPhase::Succeeded | crate::api::image_build::BuildPhase::Failed)
+    );
+    let needs_secrets = grants::reads_secrets(&build.spec.recipe);
+    if needs_secrets && !plan.create.is_empty() {
+        grants::ensure(ctx, build).await?;
+    }
     for nb in &plan.create {
         match node_builds.create(&PostParams::default(), nb).await {
             Ok(_) => {
@@ -159,10 +168,9 @@ async fn apply(ctx: &Context, builds: &Api<ImageBuild>, build: &ImageBuild, plan
     for event in &plan.events {
         publish(ctx, build, event.warning, event.reason, &event.note).await;
     }
-    let finished = matches!(
-        plan.status.phase,
-        Some(crate::api::image_build::BuildPhase::Succeeded | crate::api::image_build::BuildPhase::Failed)
-    );
+    if needs_secrets && finished && plan.create.is_empty() {
+        grants::revoke(ctx, build).await?;
+    }
     if finished && build.status.as_ref().and_then(|s| s.phase) != plan.status.phase {
         let seconds = match (&plan.status.start_time, &plan.status.completion_time) {
             (Some(s), Some(c)) => c.0.duration_since(s.0).as_secs_f64(),
@@ -256,6 +264,9 @@ async fn cleanup(
             Ok(_) | Err(kube::Error::Api(_)) => {}
             Err(e) => return Err(Error::kube("delete NodeBuild")(e)),
         }
+    }
+    if grants::reads_secrets(&build.spec.recipe) {
+        grants::revoke(ctx, build).await?;
     }
     let remaining: Vec<String> = build.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
     let patch = json!({"metadata": {"finalizers": remaining, "resourceVersion": build.resource_version()}});
