@@ -207,14 +207,27 @@ impl ApiServer {
             .dir
             .join(format!("manifests-{}.yaml", uuid::Uuid::new_v4().simple()));
         std::fs::write(&file, yaml).expect("write manifests");
-        let (ok, _, err) = self.kubectl(&[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            &file.display().to_string(),
-        ]);
-        assert!(ok, "kubectl apply failed: {err}");
+        // Tests of one binary may apply the same objects at once; the loser of a create race
+        // gets AlreadyExists, and applying again then updates the object.
+        let mut attempt = 0;
+        loop {
+            let (ok, _, err) = self.kubectl(&[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "-f",
+                &file.display().to_string(),
+            ]);
+            if ok {
+                break;
+            }
+            attempt += 1;
+            assert!(
+                attempt < 5 && (err.contains("AlreadyExists") || err.contains("the object has been modified")),
+                "kubectl apply failed: {err}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     /// Creates a fresh namespace for one test.
