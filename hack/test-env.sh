@@ -9,7 +9,8 @@
 #   - otherwise, on Debian: kube-apiserver v1.20.2 is built from Debian's source
 #     (hack/build-kube.sh, ~4 min cold, cached) and etcd comes from Debian's
 #     etcd-server (3.4); both are linked into $KILN_CACHE/envtest/bin.
-# Also ensures openssl (the tests make their certificates with it).
+# Also ensures openssl (the tests make their certificates with it) and lua5.1
+# (tests/gitops_health.rs runs contrib/argocd/health.lua with it, as Argo CD would).
 # Warm runs do no apt or build work.
 #
 # ---------------------------------------------------------------------------
@@ -82,6 +83,14 @@ ensure_openssl() {
   kiln_apt_ensure openssl
 }
 
+# Argo CD runs health checks with gopher-lua (Lua 5.1); the tests use Debian's
+# reference Lua 5.1 interpreter.
+ensure_lua() {
+  command -v lua5.1 >/dev/null 2>&1 && return 0
+  kiln_is_debian || kiln_die "lua5.1 is needed by tests/gitops_health.rs: install Lua 5.1 as lua5.1"
+  kiln_apt_ensure lua5.1
+}
+
 # PIDs of etcd processes run by the `etcd` system user, i.e. the Debian
 # service (the tests' own etcd runs as the invoking user).
 etcd_service_pids() {
@@ -115,6 +124,7 @@ link_asset() {
 }
 
 main() {
+  ensure_lua
   if [[ -n "${KUBEBUILDER_ASSETS:-}" ]]; then
     if complete_assets "$KUBEBUILDER_ASSETS"; then
       ensure_openssl
