@@ -114,9 +114,9 @@ async fn kubectl_apply_and_wait_builds_the_image_on_the_node() {
         .into_iter()
         .filter_map(|e| e.reason)
         .collect();
-    for reason in ["Scheduled", "Succeeded"] {
-        assert!(reasons.iter().any(|r| r == reason), "event {reason} in {reasons:?}");
-    }
+    // A first attempt that succeeds is told by its status alone: events are API writes, and
+    // only what needs a person's attention (failures, retries) earns one.
+    assert!(reasons.is_empty(), "no events for a plain success: {reasons:?}");
     let metrics = rig
         .controller
         .lock()

@@ -30,7 +30,9 @@ use super::{Settings, State};
 use crate::api::image_build::{DigestKind as ApiDigestKind, Progress};
 use crate::api::node_build::{NODE_LABEL, NodeBuild, NodeBuildPhase, NodeBuildStatus, POOL_LABEL, WAITING_FOR_UPLOAD};
 use crate::api::recipe::BuildSource;
-use crate::buildkit::{Client as BuildKit, DigestKind, PlainRenderer, ProgressEvent};
+use crate::buildkit::{
+    BuildHandle, BuildRequest, Client as BuildKit, DigestKind, Error as BuildKitError, PlainRenderer, ProgressEvent,
+};
 
 /// Field manager of the agent's status writes.
 pub const STATUS_FIELD_MANAGER: &str = "kiln-agent";
@@ -61,6 +63,8 @@ pub struct Executor {
     slots: Arc<Semaphore>,
     tracked: Mutex<HashMap<(String, String), Tracked>>,
     queue: Mutex<Vec<(String, String)>>,
+    /// The connection to the node's BuildKit, kept between builds.
+    buildkit: Mutex<Option<BuildKit>>,
 }
 
 impl Executor {
@@ -86,6 +90,7 @@ impl Executor {
             slots,
             tracked: Mutex::default(),
             queue: Mutex::default(),
+            buildkit: Mutex::default(),
         })
     }
 
@@ -168,19 +173,12 @@ impl Executor {
         let Ok(_context) = self.context_ready(&nb, &mut status, &mut stop).await else {
             return;
         };
-        self.queue.lock().await.push(key.clone());
-        self.state.queued.fetch_add(1, Ordering::Relaxed);
-        status.phase = Some(NodeBuildPhase::Queued);
-        status.queue_position = self.queue_position(&key).await;
-        self.write(&nb, &status).await;
-
-        // Wait for a slot (or a cancellation).
-        let permit = tokio::select! {
-            p = self.slots.clone().acquire_owned() => p.ok(),
-            _ = stopped(&mut stop) => None,
+        // A free slot is taken at once, with nothing to report; only a build that has to wait
+        // says so (Queued, with its position).
+        let permit = match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => self.wait_for_slot(&nb, &key, &mut status, &mut stop).await,
         };
-        self.queue.lock().await.retain(|k| k != &key);
-        self.state.queued.fetch_sub(1, Ordering::Relaxed);
         let Some(_permit) = permit else {
             if *stop.borrow() == Stop::Cancel {
                 self.finish(
@@ -195,11 +193,36 @@ impl Executor {
             return;
         };
         self.state.running.fetch_add(1, Ordering::Relaxed);
-        let outcome = self.build(&nb, &mut status, &mut stop).await;
+        let progress = Progressive::new(self.write_target(&nb));
+        let outcome = self.build(&nb, &mut status, &mut stop, &progress).await;
         self.state.running.fetch_sub(1, Ordering::Relaxed);
+        // Close the gate first: an intermediate write still in flight lands before the final one.
+        progress.close().await;
         if let Some(done) = outcome {
             self.write(&nb, &done).await;
         }
+    }
+
+    /// Reports the build `Queued` with its position and waits for a slot (none if stopped).
+    async fn wait_for_slot(
+        &self,
+        nb: &NodeBuild,
+        key: &(String, String),
+        status: &mut NodeBuildStatus,
+        stop: &mut watch::Receiver<Stop>,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.queue.lock().await.push(key.clone());
+        self.state.queued.fetch_add(1, Ordering::Relaxed);
+        status.phase = Some(NodeBuildPhase::Queued);
+        status.queue_position = self.queue_position(key).await;
+        self.write(nb, status).await;
+        let permit = tokio::select! {
+            p = self.slots.clone().acquire_owned() => p.ok(),
+            _ = stopped(stop) => None,
+        };
+        self.queue.lock().await.retain(|k| k != key);
+        self.state.queued.fetch_sub(1, Ordering::Relaxed);
+        permit
     }
 
     /// Runs one build; returns the final status to write (none when the NodeBuild is gone).
@@ -208,13 +231,18 @@ impl Executor {
         nb: &NodeBuild,
         status: &mut NodeBuildStatus,
         stop: &mut watch::Receiver<Stop>,
+        progress: &Progressive,
     ) -> Option<NodeBuildStatus> {
         let ns = nb.namespace().unwrap_or_default();
         let name = nb.name_any();
         status.phase = Some(NodeBuildPhase::Running);
         status.queue_position = None;
+        status.reason = None;
+        status.message = None;
         status.start_time = Some(Time(Timestamp::now()));
-        self.write(nb, status).await;
+        // `Running` is reported only if the build is still going after the progress delay.
+        progress.report_later(self.settings.progress_delay, status.clone());
+        let started = Instant::now();
 
         let request = build_request(
             &self.client,
@@ -250,19 +278,7 @@ impl Executor {
                 status,
             ));
         }
-        let buildkit = match BuildKit::connect(&self.settings.buildkit, self.settings.tls.clone()).await {
-            Ok(c) => c,
-            Err(e) => {
-                return Some(finished(
-                    &self.settings,
-                    NodeBuildPhase::Failed,
-                    reason_of(&e),
-                    &e.to_string(),
-                    status,
-                ));
-            }
-        };
-        let mut handle = match buildkit.build(request).await {
+        let mut handle = match self.start_solve(request).await {
             Ok(h) => h,
             Err(e) => {
                 return Some(finished(
@@ -301,8 +317,8 @@ impl Executor {
                                 cached: Some(i32::try_from(summary.cached).unwrap_or(i32::MAX)),
                                 current: summary.current.clone(),
                             });
-                            if last_write.elapsed() >= THROTTLE {
-                                self.write(nb, status).await;
+                            if started.elapsed() >= self.settings.progress_delay && last_write.elapsed() >= THROTTLE {
+                                progress.report(status).await;
                                 last_write = Instant::now();
                             }
                         }
@@ -451,18 +467,98 @@ impl Executor {
     }
 
     async fn write(&self, nb: &NodeBuild, status: &NodeBuildStatus) {
-        let api: Api<NodeBuild> = Api::namespaced(self.client.clone(), &nb.namespace().unwrap_or_default());
+        self.write_target(nb).write(status).await;
+    }
+
+    fn write_target(&self, nb: &NodeBuild) -> StatusWriter {
+        StatusWriter {
+            api: Api::namespaced(self.client.clone(), &nb.namespace().unwrap_or_default()),
+            name: nb.name_any(),
+        }
+    }
+
+    /// Starts a solve on the node's BuildKit over the kept connection, connecting (again) when
+    /// there is none or it broke: connecting and asking BuildKit for its workers is done once,
+    /// not per build.
+    async fn start_solve(&self, request: BuildRequest) -> Result<BuildHandle, BuildKitError> {
+        let kept = self.buildkit.lock().await.clone();
+        if let Some(client) = kept {
+            match client.build(request.clone()).await {
+                Err(BuildKitError::Unreachable { .. }) => {
+                    info!("the BuildKit connection broke; reconnecting");
+                }
+                other => return other,
+            }
+        }
+        let client = BuildKit::connect(&self.settings.buildkit, self.settings.tls.clone()).await?;
+        *self.buildkit.lock().await = Some(client.clone());
+        client.build(request).await
+    }
+}
+
+/// Writes one NodeBuild's status (server-side apply under the agent's field manager).
+#[derive(Clone)]
+struct StatusWriter {
+    api: Api<NodeBuild>,
+    name: String,
+}
+
+impl StatusWriter {
+    async fn write(&self, status: &NodeBuildStatus) {
         let patch = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "NodeBuild", "status": status});
-        if let Err(e) = api
+        if let Err(e) = self
+            .api
             .patch_status(
-                &nb.name_any(),
+                &self.name,
                 &PatchParams::apply(STATUS_FIELD_MANAGER).force(),
                 &Patch::Apply(&patch),
             )
             .await
         {
-            warn!(node_build = %nb.name_any(), error = %e, "cannot write NodeBuild status");
+            warn!(node_build = %self.name, error = %e, "cannot write NodeBuild status");
         }
+    }
+}
+
+/// The intermediate reports of one running attempt (`Running`, progress). They never land
+/// after its final status: [`Progressive::close`] waits for one in flight and stops later ones.
+struct Progressive {
+    writer: StatusWriter,
+    /// True once closed; held across each intermediate write.
+    closed: Arc<Mutex<bool>>,
+}
+
+impl Progressive {
+    fn new(writer: StatusWriter) -> Self {
+        Self {
+            writer,
+            closed: Arc::default(),
+        }
+    }
+
+    /// Writes `status` after `delay`, unless closed by then.
+    fn report_later(&self, delay: Duration, status: NodeBuildStatus) {
+        let (writer, closed) = (self.writer.clone(), self.closed.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let closed = closed.lock().await;
+            if !*closed {
+                writer.write(&status).await;
+            }
+        });
+    }
+
+    /// Writes `status` now, unless closed.
+    async fn report(&self, status: &NodeBuildStatus) {
+        let closed = self.closed.lock().await;
+        if !*closed {
+            self.writer.write(status).await;
+        }
+    }
+
+    /// No intermediate report after this returns.
+    async fn close(&self) {
+        *self.closed.lock().await = true;
     }
 }
 

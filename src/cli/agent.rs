@@ -77,6 +77,10 @@ pub(super) struct Args {
     /// Seconds a heartbeat stays valid; renewed every third of it.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..))]
     lease_duration_seconds: u64,
+    /// Milliseconds a build runs before the agent reports it `Running` (and its progress): a
+    /// build done sooner, such as a cached one, goes straight to its outcome in one API write.
+    #[arg(long, default_value_t = agent::DEFAULT_PROGRESS_DELAY_MS)]
+    progress_delay_ms: u64,
 }
 
 pub(super) fn run(args: Args) -> u8 {
@@ -139,6 +143,7 @@ pub(super) fn run(args: Args) -> u8 {
             upload_wait: Duration::from_secs(u64::try_from(args.upload_wait_seconds).unwrap_or(1)),
             context_listen: args.context_listen,
             buildkit_tmp: args.buildkit_tmp,
+            progress_delay: Duration::from_millis(args.progress_delay_ms),
         };
         match agent::run(client, settings).await {
             Ok(()) => exit::OK,

@@ -29,6 +29,10 @@ pub(super) struct Args {
     /// Seconds a leader holds the Lease without renewing it.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..))]
     lease_duration_seconds: u64,
+    /// Milliseconds a new ImageBuild generation goes without an in-progress status: a build
+    /// that finishes sooner (a cached one) gets its outcome in one status write.
+    #[arg(long, default_value_t = crate::controller::build::pacing::DEFAULT_STATUS_DELAY.as_millis() as u64)]
+    status_delay_ms: u64,
 }
 
 pub(super) fn run(args: Args) -> u8 {
@@ -45,6 +49,7 @@ pub(super) fn run(args: Args) -> u8 {
             leader_election: !args.no_leader_election,
             identity,
             lease_duration: Duration::from_secs(args.lease_duration_seconds),
+            status_delay: Duration::from_millis(args.status_delay_ms),
         };
         match controller::run(client, settings).await {
             Ok(()) => exit::OK,

@@ -48,6 +48,8 @@ pub struct Context {
     /// When this process created each NodeBuild, or first saw it queued, until it starts
     /// (for the dispatch-latency and queue-wait metrics; lost on restart, which only skips a sample).
     pub timings: std::sync::Mutex<build::reconcile::Timings>,
+    /// How long a new generation may go without an in-progress status ([`build::pacing`]).
+    pub status_delay: Duration,
 }
 
 /// Controller errors.
@@ -127,6 +129,9 @@ pub struct Settings {
     pub identity: String,
     /// Lease duration for leader election.
     pub lease_duration: Duration,
+    /// How long a new ImageBuild generation may go without an in-progress status (see
+    /// [`build::pacing`]).
+    pub status_delay: Duration,
 }
 
 /// Name of the leader election Lease.
@@ -192,6 +197,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         agent_service_account: settings.agent_service_account.clone(),
         metrics,
         timings: std::sync::Mutex::default(),
+        status_delay: settings.status_delay,
         recorder: Recorder::new(
             client.clone(),
             Reporter {

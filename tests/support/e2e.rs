@@ -46,11 +46,27 @@ pub struct Rig {
     agent_kubeconfig: PathBuf,
     controller_kubeconfig: PathBuf,
     controller_runs: Mutex<u32>,
+    /// Extra flags of the controller and of every agent (tuning for one test).
+    extra: Tuning,
+}
+
+/// Extra flags for the rig's controller and agents.
+#[derive(Clone, Debug, Default)]
+pub struct Tuning {
+    /// Added to `kiln controller`.
+    pub controller: Vec<String>,
+    /// Added to every `kiln agent`.
+    pub agent: Vec<String>,
 }
 
 impl Rig {
     /// Installs kiln (RBAC, pool) and starts the controller and one agent per node in `nodes`.
     pub async fn start(nodes: &[&str]) -> Rig {
+        Rig::start_tuned(nodes, Tuning::default()).await
+    }
+
+    /// [`Rig::start`], with extra flags for the controller and the agents.
+    pub async fn start_tuned(nodes: &[&str], extra: Tuning) -> Rig {
         let server = ApiServer::shared().await;
         let docker = DockerDaemon::shared();
         let manifests: Vec<Value> = kiln::deploy::manifests(&kiln::deploy::Install::default())
@@ -75,6 +91,7 @@ impl Rig {
             agent_kubeconfig: server.service_account_kubeconfig(NS, "kiln-agent").await,
             controller_kubeconfig: server.service_account_kubeconfig(NS, "kiln-controller").await,
             controller_runs: Mutex::new(0),
+            extra,
         };
         rig.start_controller();
         for node in nodes {
@@ -94,13 +111,9 @@ impl Rig {
         let mut runs = self.controller_runs.lock().expect("lock");
         *runs += 1;
         let identity = format!("controller-{}", *runs);
-        let c = ControllerProcess::start_with(
-            self.server,
-            &self.controller_kubeconfig,
-            NS,
-            &identity,
-            &["--lease-duration-seconds=4"],
-        );
+        let mut args = vec!["--lease-duration-seconds=4"];
+        args.extend(self.extra.controller.iter().map(String::as_str));
+        let c = ControllerProcess::start_with(self.server, &self.controller_kubeconfig, NS, &identity, &args);
         *self.controller.lock().expect("lock") = Some(c);
     }
 
@@ -141,7 +154,7 @@ impl Rig {
         if agent_ip().is_some() {
             self.agent_pod(&identity, ip, port);
         }
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "agent".into(),
             format!("--pool={POOL}"),
             format!("--node-name={node}"),
@@ -160,6 +173,7 @@ impl Rig {
             format!("--pod-name={identity}"),
             "--upload-wait-seconds=20".into(),
         ];
+        args.extend(self.extra.agent.iter().cloned());
         let log = self.server.dir.join(format!("agent-{node}.log"));
         let process = Supervised::spawn(
             &format!("kiln agent {node}"),

@@ -1,6 +1,7 @@
 //! Shared test support: real processes (kube-apiserver, etcd, dockerd) and their clean-up.
 #![allow(dead_code)]
 
+pub mod api_requests;
 pub mod apiserver;
 pub mod buildkit;
 pub mod docker;

@@ -249,30 +249,20 @@ fn progress_message(status: &ImageBuildStatus) -> String {
     }
 }
 
+/// Events on transitions that deserve a person's attention. A first attempt that succeeds
+/// publishes none: the status says it all, and an event is an API write per build (per node
+/// for allNodes), the largest avoidable cost at scale. Failures publish a Warning; a success
+/// after retries closes the story its `Retrying` warnings opened.
 fn transition_events(previous: &ImageBuildStatus, next: &ImageBuildStatus, events: &mut Vec<Event>) {
-    for n in &next.nodes {
-        let before = previous
-            .nodes
-            .iter()
-            .find(|p| p.name == n.name && p.attempt == n.attempt)
-            .and_then(|p| p.phase);
-        if n.phase == Some(NodeBuildPhase::Running) && before != Some(NodeBuildPhase::Running) {
-            events.push(Event {
-                warning: false,
-                reason: "Started",
-                note: format!("attempt {} started on node {}", n.attempt.unwrap_or(1), n.name),
-            });
-        }
-    }
     if next.phase == previous.phase && next.observed_generation == previous.observed_generation {
         return;
     }
     match next.phase {
-        Some(BuildPhase::Succeeded) => events.push(Event {
+        Some(BuildPhase::Succeeded) if next.nodes.iter().any(|n| n.attempt.unwrap_or(1) > 1) => events.push(Event {
             warning: false,
             reason: "Succeeded",
             note: format!(
-                "built {}",
+                "built {} after retries",
                 next.image_ref
                     .clone()
                     .or_else(|| next.digest.clone())

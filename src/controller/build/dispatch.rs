@@ -54,16 +54,14 @@ pub(super) fn first_attempts(
             // A first attempt's timeout starts now (with allNodes, per node).
             let deadline = deadline_of(scope, &[]);
             for node in nodes.into_iter().filter(|n| !slots.contains_key(&Some(n.clone()))) {
-                let note = if slots.is_empty() {
-                    format!("attempt 1 on node {node}")
-                } else {
-                    format!("attempt 1 on node {node}, which joined the pool's ready builders")
-                };
-                plan.events.push(Event {
-                    warning: false,
-                    reason: "Scheduled",
-                    note,
-                });
+                // The first dispatch is in the status (`nodes`); a node joining later is news.
+                if !slots.is_empty() {
+                    plan.events.push(Event {
+                        warning: false,
+                        reason: "Scheduled",
+                        note: format!("attempt 1 on node {node}, which joined the pool's ready builders"),
+                    });
+                }
                 plan.create.push(node_build(scope, &node, 1, deadline));
             }
         }

@@ -6,6 +6,7 @@ mod dispatch;
 pub mod grants;
 mod judge;
 pub mod naming;
+pub mod pacing;
 pub mod plan;
 #[cfg(test)]
 mod plan_tests;

@@ -17,10 +17,10 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use super::grants;
 use super::naming::CACHE_KEY_LABEL;
 use super::plan::{self, Observed, Plan};
 use super::schedule::Candidate;
+use super::{grants, pacing};
 use crate::api::conditions::{self, Desired, READY, STALLED, Status};
 use crate::api::image_build::ImageBuild;
 use crate::api::node_build::{IMAGE_BUILD_LABEL, NodeBuild, NodeBuildPhase};
@@ -32,11 +32,31 @@ pub const FINALIZER: &str = "kiln.dev/cancel-builds";
 /// How long deletion waits for agents to confirm cancellation.
 pub const CANCEL_GRACE: Duration = Duration::from_secs(30);
 
-/// In-memory start times for the dispatch metrics, keyed by `namespace/name` of the NodeBuild.
+/// In-memory start times: for the dispatch metrics, keyed by `namespace/name` of the
+/// NodeBuild, and when this controller first saw each ImageBuild generation (status pacing).
 #[derive(Default)]
 pub struct Timings {
     created: std::collections::HashMap<String, std::time::Instant>,
     queued: std::collections::HashMap<String, std::time::Instant>,
+    generations: std::collections::HashMap<(String, i64), std::time::Instant>,
+}
+
+/// Generations remembered for pacing are forgotten after this long (their status is written
+/// by then, or the build is gone).
+const FORGET_GENERATIONS: Duration = Duration::from_secs(60);
+
+/// How long this controller has known `build`'s current generation.
+fn known_for(ctx: &Context, build: &ImageBuild) -> Duration {
+    let Ok(mut t) = ctx.timings.lock() else {
+        return Duration::MAX;
+    };
+    let now = std::time::Instant::now();
+    let key = (build.uid().unwrap_or_default(), build.metadata.generation.unwrap_or(1));
+    if !t.generations.contains_key(&key) {
+        t.generations
+            .retain(|_, seen| now.duration_since(*seen) < FORGET_GENERATIONS);
+    }
+    now.duration_since(*t.generations.entry(key).or_insert(now))
 }
 
 /// Observes dispatch latency and queue wait for attempts that started since the last look.
@@ -183,8 +203,13 @@ async fn apply(ctx: &Context, builds: &Api<ImageBuild>, build: &ImageBuild, plan
         };
         ctx.metrics.build_finished(result, seconds);
     }
-    if build.status.as_ref() != Some(&plan.status) {
-        write_status(builds, build, &plan.status).await?;
+    let mut requeue = plan.requeue;
+    let previous = build.status.clone().unwrap_or_default();
+    if previous != plan.status {
+        match pacing::when(&previous, &plan.status, known_for(ctx, build), ctx.status_delay) {
+            pacing::Write::Now => write_status(builds, build, &plan.status).await?,
+            pacing::Write::After(wait) => requeue = Some(requeue.map_or(wait, |r| r.min(wait))),
+        }
     }
     if plan.delete {
         info!(build = %build.name_any(), "ttlSecondsAfterFinished passed; deleting");
@@ -194,7 +219,7 @@ async fn apply(ctx: &Context, builds: &Api<ImageBuild>, build: &ImageBuild, plan
             .map_err(Error::kube("delete expired ImageBuild"))?;
         return Ok(Action::await_change());
     }
-    Ok(plan.requeue.map(Action::requeue).unwrap_or_else(Action::await_change))
+    Ok(requeue.map(Action::requeue).unwrap_or_else(Action::await_change))
 }
 
 async fn cancel(node_builds: &Api<NodeBuild>, name: &str) -> Result<(), Error> {

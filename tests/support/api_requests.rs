@@ -1,0 +1,116 @@
+//! The apiserver's own request counters (`apiserver_request_total` on `/metrics`), to count
+//! the API writes kiln makes per build without trusting kiln's own bookkeeping.
+
+use std::collections::BTreeMap;
+
+use kube::Client;
+
+/// One counter's identity: verb, resource and subresource (e.g. `PATCH nodebuilds/status`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Key {
+    /// HTTP-ish verb as the apiserver labels it (`POST`, `PATCH`, `APPLY`, `LIST`, `WATCH`, …).
+    pub verb: String,
+    /// Plural resource, e.g. `nodebuilds`.
+    pub resource: String,
+    /// Subresource, e.g. `status`, or empty.
+    pub subresource: String,
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.subresource.is_empty() {
+            write!(f, "{} {}", self.verb, self.resource)
+        } else {
+            write!(f, "{} {}/{}", self.verb, self.resource, self.subresource)
+        }
+    }
+}
+
+impl Key {
+    /// True for requests that change something.
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self.verb.as_str(),
+            "POST" | "PUT" | "PATCH" | "APPLY" | "DELETE" | "DELETECOLLECTION"
+        )
+    }
+}
+
+/// A snapshot of every request counter, summed over response codes and scopes.
+#[derive(Clone, Debug, Default)]
+pub struct Requests(pub BTreeMap<Key, u64>);
+
+impl Requests {
+    /// Reads the apiserver's counters now (needs a client allowed to GET /metrics).
+    pub async fn read(client: &Client) -> Requests {
+        let req = http::Request::get("/metrics").body(Vec::new()).expect("request");
+        let text = client.request_text(req).await.expect("GET /metrics");
+        Requests::parse(&text)
+    }
+
+    /// Parses Prometheus text format.
+    pub fn parse(text: &str) -> Requests {
+        let mut out = BTreeMap::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+                continue;
+            };
+            let Some((labels, value)) = rest.rsplit_once("} ") else {
+                continue;
+            };
+            let label = |name: &str| {
+                labels
+                    .split("\",")
+                    .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
+                    .map(|v| v.trim_end_matches('"').to_owned())
+                    .unwrap_or_default()
+            };
+            let key = Key {
+                verb: label("verb"),
+                resource: label("resource"),
+                subresource: label("subresource"),
+            };
+            let n: f64 = value.trim().parse().unwrap_or(0.0);
+            *out.entry(key).or_insert(0) += n as u64;
+        }
+        Requests(out)
+    }
+
+    /// What happened between `before` and `self`, only counters that moved.
+    pub fn since(&self, before: &Requests) -> Requests {
+        Requests(
+            self.0
+                .iter()
+                .filter_map(|(k, v)| {
+                    let d = v.saturating_sub(before.0.get(k).copied().unwrap_or(0));
+                    (d > 0).then(|| (k.clone(), d))
+                })
+                .collect(),
+        )
+    }
+
+    /// Only writes to the given resources.
+    pub fn writes_to(&self, resources: &[&str]) -> Requests {
+        Requests(
+            self.0
+                .iter()
+                .filter(|(k, _)| k.is_write() && resources.contains(&k.resource.as_str()))
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+        )
+    }
+
+    /// Sum of all counters.
+    pub fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+}
+
+impl std::fmt::Display for Requests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (k, v) in &self.0 {
+            writeln!(f, "  {k:<32} {v}")?;
+        }
+        Ok(())
+    }
+}
