@@ -21,7 +21,7 @@ use kube::runtime::watcher;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::{Mutex, Semaphore, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::contexts::{ContextDigest, ContextStore, Wanted};
 use super::logs::LogStore;
@@ -150,6 +150,7 @@ impl Executor {
             .await;
             return;
         }
+        debug!(node_build = %key.1, "observed a new attempt");
         let (tx, rx) = watch::channel(Stop::Run);
         self.tracked.lock().await.insert(key.clone(), Tracked { stop: tx });
         tokio::spawn(async move {
@@ -278,6 +279,7 @@ impl Executor {
                 status,
             ));
         }
+        debug!(node_build = %name, "starting the solve");
         let mut handle = match self.start_solve(request).await {
             Ok(h) => h,
             Err(e) => {
@@ -516,6 +518,8 @@ impl StatusWriter {
             .await
         {
             warn!(node_build = %self.name, error = %e, "cannot write NodeBuild status");
+        } else {
+            debug!(node_build = %self.name, phase = ?status.phase, "status written");
         }
     }
 }

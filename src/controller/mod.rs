@@ -15,8 +15,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector::store::Writer};
 use kube::{Api, Client};
 use tracing::{debug, info, warn};
 
@@ -50,6 +51,10 @@ pub struct Context {
     pub timings: std::sync::Mutex<build::reconcile::Timings>,
     /// How long a new generation may go without an in-progress status ([`build::pacing`]).
     pub status_delay: Duration,
+    /// Every NodeBuild, as the build controller's watch keeps it (reads without API calls).
+    pub node_builds: reflector::Store<NodeBuild>,
+    /// The builders' heartbeat Leases, likewise.
+    pub heartbeat_leases: reflector::Store<Lease>,
 }
 
 /// Controller errors.
@@ -77,6 +82,9 @@ pub enum Error {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A watch cache of the build controller stopped (the controller is shutting down).
+    #[error("the {0} cache stopped; the controller is shutting down")]
+    CacheStopped(&'static str),
     /// The kiln CRDs are not installed.
     #[error("the kiln CRDs are not installed ({0}); install them with `kiln crds | kubectl apply --server-side -f -`")]
     CrdsMissing(kube::Error),
@@ -96,6 +104,7 @@ impl Error {
             Error::Leader(_) => "leader",
             Error::Listen { .. } => "listen",
             Error::CrdsMissing(_) => "crds",
+            Error::CacheStopped(_) => "cache",
         }
     }
 }
@@ -190,6 +199,8 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
             }
         }
     }
+    let (node_builds, node_builds_writer) = reflector::store();
+    let (heartbeat_leases, leases_writer) = reflector::store();
     let ctx = Arc::new(Context {
         client: client.clone(),
         namespace: settings.namespace.clone(),
@@ -198,6 +209,8 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         metrics,
         timings: std::sync::Mutex::default(),
         status_delay: settings.status_delay,
+        node_builds,
+        heartbeat_leases,
         recorder: Recorder::new(
             client.clone(),
             Reporter {
@@ -207,7 +220,10 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         ),
     });
     let controllers = async {
-        tokio::join!(pool_controller(ctx.clone()), build_controller(ctx));
+        tokio::join!(
+            pool_controller(ctx.clone()),
+            build_controller(ctx, node_builds_writer, leases_writer)
+        );
     };
     if settings.leader_election {
         tokio::select! {
@@ -256,7 +272,10 @@ async fn pool_controller(ctx: Arc<Context>) {
         .await;
 }
 
-async fn build_controller(ctx: Arc<Context>) {
+/// The ImageBuild controller. Its NodeBuild and heartbeat watches also fill the caches its
+/// reconciles read (`Context::node_builds`, `Context::heartbeat_leases`): a reconcile makes no
+/// list calls, and each watch event updates the cache before it triggers a reconcile.
+async fn build_controller(ctx: Arc<Context>, node_builds: Writer<NodeBuild>, leases: Writer<Lease>) {
     let client = ctx.client.clone();
     let heartbeats = watcher::Config::default().labels(&format!("{HEARTBEAT_LABEL}=true"));
     let controller = Controller::new(Api::<ImageBuild>::all(client.clone()), watcher::Config::default());
@@ -273,9 +292,17 @@ async fn build_controller(ctx: Arc<Context>) {
             .map(|b| ObjectRef::from_obj(&**b))
             .collect::<Vec<_>>()
     };
+    let node_builds = watcher(Api::<NodeBuild>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(node_builds)
+        .touched_objects();
+    let leases = watcher(Api::<Lease>::namespaced(client, &ctx.namespace), heartbeats)
+        .default_backoff()
+        .reflect(leases)
+        .touched_objects();
     controller
-        .owns(Api::<NodeBuild>::all(client.clone()), watcher::Config::default())
-        .watches(Api::<Lease>::namespaced(client, &ctx.namespace), heartbeats, waiting)
+        .owns_stream(node_builds)
+        .watches_stream(leases, waiting)
         .shutdown_on_signal()
         .run(timed_build_reconcile, build_error_policy, ctx)
         .for_each(|result| async move { log_outcome("ImageBuild", result) })

@@ -181,7 +181,7 @@ impl Rig {
             &args,
             &[
                 ("KUBECONFIG".into(), self.agent_kubeconfig.display().to_string()),
-                ("RUST_LOG".into(), "info,kube=warn".into()),
+                ("RUST_LOG".into(), super::kiln::log_filter()),
             ],
             &log,
             None,

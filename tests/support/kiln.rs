@@ -43,7 +43,7 @@ impl ControllerProcess {
             &args,
             &[
                 ("KUBECONFIG".into(), kubeconfig.display().to_string()),
-                ("RUST_LOG".into(), "info,kube=warn".into()),
+                ("RUST_LOG".into(), log_filter()),
             ],
             &log,
             None,
@@ -98,4 +98,10 @@ where
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// `RUST_LOG` of the kiln processes tests start: `$KILN_TEST_LOG`, else info without kube's
+/// chatter (the dispatch benchmark asks for `kiln=debug` to time each step).
+pub fn log_filter() -> String {
+    std::env::var("KILN_TEST_LOG").unwrap_or_else(|_| "info,kube=warn".to_owned())
 }

@@ -22,6 +22,7 @@ use super::plan::{self, Observed, Plan};
 use super::schedule::Candidate;
 use super::{grants, pacing};
 use crate::api::conditions::{self, Desired, READY, STALLED, Status};
+use crate::api::heartbeat::Heartbeat;
 use crate::api::image_build::ImageBuild;
 use crate::api::node_build::{IMAGE_BUILD_LABEL, NodeBuild, NodeBuildPhase};
 use crate::api::validation;
@@ -44,6 +45,32 @@ pub struct Timings {
 /// Generations remembered for pacing are forgotten after this long (their status is written
 /// by then, or the build is gone).
 const FORGET_GENERATIONS: Duration = Duration::from_secs(60);
+
+/// How long a NodeBuild this process created counts as existing while the watch cache has not
+/// shown it yet (so a reconcile that reads the cache just before it does creates nothing twice).
+const EXPECT_CREATED: Duration = Duration::from_secs(10);
+
+fn node_build_key(nb: &NodeBuild) -> String {
+    format!("{}/{}", nb.namespace().unwrap_or_default(), nb.name_any())
+}
+
+/// Records a NodeBuild this process created (for the dispatch-latency metric, and so
+/// [`just_created`] knows it).
+fn remember_created(ctx: &Context, nb: &NodeBuild) {
+    let Ok(mut t) = ctx.timings.lock() else { return };
+    let now = std::time::Instant::now();
+    t.created.retain(|_, at| now.duration_since(*at) < FORGET_GENERATIONS);
+    t.created.insert(node_build_key(nb), now);
+}
+
+/// True if this process created `nb` moments ago.
+fn just_created(ctx: &Context, nb: &NodeBuild) -> bool {
+    ctx.timings.lock().is_ok_and(|t| {
+        t.created
+            .get(&node_build_key(nb))
+            .is_some_and(|at| at.elapsed() < EXPECT_CREATED)
+    })
+}
 
 /// How long this controller has known `build`'s current generation.
 fn known_for(ctx: &Context, build: &ImageBuild) -> Duration {
@@ -85,8 +112,10 @@ fn observe_timings(ctx: &Context, node_builds: &[NodeBuild]) {
 /// Reconciles one ImageBuild.
 pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = build.namespace().unwrap_or_default();
+    debug!(build = %build.name_any(), generation = build.metadata.generation, "reconciling");
     let builds: Api<ImageBuild> = Api::namespaced(ctx.client.clone(), &ns);
     let node_builds = owned_node_builds(&ctx, &build).await?;
+    let node_builds: Vec<NodeBuild> = node_builds.iter().map(|nb| (**nb).clone()).collect();
     observe_timings(&ctx, &node_builds);
     if build.meta().deletion_timestamp.is_some() {
         return cleanup(&ctx, &builds, &build, &node_builds).await;
@@ -99,6 +128,7 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
             .patch(&build.name_any(), &PatchParams::default(), &Patch::Merge(&merge))
             .await
             .map_err(Error::kube("add finalizer"))?;
+        debug!(build = %build.name_any(), "finalizer added");
     }
     if let Err(invalid) = validation::image_build(&build.spec) {
         let mut status = build.status.clone().unwrap_or_default();
@@ -123,8 +153,9 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
     }
 
     let pool = build.spec.pool().to_owned();
-    let heartbeats = crate::controller::heartbeats(&ctx, &pool).await?;
+    let heartbeats = cached_heartbeats(&ctx, &pool).await?;
     let labels = node_labels(&ctx, &build).await?;
+    debug!(build = %build.name_any(), "builders read");
     let generation = build.metadata.generation.unwrap_or(1);
     let first_dispatch = !node_builds.iter().any(|nb| nb.spec.generation == generation);
     let affinity = if first_dispatch {
@@ -146,6 +177,7 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
         now: Timestamp::now(),
     };
     let plan = plan::decide(&observed);
+    debug!(build = %build.name_any(), "decided");
     apply(&ctx, &builds, &build, plan).await
 }
 
@@ -169,8 +201,13 @@ async fn apply(ctx: &Context, builds: &Api<ImageBuild>, build: &ImageBuild, plan
         grants::ensure(ctx, build).await?;
     }
     for nb in &plan.create {
+        if just_created(ctx, nb) {
+            // Created by an earlier reconcile, and the watch cache has not caught up yet.
+            continue;
+        }
         match node_builds.create(&PostParams::default(), nb).await {
             Ok(_) => {
+                remember_created(ctx, nb);
                 info!(build = %build.name_any(), node_build = %nb.name_any(), node = %nb.spec.node_name, "dispatched")
             }
             Err(kube::Error::Api(s)) if s.is_already_exists() => {}
@@ -304,16 +341,33 @@ async fn cleanup(
     }
 }
 
-async fn owned_node_builds(ctx: &Context, build: &ImageBuild) -> Result<Vec<NodeBuild>, Error> {
-    let api: Api<NodeBuild> = Api::namespaced(ctx.client.clone(), &build.namespace().unwrap_or_default());
-    let params = ListParams::default().labels(&format!("{IMAGE_BUILD_LABEL}={}", build.name_any()));
-    let uid = build.uid();
-    let list = api.list(&params).await.map_err(Error::kube("list NodeBuilds"))?;
+/// This ImageBuild's NodeBuilds, from the watch cache (see `controller::build_controller`).
+async fn owned_node_builds(ctx: &Context, build: &ImageBuild) -> Result<Vec<Arc<NodeBuild>>, Error> {
+    ctx.node_builds
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::CacheStopped("NodeBuild"))?;
+    let (ns, name, uid) = (build.namespace(), build.name_any(), build.uid());
     // Only this object's attempts: a re-created ImageBuild of the same name has another uid.
-    Ok(list
-        .items
-        .into_iter()
-        .filter(|nb| nb.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref()))
+    Ok(ctx.node_builds.state_filter(|nb| {
+        nb.namespace() == ns
+            && nb.labels().get(IMAGE_BUILD_LABEL) == Some(&name)
+            && nb.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref())
+    }))
+}
+
+/// The pool's heartbeats, from the watch cache.
+async fn cached_heartbeats(ctx: &Context, pool: &str) -> Result<Vec<Heartbeat>, Error> {
+    ctx.heartbeat_leases
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::CacheStopped("heartbeat Lease"))?;
+    Ok(ctx
+        .heartbeat_leases
+        .state()
+        .iter()
+        .filter_map(|lease| Heartbeat::from_lease(lease))
+        .filter(|beat| beat.pool == pool)
         .collect())
 }
 
@@ -345,16 +399,14 @@ async fn node_labels(ctx: &Context, build: &ImageBuild) -> Result<BTreeMap<Strin
 /// The node that most recently built the same source and Dockerfile successfully.
 async fn affinity(ctx: &Context, build: &ImageBuild) -> Option<String> {
     let key = super::naming::cache_key(&build.spec.recipe);
-    let api: Api<NodeBuild> = Api::all(ctx.client.clone());
-    let list = api
-        .list(&ListParams::default().labels(&format!("{CACHE_KEY_LABEL}={key}")))
-        .await
-        .ok()?;
-    list.items
+    ctx.node_builds
+        .state_filter(|nb| {
+            nb.labels().get(CACHE_KEY_LABEL) == Some(&key)
+                && nb.status.as_ref().and_then(|s| s.phase) == Some(NodeBuildPhase::Succeeded)
+        })
         .into_iter()
-        .filter(|nb| nb.status.as_ref().and_then(|s| s.phase) == Some(NodeBuildPhase::Succeeded))
         .max_by_key(|nb| nb.status.as_ref().and_then(|s| s.completion_time.as_ref()).map(|t| t.0))
-        .map(|nb| nb.spec.node_name)
+        .map(|nb| nb.spec.node_name.clone())
 }
 
 async fn write_status(
@@ -371,6 +423,7 @@ async fn write_status(
         )
         .await
         .map_err(Error::kube("write ImageBuild status"))?;
+    debug!(build = %build.name_any(), phase = ?status.phase, "status written");
     Ok(())
 }
 
