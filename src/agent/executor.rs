@@ -3,8 +3,12 @@
 //! A label-selected watch sees only NodeBuilds bound to this node and pool. An attempt whose
 //! context is uploaded (`kiln build`) first waits for those bytes, reporting `WaitingForUpload`
 //! and where to send them, without taking a slot. Each unfinished one runs once a build slot is
-//! free (`--max-concurrent-builds`; the rest report `Queued` with their position). Progress goes to status at most about once a second, the final state
-//! always. Cancellation (`spec.cancel`, deletion, or the deadline) cancels the BuildKit solve.
+//! free (`--max-concurrent-builds`; only those that have to wait report `Queued`, with their
+//! position). A build is reported `Running` only once it has run for `--progress-delay-ms`, and
+//! its progress at most about once a second after that; the outcome always, never overtaken by
+//! an intermediate write. So a cached build costs one status write. Solves share one kept
+//! BuildKit connection. Cancellation (`spec.cancel`, deletion, or the deadline) cancels the
+//! BuildKit solve.
 //! An attempt left `Running` by an earlier agent instance is failed with `AgentRestarted`, so
 //! the controller retries it instead of waiting forever.
 
