@@ -3,6 +3,7 @@
 //! - [`ImageBuild`]: a user's request to build one image (namespaced, like a Job).
 //! - [`NodeBuild`]: one attempt of an `ImageBuild` on one node (namespaced, like a Pod).
 //! - [`BuilderPool`]: where and how BuildKit builders run (cluster-scoped).
+//! - [`image_policy`]: which image names builds in each namespace may write to the nodes.
 //!
 //! Everything here is free of I/O, so the controller, the agent and the CLI share it and it is
 //! tested without a server.
@@ -16,6 +17,8 @@ pub mod crds;
 pub mod heartbeat;
 #[allow(clippy::duplicated_attributes)]
 pub mod image_build;
+pub mod image_pattern;
+pub mod image_policy;
 #[allow(clippy::duplicated_attributes)]
 pub mod node_build;
 pub mod recipe;
