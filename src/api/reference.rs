@@ -68,9 +68,6 @@ impl Reference {
             }
             None => (rest, None),
         };
-        if name.len() > MAX_NAME_LEN {
-            return Err(ReferenceError::NameTooLong);
-        }
         let (domain, path) = split_domain(name);
         if let Some(domain) = &domain {
             validate_domain(domain).map_err(|()| ReferenceError::InvalidName(name.to_owned()))?;
@@ -83,6 +80,11 @@ impl Reference {
             Some(d) if d == "index.docker.io" || d == DOCKER_HUB => (DOCKER_HUB.to_owned(), normalise_hub_path(path)),
             Some(d) => (d, path.to_owned()),
         };
+        // The limit is on the normalised name, as `distribution/reference` checks it: `app` is
+        // `docker.io/library/app` to the kubelet, and a longer name would not parse back.
+        if domain.len() + 1 + path.len() > MAX_NAME_LEN {
+            return Err(ReferenceError::NameTooLong);
+        }
         Ok(Self {
             domain,
             path,
@@ -273,5 +275,24 @@ mod tests {
         ));
         assert_eq!(Reference::parse(&"a".repeat(300)), Err(ReferenceError::NameTooLong));
         assert!(Reference::parse("a__b/c-----d.e").is_ok());
+    }
+
+    /// A 255-character Docker Hub name passed the length check before normalisation, and its
+    /// normalised form (`docker.io/library/…`, 273 characters) did not parse back: the fuzz
+    /// target's round trip (fuzz/fuzz_targets/reference.rs, input corpus/reference/seed-15).
+    #[test]
+    fn the_name_limit_applies_to_the_normalised_name() {
+        assert_eq!(Reference::parse(&"a".repeat(255)), Err(ReferenceError::NameTooLong));
+        assert_eq!(Reference::parse(&"a".repeat(238)), Err(ReferenceError::NameTooLong));
+        let longest = Reference::parse(&"a".repeat(237)).expect("255 characters once normalised");
+        assert_eq!(longest.name().len(), 255);
+        assert_eq!(Reference::parse(&longest.to_string()), Ok(longest));
+        // index.docker.io/x/y is shorter once normalised to docker.io/x/y.
+        let path = format!("x/{}", "a".repeat(243));
+        assert!(Reference::parse(&format!("index.docker.io/{path}")).is_ok());
+        assert_eq!(
+            Reference::parse(&format!("index.docker.io/{path}a")),
+            Err(ReferenceError::NameTooLong)
+        );
     }
 }
