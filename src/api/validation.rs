@@ -127,12 +127,13 @@ fn recipe(r: &BuildRecipe, at: &str, errs: &mut Collector) {
     if r.dockerfile.is_some() && r.dockerfile_inline.is_some() {
         errs.add(at.to_owned(), "set either dockerfile or dockerfileInline, not both");
     }
+    // A blank path passes the path check but the agent's BuildKit request refuses it.
     if let Some(path) = &r.dockerfile
-        && !is_relative_inside(path)
+        && (!is_relative_inside(path) || path.trim().is_empty())
     {
         errs.add(
             format!("{at}.dockerfile"),
-            format!("{path:?} must be a relative path inside the context (no '..', no leading '/')"),
+            format!("{path:?} must be a relative path inside the context (not blank, no '..', no leading '/')"),
         );
     }
     for name in r.build_args.keys() {
@@ -365,6 +366,19 @@ mod tests {
             ..Default::default()
         });
         assert!(errors(&spec).has("spec.source.git.subPath"));
+    }
+
+    /// Found by fuzzing (fuzz/corpus/build_paths/seed-07): a blank Dockerfile path was admitted,
+    /// then refused by the agent's BuildKit request ("the Dockerfile path is empty").
+    #[test]
+    fn rejects_a_blank_dockerfile_path() {
+        let mut spec = valid();
+        for blank in [" ", "\t", " \n "] {
+            spec.recipe.dockerfile = Some(blank.into());
+            assert!(errors(&spec).has("spec.dockerfile"), "{blank:?}");
+        }
+        spec.recipe.dockerfile = Some(" Dockerfile".into());
+        assert_eq!(image_build(&spec), Ok(()));
     }
 
     #[test]
