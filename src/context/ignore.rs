@@ -114,14 +114,13 @@ impl IgnoreRules {
         if path.is_empty() || path == "." {
             return false;
         }
-        let parents: Vec<&str> = path.match_indices('/').map(|(at, _)| &path[..at]).collect();
         let mut excluded = false;
         for pattern in &self.patterns {
             // Skip what cannot change the outcome: exclusions once excluded, exceptions while kept.
             if pattern.exception != excluded {
                 continue;
             }
-            if pattern.kind.matches(path) || parents.iter().any(|dir| pattern.kind.matches(dir)) {
+            if pattern.kind.matches_or_parent_matches(path) {
                 excluded = !pattern.exception;
             }
         }
@@ -392,15 +391,33 @@ impl Kind {
             Kind::Suffix(suffix) => {
                 path.ends_with(suffix.as_str()) || suffix.strip_prefix('/').is_some_and(|bare| path == bare)
             }
-            Kind::Glob(tokens) => glob_matches(tokens, path),
+            Kind::Glob(tokens) => {
+                let chars: Vec<char> = path.chars().collect();
+                glob_reach(tokens, &chars)[chars.len()]
+            }
+        }
+    }
+
+    /// True when `path` or one of its parent directories (each prefix before a `/`) matches.
+    ///
+    /// A glob is run once over the whole path: the anchored match of a prefix depends only on
+    /// that prefix, so one pass answers for every parent, in O(tokens × chars) rather than
+    /// O(depth × tokens × chars), which on a deep path was slow enough to stall a build.
+    fn matches_or_parent_matches(&self, path: &str) -> bool {
+        match self {
+            Kind::Glob(tokens) => {
+                let chars: Vec<char> = path.chars().collect();
+                let reach = glob_reach(tokens, &chars);
+                reach[chars.len()] || chars.iter().zip(&reach).any(|(ch, matched)| *ch == '/' && *matched)
+            }
+            _ => self.matches(path) || path.match_indices('/').any(|(at, _)| self.matches(&path[..at])),
         }
     }
 }
 
-/// Anchored glob match in O(tokens × chars): `reach[j]` says the tokens so far can consume
-/// exactly the first `j` characters.
-fn glob_matches(tokens: &[Token], path: &str) -> bool {
-    let chars: Vec<char> = path.chars().collect();
+/// Anchored glob match in O(tokens × chars): `reach[j]` says the tokens can consume exactly
+/// the first `j` characters.
+fn glob_reach(tokens: &[Token], chars: &[char]) -> Vec<bool> {
     let n = chars.len();
     let mut reach = vec![false; n + 1];
     reach[0] = true;
@@ -435,7 +452,7 @@ fn glob_matches(tokens: &[Token], path: &str) -> bool {
         }
         std::mem::swap(&mut reach, &mut next);
     }
-    reach[n]
+    reach
 }
 
 impl Token {

@@ -249,3 +249,35 @@ fn empty_rules_exclude_nothing() {
     let blank = rules("# only a comment\n\n");
     assert!(!blank.excludes("only"));
 }
+
+#[test]
+fn deep_paths_are_matched_against_their_parents_in_one_pass() {
+    // Each parent directory of a path used to be globbed on its own: O(depth × length) per
+    // pattern and path, so a deep tree took quadratic time per file. The dockerignore fuzz
+    // target hit its 10 s timeout on a path 1000 directories deep (fuzz/corpus/dockerignore/
+    // seed-25); at this depth the old matching took seconds, one pass takes microseconds.
+    let deep = "b/".repeat(10_000);
+    let started = std::time::Instant::now();
+    let many_dirs = format!("{}a\n", "**/".repeat(16));
+    check(
+        &many_dirs,
+        &[
+            (&format!("{deep}a"), true),
+            (&format!("{deep}c"), false),
+            (&format!("{deep}a/x/y"), true),
+        ],
+    );
+    check(
+        "b/*/b\n",
+        &[(&format!("{deep}c"), true), ("b/c", false), ("b/c/b", true)],
+    );
+    check(
+        "!x\n*\n!b/b\n",
+        &[(&format!("{deep}c"), false), ("c", true), ("b/c", true)],
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
