@@ -40,6 +40,8 @@ use crate::buildkit::{
 
 /// Field manager of the agent's status writes.
 pub const STATUS_FIELD_MANAGER: &str = "kiln-agent";
+/// How long an ended attempt is remembered: longer than any watch lag or re-list.
+const ENDED_MEMORY: Duration = Duration::from_secs(3600);
 /// Minimum time between two progress writes of one build.
 const THROTTLE: Duration = Duration::from_secs(1);
 
@@ -69,6 +71,10 @@ pub struct Executor {
     queue: Mutex<Vec<(String, String)>>,
     /// The connection to the node's BuildKit, kept between builds.
     buildkit: Mutex<Option<BuildKit>>,
+    /// Attempts (by uid) this agent has written an outcome for. A watch can still deliver
+    /// older states of them, e.g. its `Queued` report when the stream lags behind a busy
+    /// apiserver: those must not run the attempt again.
+    ended: std::sync::Mutex<HashMap<String, Instant>>,
 }
 
 impl Executor {
@@ -95,6 +101,7 @@ impl Executor {
             tracked: Mutex::default(),
             queue: Mutex::default(),
             buildkit: Mutex::default(),
+            ended: std::sync::Mutex::default(),
         })
     }
 
@@ -125,7 +132,7 @@ impl Executor {
     async fn observe(self: Arc<Self>, nb: NodeBuild) {
         let key = (nb.namespace().unwrap_or_default(), nb.name_any());
         let status = nb.status.clone().unwrap_or_default();
-        if status.phase.is_some_and(NodeBuildPhase::is_finished) {
+        if status.phase.is_some_and(NodeBuildPhase::is_finished) || self.has_ended(&nb) {
             return;
         }
         if let Some(t) = self.tracked.lock().await.get(&key) {
@@ -154,7 +161,7 @@ impl Executor {
             .await;
             return;
         }
-        debug!(node_build = %key.1, "observed a new attempt");
+        debug!(node_build = %key.1, node = %self.settings.node, resource_version = ?nb.resource_version(), "observed a new attempt");
         let (tx, rx) = watch::channel(Stop::Run);
         self.tracked.lock().await.insert(key.clone(), Tracked { stop: tx });
         tokio::spawn(async move {
@@ -163,7 +170,25 @@ impl Executor {
         });
     }
 
+    /// True if this agent already wrote `nb`'s outcome (the event is older than that).
+    fn has_ended(&self, nb: &NodeBuild) -> bool {
+        let uid = nb.uid().unwrap_or_default();
+        self.ended.lock().is_ok_and(|e| e.contains_key(&uid))
+    }
+
+    /// Remembers that `nb`'s outcome is written, for [`ENDED_MEMORY`].
+    fn mark_ended(&self, nb: &NodeBuild) {
+        if let Ok(mut ended) = self.ended.lock() {
+            let now = Instant::now();
+            ended.retain(|_, at| now.duration_since(*at) < ENDED_MEMORY);
+            ended.insert(nb.uid().unwrap_or_default(), now);
+        }
+    }
+
     async fn deleted(&self, nb: &NodeBuild) {
+        if let Ok(mut ended) = self.ended.lock() {
+            ended.remove(&nb.uid().unwrap_or_default());
+        }
         let key = (nb.namespace().unwrap_or_default(), nb.name_any());
         if let Some(t) = self.tracked.lock().await.get(&key) {
             let _ = t.stop.send(Stop::Deleted);
@@ -205,6 +230,7 @@ impl Executor {
         progress.close().await;
         if let Some(done) = outcome {
             self.write(&nb, &done).await;
+            self.mark_ended(&nb);
         }
     }
 
@@ -284,7 +310,11 @@ impl Executor {
             ));
         }
         debug!(node_build = %name, "starting the solve");
-        let mut handle = match self.start_solve(request).await {
+        let solve = match &self.settings.simulated {
+            Some(simulated) => Ok(simulated.solve(&format!("{ns}/{name}"), request.export.names.clone())),
+            None => self.start_solve(request).await,
+        };
+        let mut handle = match solve {
             Ok(h) => h,
             Err(e) => {
                 return Some(finished(
@@ -470,6 +500,7 @@ impl Executor {
     ) {
         self.write(nb, &finished(&self.settings, phase, reason, message, status))
             .await;
+        self.mark_ended(nb);
     }
 
     async fn write(&self, nb: &NodeBuild, status: &NodeBuildStatus) {

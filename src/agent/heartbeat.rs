@@ -73,6 +73,9 @@ async fn check(settings: &Settings, buildkit: &mut Option<Client>) -> Check {
 }
 
 async fn ask(settings: &Settings, buildkit: &mut Option<Client>) -> Check {
+    if settings.simulated.is_some() {
+        return Check::Up(vec![super::simulated::SimulatedBuildKit::worker()]);
+    }
     if buildkit.is_none() {
         match Client::connect(&settings.buildkit, settings.tls.clone()).await {
             Ok(c) => *buildkit = Some(c),

@@ -9,6 +9,7 @@ pub mod heartbeat;
 pub mod logs;
 pub mod request;
 pub mod server;
+pub mod simulated;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -64,6 +65,9 @@ pub struct Settings {
     pub buildkit_tmp: Option<std::path::PathBuf>,
     /// How long a build runs before it is reported `Running` (see [`DEFAULT_PROGRESS_DELAY_MS`]).
     pub progress_delay: Duration,
+    /// The scale harness's stand-in for BuildKit ([`simulated`]); `None` (always, outside the
+    /// harness) builds on `buildkit`.
+    pub simulated: Option<Arc<simulated::SimulatedBuildKit>>,
 }
 
 /// Default of `--progress-delay-ms`. Intermediate states cost API writes and are only worth

@@ -396,6 +396,23 @@ pub struct BuildHandle {
 }
 
 impl BuildHandle {
+    /// A handle over channels some other backend drives: its events, its result, and the
+    /// signal it receives on cancellation. For stand-ins only (the scale harness's simulated
+    /// builders, `agent::simulated`); BuildKit builds come from [`Client::build`].
+    pub fn from_channels(
+        build_ref: String,
+        events: mpsc::UnboundedReceiver<ProgressEvent>,
+        result: oneshot::Receiver<Result<BuildOutput, Error>>,
+        cancel: oneshot::Sender<()>,
+    ) -> Self {
+        Self {
+            build_ref,
+            events,
+            result: Some(result),
+            cancel: Some(cancel),
+        }
+    }
+
     /// The build's ref (BuildKit's job ID for it).
     pub fn build_ref(&self) -> &str {
         &self.build_ref

@@ -144,6 +144,7 @@ pub(super) fn run(args: Args) -> u8 {
             context_listen: args.context_listen,
             buildkit_tmp: args.buildkit_tmp,
             progress_delay: Duration::from_millis(args.progress_delay_ms),
+            simulated: None,
         };
         match agent::run(client, settings).await {
             Ok(()) => exit::OK,

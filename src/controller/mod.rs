@@ -46,9 +46,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Publishes events on the objects it reconciles.
     pub recorder: Recorder,
-    /// When this process created each NodeBuild, or first saw it queued, until it starts
-    /// (for the dispatch-latency and queue-wait metrics; lost on restart, which only skips a sample).
-    pub timings: std::sync::Mutex<build::reconcile::Timings>,
+    /// What the build controller remembers between reconciles ([`build::memory`]).
+    pub memory: std::sync::Mutex<build::memory::Memory>,
     /// How long a new generation may go without an in-progress status ([`build::pacing`]).
     pub status_delay: Duration,
     /// Every NodeBuild, as the build controller's watch keeps it (reads without API calls).
@@ -207,7 +206,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         agent_image: settings.agent_image.clone(),
         agent_service_account: settings.agent_service_account.clone(),
         metrics,
-        timings: std::sync::Mutex::default(),
+        memory: std::sync::Mutex::default(),
         status_delay: settings.status_delay,
         node_builds,
         heartbeat_leases,
@@ -280,15 +279,38 @@ async fn build_controller(ctx: Arc<Context>, node_builds: Writer<NodeBuild>, lea
     let heartbeats = watcher::Config::default().labels(&format!("{HEARTBEAT_LABEL}=true"));
     let controller = Controller::new(Api::<ImageBuild>::all(client.clone()), watcher::Config::default());
     let store = controller.store();
+    let attempts = ctx.node_builds.clone();
     // A heartbeat wakes the builds it may concern (see `build::plan::woken_by`).
     let waiting = move |lease: Lease| {
         let Some(beat) = Heartbeat::from_lease(&lease) else {
             return Vec::new();
         };
+        let under_way: std::collections::HashSet<(String, String)> = attempts
+            .state()
+            .iter()
+            .filter(|nb| {
+                !nb.status
+                    .as_ref()
+                    .and_then(|s| s.phase)
+                    .is_some_and(|p| p.is_finished())
+            })
+            .map(|nb| {
+                (
+                    nb.metadata.namespace.clone().unwrap_or_default(),
+                    nb.spec.image_build.clone(),
+                )
+            })
+            .collect();
         store
             .state()
             .iter()
-            .filter(|b| build::plan::woken_by(b, &beat))
+            .filter(|b| {
+                let key = (
+                    b.metadata.namespace.clone().unwrap_or_default(),
+                    b.metadata.name.clone().unwrap_or_default(),
+                );
+                build::plan::woken_by(b, &beat, under_way.contains(&key))
+            })
             .map(|b| ObjectRef::from_obj(&**b))
             .collect::<Vec<_>>()
     };

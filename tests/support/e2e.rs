@@ -31,6 +31,20 @@ pub const POOL: &str = "default";
 /// Agents' heartbeat validity in the rig (short, so lost nodes show quickly).
 pub const LEASE_SECONDS: u64 = 6;
 
+/// Installs kiln's namespace, RBAC and ServiceAccounts as `kiln manifests` makes them, without
+/// the controller Deployment and the default pool (the tests run both their own way).
+pub fn install(server: &ApiServer) {
+    let manifests: Vec<Value> = kiln::deploy::manifests(&kiln::deploy::Install::default())
+        .into_iter()
+        .filter(|m| m["kind"] != "Deployment" && m["kind"] != "BuilderPool")
+        .collect();
+    let yaml: String = manifests
+        .iter()
+        .map(|m| format!("---\n{}", serde_yaml::to_string(m).expect("yaml")))
+        .collect();
+    server.apply_manifests(&yaml);
+}
+
 /// The running parts.
 pub struct Rig {
     /// The apiserver.
@@ -69,15 +83,7 @@ impl Rig {
     pub async fn start_tuned(nodes: &[&str], extra: Tuning) -> Rig {
         let server = ApiServer::shared().await;
         let docker = DockerDaemon::shared();
-        let manifests: Vec<Value> = kiln::deploy::manifests(&kiln::deploy::Install::default())
-            .into_iter()
-            .filter(|m| m["kind"] != "Deployment" && m["kind"] != "BuilderPool")
-            .collect();
-        let yaml: String = manifests
-            .iter()
-            .map(|m| format!("---\n{}", serde_yaml::to_string(m).expect("yaml")))
-            .collect();
-        server.apply_manifests(&yaml);
+        install(server);
         let client = server.client().await;
         let pool = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "BuilderPool", "metadata": {"name": POOL},
                           "spec": {"nodeSelector": {"kiln.dev/e2e": "true"}, "maxConcurrentBuilds": 2}});

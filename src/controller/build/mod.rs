@@ -5,6 +5,7 @@ mod aggregate;
 mod dispatch;
 pub mod grants;
 mod judge;
+pub mod memory;
 pub mod naming;
 pub mod pacing;
 pub mod plan;

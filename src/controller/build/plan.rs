@@ -121,10 +121,11 @@ fn finished_before(scope: &Scope<'_>) -> bool {
 }
 
 /// Whether a heartbeat from `beat`'s builder can change what `build` does, and so is worth a
-/// reconcile: an unfinished build of its pool (a builder appeared, went, or freed a slot), or
-/// an allNodes build that has not been on that node yet (it joined). A renewal of anything
-/// else is no news.
-pub fn woken_by(build: &ImageBuild, beat: &Heartbeat) -> bool {
+/// reconcile: an unfinished build of its pool with no attempt under way (waiting for a builder
+/// to appear), or an allNodes build that has not been on that node yet (it joined). A build
+/// whose attempt runs is not: its NodeBuild's changes wake it, and the attempt's node going
+/// quiet is a requeue at that heartbeat's expiry. So renewals cost nothing per running build.
+pub fn woken_by(build: &ImageBuild, beat: &Heartbeat, attempt_under_way: bool) -> bool {
     if build.spec.pool() != beat.pool {
         return false;
     }
@@ -132,5 +133,5 @@ pub fn woken_by(build: &ImageBuild, beat: &Heartbeat) -> bool {
     let finished = status.and_then(|s| s.phase).is_some_and(BuildPhase::is_finished);
     let all_nodes = build.spec.placement.as_ref().is_some_and(|p| p.all_nodes);
     let been_there = status.is_some_and(|s| s.nodes.iter().any(|n| n.name == beat.node));
-    !finished || (all_nodes && !been_there)
+    (!finished && !attempt_under_way) || (all_nodes && !been_there)
 }

@@ -55,6 +55,7 @@ fn plan_at(b: &ImageBuild, nbs: &[NodeBuild], beats: &[Heartbeat], now: i64) -> 
             .map(|h| Candidate {
                 heartbeat: h,
                 labels: None,
+                assigned: 0,
             })
             .collect(),
         affinity: None,
@@ -383,13 +384,20 @@ fn all_nodes_builds_on_a_node_that_joins_later_with_its_own_timeout() {
 }
 
 #[test]
-fn heartbeats_wake_unfinished_builds_and_all_nodes_builds_on_new_nodes() {
+fn heartbeats_wake_builds_waiting_for_a_builder_and_all_nodes_builds_on_new_nodes() {
     use super::plan::woken_by;
     let single = build(|_| {});
-    assert!(woken_by(&single, &beat("n1", 0)), "an unfinished build of the pool");
+    assert!(
+        woken_by(&single, &beat("n1", 0), false),
+        "an unfinished build waiting for a builder"
+    );
+    assert!(
+        !woken_by(&single, &beat("n1", 0), true),
+        "a build whose attempt runs: renewals are no news to it"
+    );
     let mut other_pool = beat("n1", 0);
     other_pool.pool = "gpu".into();
-    assert!(!woken_by(&single, &other_pool));
+    assert!(!woken_by(&single, &other_pool, false));
 
     let nb = reported(
         plan_at(&single, &[], &[beat("n1", 0)], 0).create.remove(0),
@@ -400,15 +408,18 @@ fn heartbeats_wake_unfinished_builds_and_all_nodes_builds_on_new_nodes() {
     );
     let mut done = single.clone();
     done.status = Some(plan_at(&single, &[nb], &[beat("n1", 0)], 3).status);
-    assert!(!woken_by(&done, &beat("n2", 4)), "a finished single-node build");
+    assert!(!woken_by(&done, &beat("n2", 4), false), "a finished single-node build");
 
     let mut everywhere = done.clone();
     everywhere.spec.placement = Some(Placement {
         all_nodes: true,
         ..Default::default()
     });
-    assert!(!woken_by(&everywhere, &beat("n1", 4)), "a renewal from a node it is on");
-    assert!(woken_by(&everywhere, &beat("n2", 4)), "a node it has not been on");
+    assert!(
+        !woken_by(&everywhere, &beat("n1", 4), false),
+        "a renewal from a node it is on"
+    );
+    assert!(woken_by(&everywhere, &beat("n2", 4), true), "a node it has not been on");
 }
 
 #[test]

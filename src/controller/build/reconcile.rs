@@ -17,6 +17,10 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
+use super::memory::{
+    assigned_load, finalizer_added, just_created, just_created_attempts, known_for, observe_timings, remember_created,
+    remember_finalizer, remember_written, remembered_status,
+};
 use super::naming::CACHE_KEY_LABEL;
 use super::plan::{self, Observed, Plan};
 use super::schedule::Candidate;
@@ -33,101 +37,40 @@ pub const FINALIZER: &str = "kiln.dev/cancel-builds";
 /// How long deletion waits for agents to confirm cancellation.
 pub const CANCEL_GRACE: Duration = Duration::from_secs(30);
 
-/// In-memory start times: for the dispatch metrics, keyed by `namespace/name` of the
-/// NodeBuild, and when this controller first saw each ImageBuild generation (status pacing).
-#[derive(Default)]
-pub struct Timings {
-    created: std::collections::HashMap<String, std::time::Instant>,
-    queued: std::collections::HashMap<String, std::time::Instant>,
-    generations: std::collections::HashMap<(String, i64), std::time::Instant>,
-}
-
-/// Generations remembered for pacing are forgotten after this long (their status is written
-/// by then, or the build is gone).
-const FORGET_GENERATIONS: Duration = Duration::from_secs(60);
-
-/// How long a NodeBuild this process created counts as existing while the watch cache has not
-/// shown it yet (so a reconcile that reads the cache just before it does creates nothing twice).
-const EXPECT_CREATED: Duration = Duration::from_secs(10);
-
-fn node_build_key(nb: &NodeBuild) -> String {
-    format!("{}/{}", nb.namespace().unwrap_or_default(), nb.name_any())
-}
-
-/// Records a NodeBuild this process created (for the dispatch-latency metric, and so
-/// [`just_created`] knows it).
-fn remember_created(ctx: &Context, nb: &NodeBuild) {
-    let Ok(mut t) = ctx.timings.lock() else { return };
-    let now = std::time::Instant::now();
-    t.created.retain(|_, at| now.duration_since(*at) < FORGET_GENERATIONS);
-    t.created.insert(node_build_key(nb), now);
-}
-
-/// True if this process created `nb` moments ago.
-fn just_created(ctx: &Context, nb: &NodeBuild) -> bool {
-    ctx.timings.lock().is_ok_and(|t| {
-        t.created
-            .get(&node_build_key(nb))
-            .is_some_and(|at| at.elapsed() < EXPECT_CREATED)
-    })
-}
-
-/// How long this controller has known `build`'s current generation.
-fn known_for(ctx: &Context, build: &ImageBuild) -> Duration {
-    let Ok(mut t) = ctx.timings.lock() else {
-        return Duration::MAX;
-    };
-    let now = std::time::Instant::now();
-    let key = (build.uid().unwrap_or_default(), build.metadata.generation.unwrap_or(1));
-    if !t.generations.contains_key(&key) {
-        t.generations
-            .retain(|_, seen| now.duration_since(*seen) < FORGET_GENERATIONS);
-    }
-    now.duration_since(*t.generations.entry(key).or_insert(now))
-}
-
-/// Observes dispatch latency and queue wait for attempts that started since the last look.
-fn observe_timings(ctx: &Context, node_builds: &[NodeBuild]) {
-    let Ok(mut t) = ctx.timings.lock() else { return };
-    let now = std::time::Instant::now();
-    for nb in node_builds {
-        let key = format!("{}/{}", nb.namespace().unwrap_or_default(), nb.name_any());
-        match nb.status.as_ref().and_then(|s| s.phase) {
-            Some(NodeBuildPhase::Queued) => {
-                t.queued.entry(key).or_insert(now);
-            }
-            Some(_) => {
-                if let Some(created) = t.created.remove(&key) {
-                    ctx.metrics.dispatched(now.duration_since(created).as_secs_f64());
-                }
-                if let Some(queued) = t.queued.remove(&key) {
-                    ctx.metrics.queued(now.duration_since(queued).as_secs_f64());
-                }
-            }
-            None => {}
-        }
-    }
-}
-
 /// Reconciles one ImageBuild.
 pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let build = match remembered_status(&ctx, &build) {
+        Some(status) if build.status.as_ref() != Some(&status) => {
+            let mut current = (*build).clone();
+            current.status = Some(status);
+            Arc::new(current)
+        }
+        _ => build,
+    };
     let ns = build.namespace().unwrap_or_default();
     debug!(build = %build.name_any(), generation = build.metadata.generation, "reconciling");
     let builds: Api<ImageBuild> = Api::namespaced(ctx.client.clone(), &ns);
     let node_builds = owned_node_builds(&ctx, &build).await?;
-    let node_builds: Vec<NodeBuild> = node_builds.iter().map(|nb| (**nb).clone()).collect();
+    let mut node_builds: Vec<NodeBuild> = node_builds.iter().map(|nb| (**nb).clone()).collect();
+    let pending = just_created_attempts(&ctx, &build, &node_builds);
+    node_builds.extend(pending);
     observe_timings(&ctx, &node_builds);
     if build.meta().deletion_timestamp.is_some() {
         return cleanup(&ctx, &builds, &build, &node_builds).await;
     }
-    if !build.finalizers().iter().any(|f| f == FINALIZER) {
+    if !build.finalizers().iter().any(|f| f == FINALIZER) && !finalizer_added(&ctx, &build) {
         let mut finalizers = build.finalizers().to_vec();
         finalizers.push(FINALIZER.to_owned());
         let merge = json!({"metadata": {"finalizers": finalizers, "resourceVersion": build.resource_version()}});
-        builds
+        match builds
             .patch(&build.name_any(), &PatchParams::default(), &Patch::Merge(&merge))
             .await
-            .map_err(Error::kube("add finalizer"))?;
+        {
+            Ok(_) => remember_finalizer(&ctx, &build),
+            // Our copy is stale: the watch brings the current one, and a reconcile with it.
+            Err(kube::Error::Api(s)) if s.code == 409 => return Ok(Action::requeue(Duration::from_millis(200))),
+            Err(e) => return Err(Error::kube("add finalizer")(e)),
+        }
         debug!(build = %build.name_any(), "finalizer added");
     }
     if let Err(invalid) = validation::image_build(&build.spec) {
@@ -163,6 +106,16 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
     } else {
         None
     };
+    let assigned = if first_dispatch
+        || !build
+            .status
+            .as_ref()
+            .is_some_and(|s| s.phase.is_some_and(|p| p.is_finished()))
+    {
+        assigned_load(&ctx)
+    } else {
+        BTreeMap::new()
+    };
     let observed = Observed {
         build: &build,
         node_builds: node_builds.iter().collect(),
@@ -171,6 +124,7 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
             .map(|h| Candidate {
                 heartbeat: h,
                 labels: labels.get(&h.node),
+                assigned: assigned.get(h.node.as_str()).copied().unwrap_or(0),
             })
             .collect(),
         affinity,
@@ -244,7 +198,10 @@ async fn apply(ctx: &Context, builds: &Api<ImageBuild>, build: &ImageBuild, plan
     let previous = build.status.clone().unwrap_or_default();
     if previous != plan.status {
         match pacing::when(&previous, &plan.status, known_for(ctx, build), ctx.status_delay) {
-            pacing::Write::Now => write_status(builds, build, &plan.status).await?,
+            pacing::Write::Now => {
+                write_status(builds, build, &plan.status).await?;
+                remember_written(ctx, build, &plan.status);
+            }
             pacing::Write::After(wait) => requeue = Some(requeue.map_or(wait, |r| r.min(wait))),
         }
     }

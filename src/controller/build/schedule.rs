@@ -20,6 +20,22 @@ pub struct Candidate<'a> {
     pub heartbeat: &'a Heartbeat,
     /// The node's labels.
     pub labels: Option<&'a BTreeMap<String, String>>,
+    /// Unfinished attempts the controller itself has on the node. A heartbeat's counts are
+    /// seconds old; these are not, so a burst of builds spreads instead of piling onto the node
+    /// whose last heartbeat looked idlest.
+    pub assigned: i32,
+}
+
+impl Candidate<'_> {
+    /// Builds on the node now, as far as the controller can tell.
+    fn load(&self) -> i32 {
+        let cap = &self.heartbeat.capacity;
+        (cap.running + cap.queued).max(self.assigned)
+    }
+
+    fn full(&self) -> bool {
+        self.load() >= self.heartbeat.capacity.max_concurrent_builds
+    }
 }
 
 /// Why nothing could be scheduled, phrased for the user.
@@ -98,14 +114,10 @@ pub fn choose(
         }
     }
     matching.sort_by(|a, b| {
-        let (ca, cb) = (&a.heartbeat.capacity, &b.heartbeat.capacity);
-        let key = |c: &Candidate<'_>| {
-            let cap = &c.heartbeat.capacity;
-            (cap.free_slots() == 0, affinity != Some(c.heartbeat.node.as_str()))
-        };
+        let key = |c: &Candidate<'_>| (c.full(), affinity != Some(c.heartbeat.node.as_str()));
         key(a)
             .cmp(&key(b))
-            .then((ca.running + ca.queued).cmp(&(cb.running + cb.queued)))
+            .then(a.load().cmp(&b.load()))
             .then(a.heartbeat.node.cmp(&b.heartbeat.node))
     });
     Ok(matching
@@ -138,6 +150,7 @@ mod tests {
             .map(|h| Candidate {
                 heartbeat: h,
                 labels: labels.get(&h.node),
+                assigned: 0,
             })
             .collect();
         choose(placement, &[], &candidates, &[], affinity, "default", ts(100))
@@ -157,6 +170,28 @@ mod tests {
             pick(None, &beats, &none, Some("c")),
             Ok(vec!["b".into()]),
             "a full node loses its affinity"
+        );
+    }
+
+    #[test]
+    fn the_controllers_own_recent_attempts_count_as_load_before_a_heartbeat_shows_them() {
+        // Every heartbeat says idle (they are seconds old); the controller just sent two
+        // builds to "a", which is full with two slots, and one to "b".
+        let beats = [hb("a", 95, 0, &[]), hb("b", 95, 0, &[]), hb("c", 95, 0, &[])];
+        let assigned = BTreeMap::from([("a", 2), ("b", 1)]);
+        let candidates: Vec<Candidate<'_>> = beats
+            .iter()
+            .map(|h| Candidate {
+                heartbeat: h,
+                labels: None,
+                assigned: assigned.get(h.node.as_str()).copied().unwrap_or(0),
+            })
+            .collect();
+        let choice = choose(None, &[], &candidates, &[], Some("a"), "default", ts(100));
+        assert_eq!(
+            choice,
+            Ok(vec!["c".into()]),
+            "a full node loses its affinity, the idlest wins"
         );
     }
 
@@ -195,6 +230,7 @@ mod tests {
             .map(|h| Candidate {
                 heartbeat: h,
                 labels: None,
+                assigned: 0,
             })
             .collect();
         let arm = choose(
@@ -235,6 +271,7 @@ mod tests {
             .map(|h| Candidate {
                 heartbeat: h,
                 labels: None,
+                assigned: 0,
             })
             .collect();
         let elsewhere = choose(None, &[], &candidates, &["b".into()], None, "default", ts(100));

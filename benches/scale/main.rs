@@ -1,0 +1,233 @@
+//! Scale harness (issue 13): kiln's real controller against the real apiserver with simulated
+//! builder nodes (see `harness.rs`), measuring dispatch latency under load, throughput, API
+//! writes per build, controller and agent CPU and memory, and the apiserver's own write
+//! capacity as the baseline.
+//!
+//! - `cargo test --bench scale` (in `make test`): a smoke of 200 builds over 20 nodes that
+//!   asserts every build is Ready, every attempt was solved exactly once, and the write budget.
+//! - `cargo bench --bench scale` (`make bench`): 10,000 builds over 500 nodes in growing waves,
+//!   1,000 at once, allNodes over 500 nodes, and the idle cost; writes `bench/results.json`,
+//!   from which `hack/bench-report.py` makes `bench/REPORT.md` and its plots.
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+mod harness;
+mod runs;
+
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+use harness::{Harness, Shape};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use runs::{RunSpec, cpu_seconds};
+use serde::Serialize;
+use serde_json::json;
+use support::api_requests::Requests;
+
+#[tokio::main]
+async fn main() {
+    // The agents run in this process: their warnings (and more with KILN_BENCH_LOG) go to stderr.
+    let filter = std::env::var("KILN_BENCH_LOG").unwrap_or_else(|_| "warn,kube=error".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+    if std::env::args().any(|a| a == "--bench") {
+        full().await;
+    } else {
+        smoke().await;
+    }
+}
+
+/// The `make test` smoke: correctness and the write budget under concurrency.
+async fn smoke() {
+    // Delays longer than the run: the budget is about which writes a build costs, not about
+    // whether this (busy) machine finishes a simulated 20 ms build within 250 ms.
+    let shape = Shape {
+        nodes: 20,
+        slots: 32,
+        per_build: Duration::from_millis(20),
+        controller_flags: vec!["--status-delay-ms=60000".into()],
+        progress_delay: Duration::from_secs(60),
+    };
+    let h = Harness::start(&shape).await;
+    let spec = RunSpec {
+        name: "smoke",
+        waves: vec![200],
+        namespaces: 4,
+        all_nodes: false,
+        timeout: Duration::from_secs(180),
+    };
+    let r = runs::run(&h, &spec).await;
+    // Kept after the run (the apiserver's directory is not): for reading when a figure surprises.
+    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("scale-smoke-controller.log");
+    let _ = std::fs::copy(h.server.dir.join("controller-scale-controller.log"), &log);
+    println!(
+        "scale smoke: controller log {}\nscale smoke: {} builds over {} simulated nodes in {:.1} s ({:.0}/s); create->Ready p50 {:.0} ms p99 {:.0} ms; {:.2} writes per build",
+        log.display(),
+        r.builds,
+        r.nodes,
+        r.seconds,
+        r.builds_per_second,
+        r.create_to_ready_ms.p50,
+        r.create_to_ready_ms.p99,
+        r.writes_per_build
+    );
+    assert_eq!(r.not_ready, 0, "builds not Ready:\n{}", h.controller.log_tail());
+    assert_eq!(r.attempts, r.builds, "one attempt per build, no retries");
+    assert_eq!(r.attempts_solved_more_than_once, 0, "an attempt was solved twice");
+    assert!(
+        r.writes_per_build <= 5.0,
+        "{:.2} API writes per build, over the budget of 5: {:?}",
+        r.writes_per_build,
+        r.writes
+    );
+}
+
+/// Everything `make bench` reports.
+#[derive(Serialize)]
+struct Results {
+    nodes: usize,
+    per_build_ms: u64,
+    slots_per_node: i32,
+    baseline: Baseline,
+    runs: Vec<runs::RunResult>,
+    idle: Idle,
+}
+
+async fn full() {
+    let shape = Shape {
+        nodes: 500,
+        slots: 2,
+        per_build: Duration::from_millis(200),
+        ..Shape::default()
+    };
+    let started = Instant::now();
+    let h = Harness::start(&shape).await;
+    eprintln!(
+        "scale: {} simulated nodes ready in {:.0} s",
+        h.nodes.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let baseline = baseline(&h, 2000).await;
+    eprintln!("scale: apiserver baseline {:.0} writes/s", baseline.writes_per_second);
+    let specs = [
+        RunSpec {
+            name: "waves",
+            waves: vec![100, 250, 500, 1000, 2000, 3000, 3150],
+            namespaces: 10,
+            all_nodes: false,
+            timeout: Duration::from_secs(1200),
+        },
+        RunSpec {
+            name: "burst",
+            waves: vec![1000],
+            namespaces: 10,
+            all_nodes: false,
+            timeout: Duration::from_secs(600),
+        },
+        RunSpec {
+            name: "allnodes",
+            waves: vec![1, 1, 1],
+            namespaces: 1,
+            all_nodes: true,
+            timeout: Duration::from_secs(600),
+        },
+    ];
+    let mut results = Vec::new();
+    for spec in &specs {
+        let r = runs::run(&h, spec).await;
+        eprintln!(
+            "scale: {}: {} builds in {:.0} s, {:.1} builds/s, {:.2} writes per build, {} not Ready",
+            r.name, r.builds, r.seconds, r.builds_per_second, r.writes_per_build, r.not_ready
+        );
+        results.push(r);
+    }
+    let idle = idle(&h, Duration::from_secs(45)).await;
+    let out = Results {
+        nodes: h.nodes.len(),
+        per_build_ms: shape.per_build.as_millis() as u64,
+        slots_per_node: shape.slots,
+        baseline,
+        runs: results,
+        idle,
+    };
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results.json");
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("bench/");
+    std::fs::write(&path, serde_json::to_string_pretty(&out).expect("json")).expect("write results");
+    eprintln!("scale: wrote {}", path.display());
+}
+
+/// The apiserver's own write capacity with the same client: creates, then merge patches, of
+/// small objects, 64 in flight.
+#[derive(Serialize)]
+struct Baseline {
+    writes: usize,
+    seconds: f64,
+    writes_per_second: f64,
+}
+
+async fn baseline(h: &Harness, n: usize) -> Baseline {
+    let ns = h.server.namespace(&h.admin, "scale-baseline").await;
+    let api: Api<ConfigMap> = Api::namespaced(h.admin.clone(), &ns);
+    let t = Instant::now();
+    stream::iter(0..n)
+        .for_each_concurrent(64, |i| {
+            let api = api.clone();
+            async move {
+                let cm: ConfigMap =
+                    serde_json::from_value(json!({"metadata": {"name": format!("c{i}")}, "data": {"k": "v"}}))
+                        .expect("configmap");
+                let _ = api.create(&PostParams::default(), &cm).await;
+                let patch = json!({"data": {"k": "w"}});
+                let _ = api
+                    .patch(&format!("c{i}"), &PatchParams::default(), &Patch::Merge(&patch))
+                    .await;
+            }
+        })
+        .await;
+    let seconds = t.elapsed().as_secs_f64();
+    Baseline {
+        writes: 2 * n,
+        seconds,
+        writes_per_second: (2 * n) as f64 / seconds,
+    }
+}
+
+/// Idle cost: every build finished, every node ready; what the cluster does in `window`.
+#[derive(Serialize)]
+struct Idle {
+    seconds: f64,
+    lease_periods: f64,
+    requests: std::collections::BTreeMap<String, u64>,
+    /// Requests other than the agents' own (heartbeat Lease writes and their watches), per
+    /// node per lease period: the controller's idle cost.
+    controller_requests_per_node_per_lease_period: f64,
+    controller_cpu_share_of_one_core: f64,
+}
+
+async fn idle(h: &Harness, window: Duration) -> Idle {
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let pid = h.controller.process.pid().to_string();
+    let before = Requests::read(&h.admin).await;
+    let cpu0 = cpu_seconds(&pid);
+    tokio::time::sleep(window).await;
+    let cpu = cpu_seconds(&pid) - cpu0;
+    let delta = Requests::read(&h.admin).await.since(&before);
+    let agents: u64 = delta
+        .0
+        .iter()
+        .filter(|(k, _)| k.resource == "leases" && k.is_write() || k.resource == "nodebuilds" && k.verb == "WATCH")
+        .map(|(_, v)| *v)
+        .sum();
+    let periods = window.as_secs_f64() / 15.0;
+    Idle {
+        seconds: window.as_secs_f64(),
+        lease_periods: periods,
+        requests: delta.0.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        controller_requests_per_node_per_lease_period: (delta.total() - agents) as f64 / h.nodes.len() as f64 / periods,
+        controller_cpu_share_of_one_core: cpu / window.as_secs_f64(),
+    }
+}

@@ -1,0 +1,386 @@
+//! One measured run of the scale harness: create builds (in waves, at once, or allNodes), wait
+//! for every one to be Ready as a watching client sees it, and collect latency, throughput,
+//! API requests and writes (from the apiserver's own counters), CPU and memory.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::{StreamExt, TryStreamExt, stream};
+use kiln::api::ImageBuild;
+use kiln::api::conditions::{self, READY};
+use kube::api::{Api, PostParams};
+use kube::runtime::watcher;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::harness::Harness;
+use crate::support::api_requests::Requests;
+
+/// Label that ties a run's ImageBuilds together.
+const RUN_LABEL: &str = "kiln.dev/scale-run";
+/// Resources whose writes a build causes (leases and pool status follow the clock).
+pub const BUILD_RESOURCES: &[&str] = &["imagebuilds", "nodebuilds", "events", "rolebindings", "secrets"];
+
+/// What to run.
+pub struct RunSpec {
+    /// Name (also the label value).
+    pub name: &'static str,
+    /// Wave sizes: each wave is created at once, the next when it is all Ready.
+    pub waves: Vec<usize>,
+    /// Namespaces the builds are spread over (round robin).
+    pub namespaces: usize,
+    /// `placement.allNodes`.
+    pub all_nodes: bool,
+    /// Give up waiting for a wave after this long.
+    pub timeout: Duration,
+}
+
+/// Percentiles of a sample, in ms.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Spread {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    fn of(v: &[f64]) -> Spread {
+        if v.is_empty() {
+            return Spread::default();
+        }
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        let at = |p: f64| v[(((v.len() - 1) as f64) * p).round() as usize];
+        Spread {
+            p50: at(0.5),
+            p99: at(0.99),
+            max: v[v.len() - 1],
+        }
+    }
+}
+
+/// One wave's figures.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Wave {
+    pub builds: usize,
+    pub seconds: f64,
+    pub builds_per_second: f64,
+    /// Creation → the simulated builder starts the solve (dispatch plus queue).
+    pub create_to_start_ms: Spread,
+    /// Creation → a watcher sees Ready.
+    pub create_to_ready_ms: Spread,
+}
+
+/// A process's resource use over the run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Usage {
+    pub cpu_seconds: f64,
+    pub cpu_share_of_one_core: f64,
+    pub max_rss_mib: f64,
+}
+
+/// Everything measured in one run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunResult {
+    pub name: String,
+    pub nodes: usize,
+    pub builds: usize,
+    pub not_ready: usize,
+    pub seconds: f64,
+    pub builds_per_second: f64,
+    pub waves: Vec<Wave>,
+    pub create_to_start_ms: Spread,
+    pub create_to_ready_ms: Spread,
+    /// Worst queue wait over the median one (starvation check).
+    pub max_over_median_start: f64,
+    pub median_start_ms_by_namespace: BTreeMap<String, f64>,
+    pub attempts: usize,
+    pub attempts_solved_more_than_once: usize,
+    pub writes_per_build: f64,
+    pub requests_per_build: f64,
+    pub writes: BTreeMap<String, u64>,
+    pub controller: Usage,
+    pub agents: Usage,
+    /// Seconds from the run's start at which each build was seen Ready (throughput plot).
+    pub ready_at_seconds: Vec<f64>,
+}
+
+/// Runs `spec` on `h`.
+pub async fn run(h: &Harness, spec: &RunSpec) -> RunResult {
+    let namespaces = make_namespaces(h, spec).await;
+    let ready = watch_ready(h, spec.name);
+    let requests_before = Requests::read(&h.admin).await;
+    let usage = UsageProbe::start(h.controller.process.pid());
+    let started = (Instant::now(), SystemTime::now());
+    let mut created: Vec<(String, String, SystemTime)> = Vec::new();
+    let mut waves = Vec::new();
+    for (w, &size) in spec.waves.iter().enumerate() {
+        let wave_start = Instant::now();
+        let made = create_wave(h, spec, &namespaces, w, size).await;
+        wait_ready(&ready, &made, spec.timeout).await;
+        let seconds = wave_start.elapsed().as_secs_f64();
+        let (starts, readies) = latencies(h, &ready, &made);
+        waves.push(Wave {
+            builds: size,
+            seconds,
+            builds_per_second: size as f64 / seconds,
+            create_to_start_ms: Spread::of(&starts),
+            create_to_ready_ms: Spread::of(&readies),
+        });
+        created.extend(made);
+    }
+    let seconds = started.0.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let requests = Requests::read(&h.admin).await.since(&requests_before);
+    let (controller, agents) = usage.stop(seconds).await;
+    summarize(
+        h, spec, &ready, &created, started.1, seconds, waves, &requests, controller, agents,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summarize(
+    h: &Harness,
+    spec: &RunSpec,
+    ready: &Ready,
+    created: &[(String, String, SystemTime)],
+    t0: SystemTime,
+    seconds: f64,
+    waves: Vec<Wave>,
+    requests: &Requests,
+    controller: Usage,
+    agents: Usage,
+) -> RunResult {
+    let (starts, readies) = latencies(h, ready, created);
+    let solves = h.simulated.solves();
+    let seen = ready.lock().map(|r| r.clone()).unwrap_or_default();
+    let mut by_namespace: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for (ns, name, at) in created {
+        let (start, _) = latencies(h, ready, &[(ns.clone(), name.clone(), *at)]);
+        by_namespace.entry(ns.clone()).or_default().extend(start);
+    }
+    let prefixes: Vec<String> = created.iter().map(|(ns, name, _)| format!("{ns}/{name}-")).collect();
+    let ours: Vec<_> = solves
+        .iter()
+        .filter(|(k, _)| prefixes.iter().any(|p| k.starts_with(p.as_str())))
+        .collect();
+    let start_spread = Spread::of(&starts);
+    let writes = requests.writes_to(BUILD_RESOURCES);
+    let builds = created.len().max(1) as f64;
+    RunResult {
+        name: spec.name.into(),
+        nodes: h.nodes.len(),
+        builds: created.len(),
+        not_ready: created
+            .iter()
+            .filter(|(ns, n, _)| !seen.contains_key(&format!("{ns}/{n}")))
+            .count(),
+        seconds,
+        builds_per_second: created.len() as f64 / seconds,
+        waves,
+        max_over_median_start: if start_spread.p50 > 0.0 {
+            start_spread.max / start_spread.p50
+        } else {
+            0.0
+        },
+        create_to_start_ms: start_spread,
+        create_to_ready_ms: Spread::of(&readies),
+        median_start_ms_by_namespace: by_namespace
+            .into_iter()
+            .map(|(ns, v)| (ns, Spread::of(&v).p50))
+            .collect(),
+        attempts: ours.len(),
+        attempts_solved_more_than_once: ours.iter().filter(|(_, s)| s.count > 1).count(),
+        writes_per_build: writes.total() as f64 / builds,
+        requests_per_build: requests.total() as f64 / builds,
+        writes: writes.0.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        controller,
+        agents,
+        ready_at_seconds: seen
+            .values()
+            .filter_map(|t| t.duration_since(t0).ok())
+            .map(|d| d.as_secs_f64())
+            .collect(),
+    }
+}
+
+type Ready = Arc<Mutex<HashMap<String, SystemTime>>>;
+
+async fn make_namespaces(h: &Harness, spec: &RunSpec) -> Vec<String> {
+    let mut out = Vec::new();
+    for i in 0..spec.namespaces.max(1) {
+        out.push(h.server.namespace(&h.admin, &format!("scale-{}-{i}", spec.name)).await);
+    }
+    out
+}
+
+/// Records when a watcher first sees each of the run's builds Ready.
+fn watch_ready(h: &Harness, run: &str) -> Ready {
+    let ready: Ready = Arc::default();
+    let seen = ready.clone();
+    let api: Api<ImageBuild> = Api::all(h.admin.clone());
+    let config = watcher::Config::default().labels(&format!("{RUN_LABEL}={run}"));
+    tokio::spawn(watcher(api, config).try_for_each(move |e| {
+        let seen = seen.clone();
+        async move {
+            if let watcher::Event::Apply(b) | watcher::Event::InitApply(b) = e
+                && b.status
+                    .as_ref()
+                    .is_some_and(|s| conditions::is_true(&s.conditions, READY))
+                && let Ok(mut s) = seen.lock()
+            {
+                let key = format!(
+                    "{}/{}",
+                    b.metadata.namespace.clone().unwrap_or_default(),
+                    b.metadata.name.clone().unwrap_or_default()
+                );
+                s.entry(key).or_insert_with(SystemTime::now);
+            }
+            Ok(())
+        }
+    }));
+    ready
+}
+
+/// Creates one wave at once (64 requests in flight); returns (namespace, name, created at).
+async fn create_wave(
+    h: &Harness,
+    spec: &RunSpec,
+    namespaces: &[String],
+    wave: usize,
+    size: usize,
+) -> Vec<(String, String, SystemTime)> {
+    stream::iter(0..size)
+        .map(|i| {
+            let ns = namespaces[i % namespaces.len()].clone();
+            let name = format!("w{wave}-b{i}");
+            let api: Api<ImageBuild> = Api::namespaced(h.admin.clone(), &ns);
+            // Each build its own recipe, as distinct builds are: no cache affinity pulls them together.
+            let build: ImageBuild = serde_json::from_value(json!({
+                "apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild",
+                "metadata": {"name": name, "labels": {RUN_LABEL: spec.name}},
+                "spec": {"image": format!("kiln.local/{ns}/app:{name}"),
+                         "source": {"http": {"url": "http://127.0.0.1:9/context.tar"}},
+                         "dockerfileInline": format!("FROM scratch\nLABEL build={name}\n"),
+                         "placement": {"allNodes": spec.all_nodes}}}))
+            .expect("ImageBuild");
+            async move {
+                let at = SystemTime::now();
+                api.create(&PostParams::default(), &build)
+                    .await
+                    .expect("create ImageBuild");
+                (ns, name, at)
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await
+}
+
+async fn wait_ready(ready: &Ready, made: &[(String, String, SystemTime)], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let done = ready
+            .lock()
+            .is_ok_and(|r| made.iter().all(|(ns, n, _)| r.contains_key(&format!("{ns}/{n}"))));
+        if done || Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Per build: creation → first solve start, and creation → Ready seen (ms).
+fn latencies(h: &Harness, ready: &Ready, made: &[(String, String, SystemTime)]) -> (Vec<f64>, Vec<f64>) {
+    let solves = h.simulated.solves();
+    let seen = ready.lock().map(|r| r.clone()).unwrap_or_default();
+    let ms = |from: SystemTime, to: SystemTime| to.duration_since(from).unwrap_or_default().as_secs_f64() * 1000.0;
+    let mut starts = Vec::new();
+    let mut readies = Vec::new();
+    for (ns, name, at) in made {
+        let prefix = format!("{ns}/{name}-");
+        if let Some(first) = solves
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, s)| s.first_start)
+            .min()
+        {
+            starts.push(ms(*at, first));
+        }
+        if let Some(t) = seen.get(&format!("{ns}/{name}")) {
+            readies.push(ms(*at, *t));
+        }
+    }
+    (starts, readies)
+}
+
+/// Samples CPU time and RSS of the controller and of this process (the agents).
+struct UsageProbe {
+    stop: tokio::sync::oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<(Usage, Usage)>,
+}
+
+impl UsageProbe {
+    fn start(controller: u32) -> UsageProbe {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let done = tokio::spawn(async move {
+            let cpu0 = (cpu_seconds(&controller.to_string()), cpu_seconds("self"));
+            let mut rss: (f64, f64) = (0.0, 0.0);
+            loop {
+                rss.0 = rss.0.max(rss_mib(&controller.to_string()));
+                rss.1 = rss.1.max(rss_mib("self"));
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+            let cpu = (
+                cpu_seconds(&controller.to_string()) - cpu0.0,
+                cpu_seconds("self") - cpu0.1,
+            );
+            (
+                Usage {
+                    cpu_seconds: cpu.0,
+                    max_rss_mib: rss.0,
+                    ..Usage::default()
+                },
+                Usage {
+                    cpu_seconds: cpu.1,
+                    max_rss_mib: rss.1,
+                    ..Usage::default()
+                },
+            )
+        });
+        UsageProbe { stop, done }
+    }
+
+    async fn stop(self, seconds: f64) -> (Usage, Usage) {
+        let _ = self.stop.send(());
+        let (mut c, mut a) = self.done.await.unwrap_or_default();
+        c.cpu_share_of_one_core = c.cpu_seconds / seconds.max(0.001);
+        a.cpu_share_of_one_core = a.cpu_seconds / seconds.max(0.001);
+        (c, a)
+    }
+}
+
+/// utime + stime of `/proc/<pid>/stat`, in seconds (clock ticks of 1/100 s).
+pub fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// VmRSS of `/proc/<pid>/status`, in MiB.
+pub fn rss_mib(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(0.0)
+}

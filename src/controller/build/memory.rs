@@ -1,0 +1,184 @@
+//! What the build controller remembers between reconciles, in memory: when it created each
+//! NodeBuild (dispatch metrics; and so a reconcile reading a watch cache that has not caught up
+//! neither creates it twice nor forgets its load), when it first saw each generation (status
+//! pacing), and which finalizers and statuses it already wrote (so a stale cache does not make
+//! it write them again). Lost on restart, which costs at most one repeated write each.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kube::ResourceExt;
+
+use crate::api::image_build::{ImageBuild, ImageBuildStatus};
+use crate::api::node_build::{NodeBuild, NodeBuildPhase};
+use crate::controller::Context;
+
+/// What the build controller remembers between reconciles.
+#[derive(Default)]
+pub struct Memory {
+    created: std::collections::HashMap<String, std::time::Instant>,
+    queued: std::collections::HashMap<String, std::time::Instant>,
+    generations: std::collections::HashMap<(String, i64), std::time::Instant>,
+    /// NodeBuilds this process created, with their node, until the watch cache shows them.
+    dispatched: std::collections::HashMap<String, (NodeBuild, std::time::Instant)>,
+    /// ImageBuilds (uid) this process added the finalizer to.
+    finalized: std::collections::HashMap<String, std::time::Instant>,
+    /// The last status this process wrote per ImageBuild (uid).
+    written: std::collections::HashMap<String, (ImageBuildStatus, std::time::Instant)>,
+}
+
+/// Generations remembered for pacing are forgotten after this long (their status is written
+/// by then, or the build is gone).
+const FORGET_GENERATIONS: Duration = Duration::from_secs(60);
+
+/// How long a NodeBuild this process created counts as existing while the watch cache has not
+/// shown it yet (so a reconcile that reads the cache just before it does creates nothing twice).
+const EXPECT_CREATED: Duration = Duration::from_secs(10);
+
+fn node_build_key(nb: &NodeBuild) -> String {
+    format!("{}/{}", nb.namespace().unwrap_or_default(), nb.name_any())
+}
+
+/// Records a NodeBuild this process created (for the dispatch-latency metric, and so
+/// [`just_created`] knows it).
+pub(super) fn remember_created(ctx: &Context, nb: &NodeBuild) {
+    let Ok(mut t) = ctx.memory.lock() else { return };
+    let now = std::time::Instant::now();
+    t.created.retain(|_, at| now.duration_since(*at) < FORGET_GENERATIONS);
+    t.created.insert(node_build_key(nb), now);
+    t.dispatched
+        .retain(|_, (_, at)| now.duration_since(*at) < EXPECT_CREATED);
+    t.dispatched.insert(node_build_key(nb), (nb.clone(), now));
+}
+
+/// True if this process created `nb` moments ago.
+pub(super) fn just_created(ctx: &Context, nb: &NodeBuild) -> bool {
+    ctx.memory.lock().is_ok_and(|t| {
+        t.dispatched
+            .get(&node_build_key(nb))
+            .is_some_and(|(_, at)| at.elapsed() < EXPECT_CREATED)
+    })
+}
+
+/// `build`'s attempts this process created moments ago that are not in `known` (the watch
+/// cache's): the reconcile counts them as existing, so it neither creates them again nor
+/// takes their nodes for new ones.
+pub(super) fn just_created_attempts(ctx: &Context, build: &ImageBuild, known: &[NodeBuild]) -> Vec<NodeBuild> {
+    let uid = build.uid();
+    let Ok(mut t) = ctx.memory.lock() else {
+        return Vec::new();
+    };
+    let ours = |nb: &NodeBuild| nb.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref());
+    // Once the cache has shown an attempt, the cache is its truth (it may be deleted since).
+    t.dispatched
+        .retain(|_, (nb, _)| !(ours(nb) && known.iter().any(|k| k.name_any() == nb.name_any())));
+    t.dispatched
+        .values()
+        .filter(|(nb, at)| at.elapsed() < EXPECT_CREATED && ours(nb))
+        .map(|(nb, _)| nb.clone())
+        .collect()
+}
+
+/// Unfinished attempts per node: those the watch cache shows, and those this process created
+/// moments ago that it does not show yet.
+pub(super) fn assigned_load(ctx: &Context) -> BTreeMap<String, i32> {
+    let mut load: BTreeMap<String, i32> = BTreeMap::new();
+    let mut known = std::collections::HashSet::new();
+    for nb in ctx.node_builds.state() {
+        known.insert(node_build_key(&nb));
+        let finished = nb
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .is_some_and(NodeBuildPhase::is_finished);
+        if !finished {
+            *load.entry(nb.spec.node_name.clone()).or_default() += 1;
+        }
+    }
+    if let Ok(t) = ctx.memory.lock() {
+        for (key, (nb, at)) in &t.dispatched {
+            if at.elapsed() < EXPECT_CREATED && !known.contains(key) {
+                *load.entry(nb.spec.node_name.clone()).or_default() += 1;
+            }
+        }
+    }
+    load
+}
+
+/// How long this controller has known `build`'s current generation.
+pub(super) fn known_for(ctx: &Context, build: &ImageBuild) -> Duration {
+    let Ok(mut t) = ctx.memory.lock() else {
+        return Duration::MAX;
+    };
+    let now = std::time::Instant::now();
+    let key = (build.uid().unwrap_or_default(), build.metadata.generation.unwrap_or(1));
+    if !t.generations.contains_key(&key) {
+        t.generations
+            .retain(|_, seen| now.duration_since(*seen) < FORGET_GENERATIONS);
+    }
+    now.duration_since(*t.generations.entry(key).or_insert(now))
+}
+
+/// Observes dispatch latency and queue wait for attempts that started since the last look.
+pub(super) fn observe_timings(ctx: &Context, node_builds: &[NodeBuild]) {
+    let Ok(mut t) = ctx.memory.lock() else { return };
+    let now = std::time::Instant::now();
+    for nb in node_builds {
+        let key = format!("{}/{}", nb.namespace().unwrap_or_default(), nb.name_any());
+        match nb.status.as_ref().and_then(|s| s.phase) {
+            Some(NodeBuildPhase::Queued) => {
+                t.queued.entry(key).or_insert(now);
+            }
+            Some(_) => {
+                if let Some(created) = t.created.remove(&key) {
+                    ctx.metrics.dispatched(now.duration_since(created).as_secs_f64());
+                }
+                if let Some(queued) = t.queued.remove(&key) {
+                    ctx.metrics.queued(now.duration_since(queued).as_secs_f64());
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+/// How long a write this process made is trusted over a watch cache that does not show it.
+const TRUST_OWN_WRITES: Duration = Duration::from_secs(60);
+
+/// Records that this process added `build`'s finalizer.
+pub(super) fn remember_finalizer(ctx: &Context, build: &ImageBuild) {
+    let Ok(mut m) = ctx.memory.lock() else { return };
+    let now = std::time::Instant::now();
+    m.finalized.retain(|_, at| now.duration_since(*at) < TRUST_OWN_WRITES);
+    m.finalized.insert(build.uid().unwrap_or_default(), now);
+}
+
+/// True if this process added `build`'s finalizer moments ago (the cache may not show it yet).
+pub(super) fn finalizer_added(ctx: &Context, build: &ImageBuild) -> bool {
+    let uid = build.uid().unwrap_or_default();
+    ctx.memory
+        .lock()
+        .is_ok_and(|m| m.finalized.get(&uid).is_some_and(|at| at.elapsed() < TRUST_OWN_WRITES))
+}
+
+/// The status this process last wrote for `build`, if it did so moments ago. The controller is
+/// the only writer of ImageBuild status, so when the watch cache shows something else it is
+/// behind, and this is the truth to decide from (else a stale cache makes it compute, and
+/// write, the same outcome again with new timestamps).
+pub(super) fn remembered_status(ctx: &Context, build: &ImageBuild) -> Option<ImageBuildStatus> {
+    let uid = build.uid().unwrap_or_default();
+    let m = ctx.memory.lock().ok()?;
+    m.written
+        .get(&uid)
+        .filter(|(_, at)| at.elapsed() < TRUST_OWN_WRITES)
+        .map(|(status, _)| status.clone())
+}
+
+/// Records the status just written for `build`.
+pub(super) fn remember_written(ctx: &Context, build: &ImageBuild, status: &ImageBuildStatus) {
+    let Ok(mut m) = ctx.memory.lock() else { return };
+    let now = std::time::Instant::now();
+    m.written
+        .retain(|_, (_, at)| now.duration_since(*at) < TRUST_OWN_WRITES);
+    m.written.insert(build.uid().unwrap_or_default(), (status.clone(), now));
+}
