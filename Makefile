@@ -25,8 +25,13 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 unit: ## Unit tests only (no apiserver, no BuildKit)
 	$(CARGO) test --locked --lib --bins
 
-test: test-env lint ## Lint, then every test, against a real kube-apiserver and a real BuildKit
+test: test-env lint ## Lint, then every test, against a real kube-apiserver and a real BuildKit; then the fuzz corpus
 	KUBEBUILDER_ASSETS="$$(hack/test-env.sh)" $(CARGO) test --locked --all-targets
+	hack/fuzz.sh regress
+
+.PHONY: fuzz
+fuzz: ## Fuzz each target for FUZZ_SECONDS (default 300) and report findings (docs/fuzzing.md)
+	hack/fuzz.sh long
 
 demo: ## Run kiln end to end with no cluster: apiserver, Docker's BuildKit, controller, agent, examples
 	hack/demo.sh
