@@ -29,6 +29,11 @@ test: test-env lint ## Lint, then every test, against a real kube-apiserver and 
 	KUBEBUILDER_ASSETS="$$(hack/test-env.sh)" $(CARGO) test --locked --all-targets
 	hack/fuzz.sh regress
 
+.PHONY: bench
+bench: test-env ## Scale harness: 10,000 builds over 500 simulated nodes (~15 min); writes bench/REPORT.md and plots
+	KUBEBUILDER_ASSETS="$$(hack/test-env.sh)" $(CARGO) bench --locked --bench scale
+	"$$(hack/python-env.sh bench)" hack/bench-report.py
+
 .PHONY: fuzz
 fuzz: ## Fuzz each target for FUZZ_SECONDS (default 300) and report findings (docs/fuzzing.md)
 	hack/fuzz.sh long
