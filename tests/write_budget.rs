@@ -3,6 +3,9 @@
 //! leases and pool status aside (they follow the heartbeat clock, not the builds). A regression
 //! test: kiln's writes are its cost at scale (issue 13's goal is ≤ 5 for a single-node build).
 //!
+//! Then the idle cost: with every build finished and every builder renewing its heartbeat, the
+//! controller makes no API call (issue 13: ≤ 1 request per node per lease period).
+//!
 //! Runs in its own test binary so the apiserver sees no other test's requests.
 
 mod support;
@@ -50,6 +53,24 @@ async fn settled(client: &Client) -> Requests {
 /// the builds: leases (heartbeats, leader election) and the pools' status, which shows each
 /// builder's running count as its heartbeat samples it (at most one write per renewal).
 const KILN_RESOURCES: &[&str] = &["imagebuilds", "nodebuilds", "events", "rolebindings", "secrets", "pods"];
+
+/// Longer than three heartbeat renewals (5 s) and the pool's requeue at the next expiry (~10 s).
+const IDLE_WINDOW: Duration = Duration::from_secs(17);
+
+/// What the controller reads or writes besides leases (the agents' heartbeats and its own
+/// leader election, which follow the clock by design).
+const CONTROLLER_RESOURCES: &[&str] = &[
+    "nodes",
+    "daemonsets",
+    "configmaps",
+    "pods",
+    "builderpools",
+    "imagebuilds",
+    "nodebuilds",
+    "events",
+    "secrets",
+    "rolebindings",
+];
 
 /// Creates `name` and waits for it to be Ready.
 async fn build_ready(rig: &Rig, api: &Api<ImageBuild>, ns: &str, build: ImageBuild) {
@@ -114,6 +135,26 @@ async fn builds_stay_within_the_api_write_budget() {
     assert!(
         writes.total() <= (PER_NODE_BUDGET * n + ALL_NODES_FIXED) * BUILDS,
         "allNodes builds over {n} nodes cost more than {PER_NODE_BUDGET} writes per node plus {ALL_NODES_FIXED}:\n{writes}\n{}",
+        rig.diagnostics()
+    );
+
+    // Idle: renewals are no news, the pool's reads come from watch caches, nothing is applied
+    // again. The one write allowed is the pool's `lastHeartbeat` refresh (once a minute).
+    let before = settled(&client).await;
+    tokio::time::sleep(IDLE_WINDOW).await;
+    let idle = Requests::read(&client).await.since(&before);
+    let calls = idle.calls_to(CONTROLLER_RESOURCES);
+    let refresh = calls.writes_to(&["builderpools"]).total();
+    let lease_lists: u64 = idle
+        .0
+        .iter()
+        .filter(|(k, _)| k.resource == "leases" && k.verb == "LIST")
+        .map(|(_, v)| *v)
+        .sum();
+    println!("API requests in {IDLE_WINDOW:?} of rest with {n} builders:\n{idle}");
+    assert!(
+        calls.total() - refresh == 0 && refresh <= 1 && lease_lists == 0,
+        "an idle controller made API calls (beyond one lastHeartbeat refresh):\n{calls}\nLIST leases: {lease_lists}\n{}",
         rig.diagnostics()
     );
 }

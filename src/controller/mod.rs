@@ -54,6 +54,8 @@ pub struct Context {
     pub node_builds: reflector::Store<NodeBuild>,
     /// The builders' heartbeat Leases, likewise.
     pub heartbeat_leases: reflector::Store<Lease>,
+    /// The pool controller's own watch caches ([`pool::cache`]).
+    pub pool: pool::cache::Caches,
 }
 
 /// Controller errors.
@@ -106,18 +108,6 @@ impl Error {
             Error::CacheStopped(_) => "cache",
         }
     }
-}
-
-/// The heartbeats of a pool's builders (Leases in kiln's namespace).
-pub async fn heartbeats(ctx: &Context, pool: &str) -> Result<Vec<crate::api::heartbeat::Heartbeat>, Error> {
-    use crate::api::heartbeat::{Heartbeat, POOL_LABEL};
-    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    let params = kube::api::ListParams::default().labels(&format!("{HEARTBEAT_LABEL}=true,{POOL_LABEL}={pool}"));
-    let list = leases
-        .list(&params)
-        .await
-        .map_err(Error::kube("list heartbeat leases"))?;
-    Ok(list.items.iter().filter_map(Heartbeat::from_lease).collect())
 }
 
 /// Settings of `kiln controller`.
@@ -200,6 +190,14 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     }
     let (node_builds, node_builds_writer) = reflector::store();
     let (heartbeat_leases, leases_writer) = reflector::store();
+    let (pool_nodes, pool_nodes_writer) = reflector::store();
+    let (pool_leases, pool_leases_writer) = reflector::store();
+    let (daemonsets, daemonsets_writer) = reflector::store();
+    let pool_writers = PoolWriters {
+        nodes: pool_nodes_writer,
+        leases: pool_leases_writer,
+        daemonsets: daemonsets_writer,
+    };
     let ctx = Arc::new(Context {
         client: client.clone(),
         namespace: settings.namespace.clone(),
@@ -210,6 +208,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         status_delay: settings.status_delay,
         node_builds,
         heartbeat_leases,
+        pool: pool::cache::Caches::new(pool_nodes, pool_leases, daemonsets),
         recorder: Recorder::new(
             client.clone(),
             Reporter {
@@ -220,7 +219,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     });
     let controllers = async {
         tokio::join!(
-            pool_controller(ctx.clone()),
+            pool_controller(ctx.clone(), pool_writers),
             build_controller(ctx, node_builds_writer, leases_writer)
         );
     };
@@ -235,7 +234,16 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     }
 }
 
-async fn pool_controller(ctx: Arc<Context>) {
+/// What fills the pool controller's caches ([`pool::cache`]).
+struct PoolWriters {
+    nodes: Writer<Node>,
+    leases: Writer<Lease>,
+    daemonsets: Writer<DaemonSet>,
+}
+
+/// The BuilderPool controller. Its watches fill the caches its reconciles read; heartbeat
+/// renewals wake a pool only when they are news to it ([`pool::news`]).
+async fn pool_controller(ctx: Arc<Context>, writers: PoolWriters) {
     let client = ctx.client.clone();
     let ns = ctx.namespace.clone();
     let builders = watcher::Config::default().labels("app.kubernetes.io/component=builder");
@@ -249,9 +257,22 @@ async fn pool_controller(ctx: Arc<Context>) {
             .map(|p| ObjectRef::from_obj(&**p))
             .collect::<Vec<_>>()
     };
+    let daemonsets = watcher(Api::<DaemonSet>::namespaced(client.clone(), &ns), builders.clone())
+        .default_backoff()
+        .reflect(writers.daemonsets)
+        .touched_objects();
+    let nodes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(writers.nodes)
+        .touched_objects();
+    let leases = heartbeat_news(
+        watcher(Api::<Lease>::namespaced(client.clone(), &ns), heartbeats)
+            .default_backoff()
+            .reflect(writers.leases),
+    );
     controller
-        .owns(Api::<DaemonSet>::namespaced(client.clone(), &ns), builders.clone())
-        .watches(Api::<Lease>::namespaced(client.clone(), &ns), heartbeats, |lease| {
+        .owns_stream(daemonsets)
+        .watches_stream(leases, |lease| {
             pool::reconcile::pool_of_lease(&lease).map(|p| ObjectRef::<BuilderPool>::new(&p))
         })
         // Builder pods: what the kubelet says about them appears in pool status.
@@ -262,13 +283,38 @@ async fn pool_controller(ctx: Arc<Context>) {
                 .and_then(|l| l.get(pool::render::POOL_LABEL))
                 .map(|p| ObjectRef::<BuilderPool>::new(p))
         })
-        .watches(Api::<Node>::all(client), watcher::Config::default(), move |_node| {
-            all_pools()
-        })
+        .watches_stream(nodes, move |_node| all_pools())
         .shutdown_on_signal()
         .run(timed_pool_reconcile, pool_error_policy, ctx)
         .for_each(|result| async move { log_outcome("BuilderPool", result) })
         .await;
+}
+
+/// The heartbeat Leases that are news to their pool (new, changed, back after expiry, deleted),
+/// out of every event of the Lease watch.
+fn heartbeat_news(
+    events: impl futures::Stream<Item = Result<watcher::Event<Lease>, watcher::Error>> + Send + 'static,
+) -> impl futures::Stream<Item = Result<Lease, watcher::Error>> + Send + 'static {
+    let mut seen = pool::news::Seen::default();
+    events.flat_map(move |event| {
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let news = match event {
+            Err(e) => Some(Err(e)),
+            Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease)) => {
+                let name = lease.metadata.name.clone().unwrap_or_default();
+                Heartbeat::from_lease(&lease)
+                    .and_then(|beat| seen.applied(&name, beat, now))
+                    .map(|_| Ok(lease))
+            }
+            Ok(watcher::Event::Delete(lease)) => {
+                let name = lease.metadata.name.clone().unwrap_or_default();
+                seen.deleted(&name, pool::reconcile::pool_of_lease(&lease))
+                    .map(|_| Ok(lease))
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+        };
+        futures::stream::iter(news)
+    })
 }
 
 /// The ImageBuild controller. Its NodeBuild and heartbeat watches also fill the caches its
@@ -285,6 +331,13 @@ async fn build_controller(ctx: Arc<Context>, node_builds: Writer<NodeBuild>, lea
         let Some(beat) = Heartbeat::from_lease(&lease) else {
             return Vec::new();
         };
+        // First the builds a heartbeat could concern at all (an attempt under way only rules
+        // more out): at rest, with every build finished, there are none and the NodeBuild cache
+        // is not scanned, so renewals cost next to nothing however many builds there are.
+        let candidates = store.state_filter(|b| build::plan::woken_by(b, &beat, false));
+        if candidates.is_empty() {
+            return Vec::new();
+        }
         let under_way: std::collections::HashSet<(String, String)> = attempts
             .state()
             .iter()
@@ -301,8 +354,7 @@ async fn build_controller(ctx: Arc<Context>, node_builds: Writer<NodeBuild>, lea
                 )
             })
             .collect();
-        store
-            .state()
+        candidates
             .iter()
             .filter(|b| {
                 let key = (

@@ -100,6 +100,18 @@ impl Requests {
         )
     }
 
+    /// Every request to the given resources but watches (a watch is counted when it ends,
+    /// whenever the client started it).
+    pub fn calls_to(&self, resources: &[&str]) -> Requests {
+        Requests(
+            self.0
+                .iter()
+                .filter(|(k, _)| k.verb != "WATCH" && resources.contains(&k.resource.as_str()))
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+        )
+    }
+
     /// Sum of all counters.
     pub fn total(&self) -> u64 {
         self.0.values().sum()

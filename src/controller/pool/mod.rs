@@ -2,7 +2,10 @@
 //! with their detected runtime, and derives pool status from agent heartbeats (and, for builders
 //! that do not heartbeat, from what the kubelet says about their pods).
 
+pub mod applied;
 pub mod buildkitd_config;
+pub mod cache;
+pub mod news;
 pub mod pods;
 pub mod reconcile;
 pub mod render;

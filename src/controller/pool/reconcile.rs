@@ -1,8 +1,10 @@
 //! BuilderPool reconcile: read nodes and heartbeats → validate → render → apply → status.
 //!
 //! Everything that decides is pure (`runtime`, `render`, `status`); this file only reads and
-//! writes. Every write is a server-side apply of the complete desired state, so running it
-//! twice changes nothing the second time, and status is written only when it differs.
+//! writes. It reads the watch caches (`cache`), not the API. Every write is a server-side apply
+//! of the complete desired state, made only when it would change something (`applied`), so
+//! running it twice changes nothing the second time, and status is written only when it differs:
+//! a reconcile with nothing new makes no API call at all.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
+use super::applied;
 use super::render::{self, Input, POOL_LABEL};
 use super::runtime::{self, RUNTIME_LABEL};
 use super::status::{self, SelectedNode};
@@ -52,7 +55,8 @@ pub async fn reconcile(pool: Arc<BuilderPool>, ctx: Arc<Context>) -> Result<Acti
         return Ok(Action::await_change());
     }
 
-    let (mut selected, labelled) = select_nodes(&ctx, &pool).await?;
+    ctx.pool.ready().await?;
+    let (mut selected, labelled) = select_nodes(&ctx, &pool);
     let detected = pool.spec.runtime.as_ref().is_none_or(|r| r.kind == RuntimeKind::Auto);
     if detected {
         label_nodes(&ctx, &selected, &labelled).await?;
@@ -67,7 +71,7 @@ pub async fn reconcile(pool: Arc<BuilderPool>, ctx: Arc<Context>) -> Result<Acti
     apply_builders(&ctx, &pool, &flavours, detected).await?;
     prune_builders(&ctx, &name, &flavours).await?;
 
-    let heartbeats = crate::controller::heartbeats(&ctx, &name).await?;
+    let heartbeats = ctx.pool.heartbeats(&name);
     let now = Timestamp::now();
     // Pod problems only explain builders that are not ready: while every builder heartbeats
     // (the usual case, and every renewal reconciles the pool) the pods are not read.
@@ -116,26 +120,13 @@ async fn pod_problems(ctx: &Context, pool: &str) -> Result<BTreeMap<String, Stri
 
 /// Nodes matching the pool's nodeSelector, each with its runtime.
 /// Also returns each node's current runtime label, so labelling needs no further reads.
-async fn select_nodes(
-    ctx: &Context,
-    pool: &BuilderPool,
-) -> Result<(Vec<SelectedNode>, BTreeMap<String, String>), Error> {
-    let nodes: Api<Node> = Api::all(ctx.client.clone());
-    let selector: Vec<String> = pool
-        .spec
-        .node_selector
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    let params = ListParams::default().labels(&selector.join(","));
-    let list = nodes.list(&params).await.map_err(Error::kube("list nodes"))?;
-    let labelled = list
-        .items
+fn select_nodes(ctx: &Context, pool: &BuilderPool) -> (Vec<SelectedNode>, BTreeMap<String, String>) {
+    let nodes = ctx.pool.nodes_matching(&pool.spec.node_selector);
+    let labelled = nodes
         .iter()
         .filter_map(|node| Some((node.name_any(), node.labels().get(RUNTIME_LABEL)?.clone())))
         .collect();
-    let selected = list
-        .items
+    let selected = nodes
         .iter()
         .map(|node| SelectedNode {
             name: node.name_any(),
@@ -143,7 +134,7 @@ async fn select_nodes(
             pod_problem: None,
         })
         .collect();
-    Ok((selected, labelled))
+    (selected, labelled)
 }
 
 /// Records each node's detected runtime in a label the DaemonSets select on.
@@ -194,18 +185,28 @@ async fn apply_builders(
             service_account: &ctx.agent_service_account,
         };
         let rendered = render::render(&input).map_err(Error::Render)?;
+        let name = rendered.daemonset.name_any();
+        let fingerprint = applied::fingerprint(&[
+            &serde_json::to_value(&rendered.daemonset).unwrap_or_default(),
+            &serde_json::to_value(&rendered.config).unwrap_or_default(),
+        ]);
+        let live = ctx.pool.daemonset_version(&ctx.namespace, &name);
+        if !ctx.pool.applied().needs_apply(&name, fingerprint, live.as_deref()) {
+            continue;
+        }
         if let Some(config) = &rendered.config {
-            let name = config.name_any();
             configs
-                .patch(&name, &params, &Patch::Apply(config))
+                .patch(&config.name_any(), &params, &Patch::Apply(config))
                 .await
                 .map_err(Error::kube("apply buildkitd ConfigMap"))?;
         }
-        let name = rendered.daemonset.name_any();
-        daemonsets
+        let applied = daemonsets
             .patch(&name, &params, &Patch::Apply(&rendered.daemonset))
             .await
             .map_err(Error::kube("apply builder DaemonSet"))?;
+        ctx.pool
+            .applied()
+            .record(&name, fingerprint, applied.resource_version());
     }
     Ok(())
 }
@@ -213,22 +214,20 @@ async fn apply_builders(
 /// Deletes this pool's DaemonSets (and configs) for flavours no node needs any more.
 async fn prune_builders(ctx: &Context, pool: &str, keep: &BTreeSet<RuntimeKind>) -> Result<(), Error> {
     let keep: BTreeSet<&str> = keep.iter().map(|k| runtime::slug(*k)).collect();
-    let params = ListParams::default().labels(&format!("{POOL_LABEL}={pool},app.kubernetes.io/component=builder"));
     let daemonsets: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     let configs: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    for ds in daemonsets
-        .list_metadata(&params)
-        .await
-        .map_err(Error::kube("list DaemonSets"))?
-    {
+    for ds in ctx.pool.daemonsets_of(pool) {
         let flavour = ds.labels().get(RUNTIME_LABEL).cloned().unwrap_or_default();
         if !keep.contains(flavour.as_str()) {
             let name = ds.name_any();
             info!(%pool, daemonset = %name, "removing builders for a runtime no selected node has");
-            daemonsets
-                .delete(&name, &DeleteParams::background())
-                .await
-                .map_err(Error::kube("delete DaemonSet"))?;
+            ctx.pool.applied().forget(&name);
+            match daemonsets.delete(&name, &DeleteParams::background()).await {
+                // Already gone (the cache lags behind a delete): nothing to do.
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(Error::kube("delete DaemonSet")(e)),
+            }
             match configs.delete(&name, &DeleteParams::background()).await {
                 Ok(_) | Err(kube::Error::Api(_)) => {}
                 Err(e) => return Err(Error::kube("delete ConfigMap")(e)),

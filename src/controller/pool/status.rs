@@ -1,7 +1,8 @@
 //! Derives a BuilderPool's status from its nodes and their heartbeats.
 //!
 //! Pure, so the rules that keep status quiet are unit-tested: a heartbeat renewal alone does not
-//! change status (`lastHeartbeat` moves only when readiness flips or it is a minute old), so a
+//! change status (`lastHeartbeat` moves only when readiness flips, or for every node at once when
+//! one node's record is a minute old: one write per pool per minute, not one per node), so a
 //! reconcile with nothing new computes an identical status and writes nothing.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -12,7 +13,7 @@ use crate::api::builder_pool::{BuilderNode, BuilderPoolStatus, RuntimeKind};
 use crate::api::conditions::{self, Desired, READY, RECONCILING, Status};
 use crate::api::heartbeat::Heartbeat;
 
-/// How stale the recorded `lastHeartbeat` may get before status is rewritten for it alone.
+/// How stale a recorded `lastHeartbeat` may get before status is rewritten (for every node).
 pub const HEARTBEAT_RECORD_INTERVAL: SignedDuration = SignedDuration::from_secs(60);
 
 /// A node the pool selects, with its runtime.
@@ -36,6 +37,7 @@ pub fn derive(
 ) -> BuilderPoolStatus {
     let mut out = Vec::with_capacity(nodes.len());
     let mut unsupported = Vec::new();
+    let refresh = record_due(nodes, heartbeats, previous, now);
     for node in nodes {
         let prev = previous.and_then(|p| p.nodes.iter().find(|n| n.name == node.name));
         let beat = heartbeats.iter().find(|h| h.node == node.name);
@@ -58,7 +60,7 @@ pub fn derive(
                 }
             }
             Ok(kind) => {
-                let mut entry = builder_node(&node.name, *kind, beat, prev, now);
+                let mut entry = builder_node(&node.name, *kind, beat, prev, now, refresh);
                 if let (false, Some(problem)) = (entry.ready, &node.pod_problem) {
                     entry.message = Some(problem.clone());
                 }
@@ -120,12 +122,35 @@ pub fn derive(
     }
 }
 
+/// Whether some ready node's recorded `lastHeartbeat` is [`HEARTBEAT_RECORD_INTERVAL`] old: then
+/// every node's record moves at once, so a pool of N nodes is rewritten once a minute, not N times.
+fn record_due(
+    nodes: &[SelectedNode],
+    heartbeats: &[Heartbeat],
+    previous: Option<&BuilderPoolStatus>,
+    now: Timestamp,
+) -> bool {
+    let Some(previous) = previous else { return false };
+    nodes.iter().any(|node| {
+        let Some(beat) = heartbeats.iter().find(|h| h.node == node.name) else {
+            return false;
+        };
+        let recorded = previous
+            .nodes
+            .iter()
+            .find(|n| n.name == node.name)
+            .and_then(|n| n.last_heartbeat.as_ref());
+        beat.is_fresh(now) && recorded.is_some_and(|r| beat.renewed.duration_since(r.0) >= HEARTBEAT_RECORD_INTERVAL)
+    })
+}
+
 fn builder_node(
     name: &str,
     kind: RuntimeKind,
     beat: Option<&Heartbeat>,
     prev: Option<&BuilderNode>,
     now: Timestamp,
+    refresh: bool,
 ) -> BuilderNode {
     let Some(beat) = beat else {
         return BuilderNode {
@@ -139,8 +164,7 @@ fn builder_node(
     };
     let ready = beat.is_fresh(now);
     let recorded = prev.and_then(|p| p.last_heartbeat.as_ref()).map(|t| t.0);
-    let keep_recorded = prev.is_some_and(|p| p.ready == ready)
-        && recorded.is_some_and(|r| beat.renewed.duration_since(r) < HEARTBEAT_RECORD_INTERVAL);
+    let keep_recorded = !refresh && prev.is_some_and(|p| p.ready == ready) && recorded.is_some();
     let last_heartbeat = if keep_recorded { recorded } else { Some(beat.renewed) };
     BuilderNode {
         name: name.to_owned(),
@@ -284,6 +308,26 @@ mod tests {
             Some(Time(ts(161))),
             "recorded again after a minute"
         );
+        let staggered = derive(
+            Some(1),
+            &nodes(),
+            &[beat("a", 161, 0), beat("b", 150, 0)],
+            Some(&renewed),
+            ts(162),
+        );
+        assert_eq!(
+            staggered.nodes[1].last_heartbeat,
+            Some(Time(ts(150))),
+            "every node's record moves with the first that is due: one write, not one per node"
+        );
+        let before_due = derive(
+            Some(1),
+            &nodes(),
+            &[beat("a", 159, 0), beat("b", 150, 0)],
+            Some(&renewed),
+            ts(160),
+        );
+        assert_eq!(before_due, renewed, "nothing is due before a minute");
         let busy = derive(
             Some(1),
             &nodes(),
