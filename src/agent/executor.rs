@@ -209,7 +209,7 @@ impl Executor {
             Ok(permit) => Some(permit),
             Err(_) => self.wait_for_slot(&nb, &key, &mut status, &mut stop).await,
         };
-        let Some(_permit) = permit else {
+        let Some(permit) = permit else {
             if *stop.borrow() == Stop::Cancel {
                 self.finish(
                     &nb,
@@ -225,6 +225,11 @@ impl Executor {
         self.state.running.fetch_add(1, Ordering::Relaxed);
         let progress = Progressive::new(self.write_target(&nb));
         let outcome = self.build(&nb, &mut status, &mut stop, &progress).await;
+        // The slot is free once BuildKit is done, before the outcome is written: the controller
+        // counts the attempt as finished when it sees that write (its watch can deliver it before
+        // the write's own response returns here), and may send the next attempt at once; holding
+        // the slot until then made that attempt report Queued for nothing.
+        drop(permit);
         self.state.running.fetch_sub(1, Ordering::Relaxed);
         // Close the gate first: an intermediate write still in flight lands before the final one.
         progress.close().await;
