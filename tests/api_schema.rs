@@ -206,3 +206,55 @@ async fn status_and_spec_are_written_independently() {
     assert_eq!(after.data["status"]["phase"], "Building");
     assert_eq!(after.data["status"]["conditions"][0]["type"], "Ready");
 }
+
+/// A status write that drops every per-node entry (a new generation starts over, or the build's
+/// attempts are gone) must be accepted. Server-side apply on Kubernetes 1.20 turns a list whose
+/// last owned item is removed into `null`, which the schema refuses; the controller then retried
+/// that write forever (seen in the scale run). kiln sends the empty list explicitly.
+#[tokio::test]
+async fn a_status_write_that_drops_every_node_entry_is_accepted() {
+    use kiln::api::image_build::{ImageBuildStatus, NodeResult};
+    let server = ApiServer::shared().await;
+    let client = server.client().await;
+    let ns = server.namespace(&client, "status-nodes").await;
+    let api: Api<DynamicObject> = Api::namespaced_with(client, &ns, &image_build_resource());
+    api.patch(
+        "b",
+        &PatchParams::apply("kubectl-user"),
+        &Patch::Apply(image_build("b", valid_spec())),
+    )
+    .await
+    .expect("create by apply");
+    let write = |status: ImageBuildStatus| {
+        let api = api.clone();
+        async move {
+            let patch = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "status": status});
+            api.patch_status(
+                "b",
+                &PatchParams::apply("kiln-controller-status").force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+        }
+    };
+    let with_node = ImageBuildStatus {
+        observed_generation: Some(1),
+        nodes: vec![NodeResult {
+            name: "node-a".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let written = write(with_node).await.expect("status with a node entry");
+    assert_eq!(written.data["status"]["nodes"][0]["name"], "node-a");
+    let without = ImageBuildStatus {
+        observed_generation: Some(2),
+        ..Default::default()
+    };
+    let written = write(without).await.expect("status that drops every node entry");
+    let nodes = &written.data["status"]["nodes"];
+    assert!(
+        nodes.is_null() || nodes.as_array().is_some_and(Vec::is_empty),
+        "the node entries are gone: {nodes}"
+    );
+}

@@ -201,7 +201,8 @@ pub struct BuilderPoolStatus {
     #[serde(default)]
     pub ready_nodes: i32,
     /// One entry per selected node.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    // Always sent, even empty (the last node gone): see `ImageBuildStatus::nodes`.
+    #[serde(default)]
     #[schemars(schema_with = "builder_nodes")]
     pub nodes: Vec<BuilderNode>,
     /// kstatus conditions: `Ready`, `Reconciling`, `Stalled`.

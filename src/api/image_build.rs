@@ -169,7 +169,9 @@ pub struct ImageBuildStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_names: Option<String>,
     /// One entry per target node: the latest attempt there.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    // Always sent, even empty: server-side apply on Kubernetes 1.20 turns a list whose last
+    // owned item is dropped into `null`, which the schema refuses (tests/api_schema.rs).
+    #[serde(default)]
     #[schemars(schema_with = "node_results")]
     pub nodes: Vec<NodeResult>,
     /// The exact source built, e.g. the git commit.
