@@ -234,6 +234,14 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     }
 }
 
+/// How every controller watch lists: from the apiserver's watch cache (`resourceVersion=0`), as
+/// client-go's informers do, rather than a quorum read from etcd. The watch that follows brings
+/// the cache up to date, and after a watch expires a relist of thousands of NodeBuilds does not
+/// cost etcd a full read.
+fn watch_config() -> watcher::Config {
+    watcher::Config::default().any_semantic()
+}
+
 /// What fills the pool controller's caches ([`pool::cache`]).
 struct PoolWriters {
     nodes: Writer<Node>,
@@ -246,9 +254,9 @@ struct PoolWriters {
 async fn pool_controller(ctx: Arc<Context>, writers: PoolWriters) {
     let client = ctx.client.clone();
     let ns = ctx.namespace.clone();
-    let builders = watcher::Config::default().labels("app.kubernetes.io/component=builder");
-    let heartbeats = watcher::Config::default().labels(&format!("{HEARTBEAT_LABEL}=true"));
-    let controller = Controller::new(Api::<BuilderPool>::all(client.clone()), watcher::Config::default());
+    let builders = watch_config().labels("app.kubernetes.io/component=builder");
+    let heartbeats = watch_config().labels(&format!("{HEARTBEAT_LABEL}=true"));
+    let controller = Controller::new(Api::<BuilderPool>::all(client.clone()), watch_config());
     let store = controller.store();
     let all_pools = move || {
         store
@@ -261,7 +269,7 @@ async fn pool_controller(ctx: Arc<Context>, writers: PoolWriters) {
         .default_backoff()
         .reflect(writers.daemonsets)
         .touched_objects();
-    let nodes = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+    let nodes = watcher(Api::<Node>::all(client.clone()), watch_config())
         .default_backoff()
         .reflect(writers.nodes)
         .touched_objects();
@@ -322,8 +330,8 @@ fn heartbeat_news(
 /// list calls, and each watch event updates the cache before it triggers a reconcile.
 async fn build_controller(ctx: Arc<Context>, node_builds: Writer<NodeBuild>, leases: Writer<Lease>) {
     let client = ctx.client.clone();
-    let heartbeats = watcher::Config::default().labels(&format!("{HEARTBEAT_LABEL}=true"));
-    let controller = Controller::new(Api::<ImageBuild>::all(client.clone()), watcher::Config::default());
+    let heartbeats = watch_config().labels(&format!("{HEARTBEAT_LABEL}=true"));
+    let controller = Controller::new(Api::<ImageBuild>::all(client.clone()), watch_config());
     let store = controller.store();
     let attempts = ctx.node_builds.clone();
     // A heartbeat wakes the builds it may concern (see `build::plan::woken_by`).
@@ -366,7 +374,7 @@ async fn build_controller(ctx: Arc<Context>, node_builds: Writer<NodeBuild>, lea
             .map(|b| ObjectRef::from_obj(&**b))
             .collect::<Vec<_>>()
     };
-    let node_builds = watcher(Api::<NodeBuild>::all(client.clone()), watcher::Config::default())
+    let node_builds = watcher(Api::<NodeBuild>::all(client.clone()), watch_config())
         .default_backoff()
         .reflect(node_builds)
         .touched_objects();
