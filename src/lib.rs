@@ -15,3 +15,4 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod shutdown;
+pub mod watch;

@@ -112,13 +112,9 @@ impl Executor {
             "{NODE_LABEL}={},{POOL_LABEL}={}",
             self.settings.node, self.settings.pool
         );
-        let config = watcher::Config::default()
-            .labels(&selector)
-            // Relists come from the apiserver's watch cache, as client-go's informers do: a
-            // list of every NodeBuild from etcd by hundreds of agents at once (their watches
-            // expire together) overloaded the apiserver in the scale run.
-            .any_semantic()
-            .timeout(watch_timeout_seconds(&self.settings.node));
+        // Relists come from the apiserver's watch cache, and each node's agent reconnects at
+        // its own time (`crate::watch`).
+        let config = crate::watch::spread_config(&self.settings.node).labels(&selector);
         let mut stream = watcher(api, config).boxed();
         loop {
             match stream.try_next().await {
@@ -543,15 +539,6 @@ impl Executor {
         *self.buildkit.lock().await = Some(client.clone());
         client.build(request).await
     }
-}
-
-/// How long each watch request of this node's agent lasts: 240–289 s, spread by node name so
-/// that agents started together do not all reconnect (and relist) at the same moment.
-fn watch_timeout_seconds(node: &str) -> u32 {
-    use std::hash::{DefaultHasher, Hash, Hasher};
-    let mut h = DefaultHasher::new();
-    node.hash(&mut h);
-    240 + u32::try_from(h.finish() % 50).unwrap_or(0)
 }
 
 /// Writes one NodeBuild's status (server-side apply under the agent's field manager).

@@ -234,12 +234,9 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     }
 }
 
-/// How every controller watch lists: from the apiserver's watch cache (`resourceVersion=0`), as
-/// client-go's informers do, rather than a quorum read from etcd. The watch that follows brings
-/// the cache up to date, and after a watch expires a relist of thousands of NodeBuilds does not
-/// cost etcd a full read.
+/// How every controller watch lists ([`crate::watch::config`]).
 fn watch_config() -> watcher::Config {
-    watcher::Config::default().any_semantic()
+    crate::watch::config()
 }
 
 /// What fills the pool controller's caches ([`pool::cache`]).
