@@ -295,8 +295,9 @@ async fn pool_controller(ctx: Arc<Context>, writers: PoolWriters) {
         .await;
 }
 
-/// The heartbeat Leases that are news to their pool (new, changed, back after expiry, deleted),
-/// out of every event of the Lease watch.
+/// The heartbeat Leases that are news (new, changed, back after expiry, deleted), out of every
+/// event of the Lease watch ([`pool::news`]): what can change a pool's status or a waiting
+/// build's placement.
 fn heartbeat_news(
     events: impl futures::Stream<Item = Result<watcher::Event<Lease>, watcher::Error>> + Send + 'static,
 ) -> impl futures::Stream<Item = Result<Lease, watcher::Error>> + Send + 'static {
@@ -375,10 +376,14 @@ async fn build_controller(ctx: Arc<Context>, node_builds: Writer<NodeBuild>, lea
         .default_backoff()
         .reflect(node_builds)
         .touched_objects();
-    let leases = watcher(Api::<Lease>::namespaced(client, &ctx.namespace), heartbeats)
-        .default_backoff()
-        .reflect(leases)
-        .touched_objects();
+    // Only heartbeats that are news (see `heartbeat_news`) wake builds: with 1,000 builds
+    // waiting and 500 builders renewing every 5 s, waking them on every renewal saturated the
+    // controller in the scale run. A waiting build also re-checks every 30 s on its own.
+    let leases = heartbeat_news(
+        watcher(Api::<Lease>::namespaced(client, &ctx.namespace), heartbeats)
+            .default_backoff()
+            .reflect(leases),
+    );
     controller
         .owns_stream(node_builds)
         .watches_stream(leases, waiting)
