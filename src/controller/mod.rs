@@ -274,6 +274,7 @@ async fn pool_controller(ctx: Arc<Context>, writers: PoolWriters) {
         watcher(Api::<Lease>::namespaced(client.clone(), &ns), heartbeats)
             .default_backoff()
             .reflect(writers.leases),
+        pool::news::Audience::Pool,
     );
     controller
         .owns_stream(daemonsets)
@@ -300,8 +301,9 @@ async fn pool_controller(ctx: Arc<Context>, writers: PoolWriters) {
 /// build's placement.
 fn heartbeat_news(
     events: impl futures::Stream<Item = Result<watcher::Event<Lease>, watcher::Error>> + Send + 'static,
+    audience: pool::news::Audience,
 ) -> impl futures::Stream<Item = Result<Lease, watcher::Error>> + Send + 'static {
-    let mut seen = pool::news::Seen::default();
+    let mut seen = pool::news::Seen::new(audience);
     events.flat_map(move |event| {
         let now = k8s_openapi::jiff::Timestamp::now();
         let news = match event {
@@ -376,13 +378,15 @@ async fn build_controller(ctx: Arc<Context>, node_builds: Writer<NodeBuild>, lea
         .default_backoff()
         .reflect(node_builds)
         .touched_objects();
-    // Only heartbeats that are news (see `heartbeat_news`) wake builds: with 1,000 builds
-    // waiting and 500 builders renewing every 5 s, waking them on every renewal saturated the
-    // controller in the scale run. A waiting build also re-checks every 30 s on its own.
+    // Only heartbeats that are news to waiting builds (a builder that can newly take them, see
+    // `pool::news::Audience::Builds`) wake them: with 1,000 builds waiting and 500 builders
+    // renewing every 5 s, waking them on every renewal (or every change in running builds)
+    // saturated the controller in the scale run. A waiting build re-checks every 30 s anyway.
     let leases = heartbeat_news(
         watcher(Api::<Lease>::namespaced(client, &ctx.namespace), heartbeats)
             .default_backoff()
             .reflect(leases),
+        pool::news::Audience::Builds,
     );
     controller
         .owns_stream(node_builds)

@@ -1,4 +1,5 @@
-//! Which heartbeat Lease events are news to a BuilderPool, so that renewals alone wake nothing.
+//! Which heartbeat Lease events are news to a BuilderPool, or to builds waiting for a builder,
+//! so that renewals alone wake nothing.
 //!
 //! Every agent renews its Lease every few seconds; with hundreds of nodes, reconciling the pool
 //! on each renewal kept the pool controller busy for nothing (a renewal changes no field of pool
@@ -15,42 +16,69 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::api::heartbeat::Heartbeat;
 
-/// Whether `next` can change the status of its pool, given the previous heartbeat of the same
-/// Lease and when `next` arrived.
-pub fn is_news(prev: Option<&Heartbeat>, next: &Heartbeat, now: Timestamp) -> bool {
+/// Who judges a heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Audience {
+    /// The pool's status: everything it shows about a builder.
+    Pool,
+    /// Builds waiting for a builder: only a builder that can newly take them (a new one, one
+    /// back after expiry, one with other platforms). A change in running builds is not: the
+    /// controller places builds on busy builders too (the agent queues them), so a build never
+    /// waits for capacity, only for a builder.
+    Builds,
+}
+
+/// Whether `next` is news to `audience`, given the previous heartbeat of the same Lease and
+/// when `next` arrived.
+pub fn is_news(audience: Audience, prev: Option<&Heartbeat>, next: &Heartbeat, now: Timestamp) -> bool {
     let Some(prev) = prev else { return true };
     let (a, b) = (&prev.capacity, &next.capacity);
-    prev.pool != next.pool
-        || prev.node != next.node
-        || !prev.is_fresh(now)
-        || a.running != b.running
-        || a.max_concurrent_builds != b.max_concurrent_builds
-        || a.platforms != b.platforms
-        || a.buildkit_version != b.buildkit_version
+    let for_builds =
+        prev.pool != next.pool || prev.node != next.node || !prev.is_fresh(now) || a.platforms != b.platforms;
+    match audience {
+        Audience::Builds => for_builds,
+        Audience::Pool => {
+            for_builds
+                || a.running != b.running
+                || a.max_concurrent_builds != b.max_concurrent_builds
+                || a.buildkit_version != b.buildkit_version
+        }
+    }
 }
 
 /// The last heartbeat seen per Lease (by name), to judge the next one.
-#[derive(Default)]
-pub struct Seen(HashMap<String, Heartbeat>);
+pub struct Seen {
+    audience: Audience,
+    last: HashMap<String, Heartbeat>,
+}
 
 impl Seen {
+    /// Nothing seen yet.
+    pub fn new(audience: Audience) -> Self {
+        Self {
+            audience,
+            last: HashMap::new(),
+        }
+    }
+
     /// Records a Lease's heartbeat; returns the pool to wake when it is news.
     pub fn applied(&mut self, lease: &str, beat: Heartbeat, now: Timestamp) -> Option<String> {
-        let news = is_news(self.0.get(lease), &beat, now);
+        let news = is_news(self.audience, self.last.get(lease), &beat, now);
         let pool = beat.pool.clone();
-        self.0.insert(lease.to_owned(), beat);
+        self.last.insert(lease.to_owned(), beat);
         news.then_some(pool)
     }
 
     /// Forgets a deleted Lease; returns its pool, which always has news.
     pub fn deleted(&mut self, lease: &str, pool: Option<String>) -> Option<String> {
-        let known = self.0.remove(lease).map(|b| b.pool);
+        let known = self.last.remove(lease).map(|b| b.pool);
         pool.or(known)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::Audience::{Builds, Pool};
     use super::*;
     use crate::api::heartbeat::test_beat;
 
@@ -64,26 +92,50 @@ mod tests {
 
     #[test]
     fn a_plain_renewal_is_not_news() {
-        assert!(!is_news(Some(&beat(100, 0)), &beat(105, 0), ts(105)));
+        for audience in [Pool, Builds] {
+            assert!(!is_news(audience, Some(&beat(100, 0)), &beat(105, 0), ts(105)));
+        }
     }
 
     #[test]
-    fn a_new_builder_a_change_and_a_return_are_news() {
-        assert!(is_news(None, &beat(100, 0), ts(100)), "a new builder");
-        assert!(is_news(Some(&beat(100, 0)), &beat(105, 1), ts(105)), "running changed");
+    fn a_new_builder_a_change_and_a_return_are_news_to_the_pool() {
+        assert!(is_news(Pool, None, &beat(100, 0), ts(100)), "a new builder");
+        assert!(
+            is_news(Pool, Some(&beat(100, 0)), &beat(105, 1), ts(105)),
+            "running changed"
+        );
         let mut upgraded = beat(105, 0);
         upgraded.capacity.buildkit_version = Some("v0.24.0".into());
-        assert!(is_news(Some(&beat(100, 0)), &upgraded, ts(105)), "BuildKit changed");
+        assert!(
+            is_news(Pool, Some(&beat(100, 0)), &upgraded, ts(105)),
+            "BuildKit changed"
+        );
         // The previous renewal expired (15 s): the pool may have said the node is down.
         assert!(
-            is_news(Some(&beat(100, 0)), &beat(130, 0), ts(130)),
+            is_news(Pool, Some(&beat(100, 0)), &beat(130, 0), ts(130)),
             "back after expiry"
         );
     }
 
     #[test]
+    fn waiting_builds_hear_only_of_builders_that_can_newly_take_them() {
+        assert!(is_news(Builds, None, &beat(100, 0), ts(100)), "a new builder");
+        assert!(
+            is_news(Builds, Some(&beat(100, 0)), &beat(130, 0), ts(130)),
+            "back after expiry"
+        );
+        let mut arm = beat(105, 0);
+        arm.capacity.platforms.push("linux/arm64".into());
+        assert!(is_news(Builds, Some(&beat(100, 0)), &arm, ts(105)), "new platforms");
+        assert!(
+            !is_news(Builds, Some(&beat(100, 0)), &beat(105, 1), ts(105)),
+            "a busier or idler builder: builds do not wait for capacity"
+        );
+    }
+
+    #[test]
     fn seen_wakes_the_pool_only_for_news() {
-        let mut seen = Seen::default();
+        let mut seen = Seen::new(Pool);
         assert_eq!(seen.applied("l", beat(100, 0), ts(100)), Some("default".into()));
         assert_eq!(seen.applied("l", beat(105, 0), ts(105)), None);
         assert_eq!(seen.applied("l", beat(110, 2), ts(110)), Some("default".into()));
