@@ -267,15 +267,31 @@ async fn create_wave(
             .expect("ImageBuild");
             async move {
                 let at = SystemTime::now();
-                api.create(&PostParams::default(), &build)
-                    .await
-                    .expect("create ImageBuild");
+                create_retrying(&api, &build).await;
                 (ns, name, at)
             }
         })
         .buffer_unordered(64)
         .collect()
         .await
+}
+
+/// Creates `build`, retrying what an overloaded apiserver answers for a while (500 "resource
+/// quota evaluation timed out", 429, 504) as a client would; an AlreadyExists after a retry
+/// means an earlier try landed.
+async fn create_retrying(api: &Api<ImageBuild>, build: &ImageBuild) {
+    let mut tries = 0;
+    loop {
+        match api.create(&PostParams::default(), build).await {
+            Ok(_) => return,
+            Err(kube::Error::Api(s)) if tries > 0 && s.is_already_exists() => return,
+            Err(kube::Error::Api(s)) if matches!(s.code, 429 | 500 | 503 | 504) && tries < 10 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+            }
+            Err(e) => panic!("create ImageBuild: {e}"),
+        }
+    }
 }
 
 async fn wait_ready(ready: &Ready, made: &[(String, String, SystemTime)], timeout: Duration) {
