@@ -305,13 +305,12 @@ fn heartbeat_news(
 ) -> impl futures::Stream<Item = Result<Lease, watcher::Error>> + Send + 'static {
     let mut seen = pool::news::Seen::new(audience);
     events.flat_map(move |event| {
-        let now = k8s_openapi::jiff::Timestamp::now();
         let news = match event {
             Err(e) => Some(Err(e)),
             Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease)) => {
                 let name = lease.metadata.name.clone().unwrap_or_default();
                 Heartbeat::from_lease(&lease)
-                    .and_then(|beat| seen.applied(&name, beat, now))
+                    .and_then(|beat| seen.applied(&name, beat))
                     .map(|_| Ok(lease))
             }
             Ok(watcher::Event::Delete(lease)) => {

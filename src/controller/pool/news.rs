@@ -6,13 +6,11 @@
 //! status, see `status`). A renewal is news only when what the pool reports could change: a new
 //! builder, a builder that went away, a change in what it reports (running builds, capacity,
 //! platforms, BuildKit's version), or a renewal after the previous one had expired (the pool
-//! may say the node is down). Expiry itself needs no event: the reconcile requeues at the
-//! earliest expiry (`status::next_expiry`). Pure, apart from the memory of the last heartbeat
-//! seen per Lease.
+//! may say the node is down), judged by the gap between the renewals, never by when one is
+//! read. Expiry itself needs no event: the reconcile requeues at the earliest expiry
+//! (`status::next_expiry`). Pure, apart from the memory of the last heartbeat seen per Lease.
 
 use std::collections::HashMap;
-
-use k8s_openapi::jiff::Timestamp;
 
 use crate::api::heartbeat::Heartbeat;
 
@@ -28,13 +26,15 @@ pub enum Audience {
     Builds,
 }
 
-/// Whether `next` is news to `audience`, given the previous heartbeat of the same Lease and
-/// when `next` arrived.
-pub fn is_news(audience: Audience, prev: Option<&Heartbeat>, next: &Heartbeat, now: Timestamp) -> bool {
+/// Whether `next` is news to `audience`, given the previous heartbeat of the same Lease.
+pub fn is_news(audience: Audience, prev: Option<&Heartbeat>, next: &Heartbeat) -> bool {
     let Some(prev) = prev else { return true };
     let (a, b) = (&prev.capacity, &next.capacity);
-    let for_builds =
-        prev.pool != next.pool || prev.node != next.node || !prev.is_fresh(now) || a.platforms != b.platforms;
+    // Back after an expiry: judged by the gap between the two renewals, not by when this one is
+    // read: a controller that falls behind its watch would otherwise take every renewal for a
+    // return, wake every waiting build on each, and fall further behind (seen in the scale run).
+    let returned = prev.expires() < next.renewed;
+    let for_builds = prev.pool != next.pool || prev.node != next.node || returned || a.platforms != b.platforms;
     match audience {
         Audience::Builds => for_builds,
         Audience::Pool => {
@@ -62,8 +62,8 @@ impl Seen {
     }
 
     /// Records a Lease's heartbeat; returns the pool to wake when it is news.
-    pub fn applied(&mut self, lease: &str, beat: Heartbeat, now: Timestamp) -> Option<String> {
-        let news = is_news(self.audience, self.last.get(lease), &beat, now);
+    pub fn applied(&mut self, lease: &str, beat: Heartbeat) -> Option<String> {
+        let news = is_news(self.audience, self.last.get(lease), &beat);
         let pool = beat.pool.clone();
         self.last.insert(lease.to_owned(), beat);
         news.then_some(pool)
@@ -81,6 +81,7 @@ mod tests {
     use super::Audience::{Builds, Pool};
     use super::*;
     use crate::api::heartbeat::test_beat;
+    use k8s_openapi::jiff::Timestamp;
 
     fn ts(s: i64) -> Timestamp {
         Timestamp::from_second(s).expect("ts")
@@ -93,42 +94,30 @@ mod tests {
     #[test]
     fn a_plain_renewal_is_not_news() {
         for audience in [Pool, Builds] {
-            assert!(!is_news(audience, Some(&beat(100, 0)), &beat(105, 0), ts(105)));
+            assert!(!is_news(audience, Some(&beat(100, 0)), &beat(105, 0)));
         }
     }
 
     #[test]
     fn a_new_builder_a_change_and_a_return_are_news_to_the_pool() {
-        assert!(is_news(Pool, None, &beat(100, 0), ts(100)), "a new builder");
-        assert!(
-            is_news(Pool, Some(&beat(100, 0)), &beat(105, 1), ts(105)),
-            "running changed"
-        );
+        assert!(is_news(Pool, None, &beat(100, 0)), "a new builder");
+        assert!(is_news(Pool, Some(&beat(100, 0)), &beat(105, 1)), "running changed");
         let mut upgraded = beat(105, 0);
         upgraded.capacity.buildkit_version = Some("v0.24.0".into());
-        assert!(
-            is_news(Pool, Some(&beat(100, 0)), &upgraded, ts(105)),
-            "BuildKit changed"
-        );
+        assert!(is_news(Pool, Some(&beat(100, 0)), &upgraded), "BuildKit changed");
         // The previous renewal expired (15 s): the pool may have said the node is down.
-        assert!(
-            is_news(Pool, Some(&beat(100, 0)), &beat(130, 0), ts(130)),
-            "back after expiry"
-        );
+        assert!(is_news(Pool, Some(&beat(100, 0)), &beat(130, 0)), "back after expiry");
     }
 
     #[test]
     fn waiting_builds_hear_only_of_builders_that_can_newly_take_them() {
-        assert!(is_news(Builds, None, &beat(100, 0), ts(100)), "a new builder");
-        assert!(
-            is_news(Builds, Some(&beat(100, 0)), &beat(130, 0), ts(130)),
-            "back after expiry"
-        );
+        assert!(is_news(Builds, None, &beat(100, 0)), "a new builder");
+        assert!(is_news(Builds, Some(&beat(100, 0)), &beat(130, 0)), "back after expiry");
         let mut arm = beat(105, 0);
         arm.capacity.platforms.push("linux/arm64".into());
-        assert!(is_news(Builds, Some(&beat(100, 0)), &arm, ts(105)), "new platforms");
+        assert!(is_news(Builds, Some(&beat(100, 0)), &arm), "new platforms");
         assert!(
-            !is_news(Builds, Some(&beat(100, 0)), &beat(105, 1), ts(105)),
+            !is_news(Builds, Some(&beat(100, 0)), &beat(105, 1)),
             "a busier or idler builder: builds do not wait for capacity"
         );
     }
@@ -136,16 +125,16 @@ mod tests {
     #[test]
     fn seen_wakes_the_pool_only_for_news() {
         let mut seen = Seen::new(Pool);
-        assert_eq!(seen.applied("l", beat(100, 0), ts(100)), Some("default".into()));
-        assert_eq!(seen.applied("l", beat(105, 0), ts(105)), None);
-        assert_eq!(seen.applied("l", beat(110, 2), ts(110)), Some("default".into()));
+        assert_eq!(seen.applied("l", beat(100, 0)), Some("default".into()));
+        assert_eq!(seen.applied("l", beat(105, 0)), None);
+        assert_eq!(seen.applied("l", beat(110, 2)), Some("default".into()));
         assert_eq!(
             seen.deleted("l", None),
             Some("default".into()),
             "a deleted Lease is news"
         );
         assert_eq!(
-            seen.applied("l", beat(115, 2), ts(115)),
+            seen.applied("l", beat(115, 2)),
             Some("default".into()),
             "and so is its return"
         );
