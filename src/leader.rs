@@ -2,7 +2,9 @@
 //!
 //! A replica acts only while it holds the Lease. It renews every `duration / 3`; a holder that
 //! cannot renew before its lease runs out stops acting (the process exits and is restarted), and
-//! another replica takes over once the lease has expired. Updates use the Lease's
+//! another replica takes over once the lease has expired. A holder that stops gracefully (a
+//! rollout, `kubectl delete pod`) releases the Lease, so a standby takes over at its next try
+//! rather than after the lease duration (client-go's `ReleaseOnCancel`). Updates use the Lease's
 //! `resourceVersion`, so two replicas racing for an expired lease cannot both win.
 
 use std::time::Duration;
@@ -83,6 +85,23 @@ impl Elector {
         }
     }
 
+    /// Gives the Lease up if this replica holds it, so a standby need not wait for it to expire.
+    /// Best effort: on failure the Lease simply expires.
+    pub async fn release(&self) {
+        let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await else {
+            return;
+        };
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return;
+        }
+        spec.holder_identity = None;
+        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+            Ok(_) => info!(lease = %self.name, identity = %self.identity, "released leadership"),
+            Err(e) => warn!(error = %e, lease = %self.name, "cannot release leadership; it expires instead"),
+        }
+    }
+
     /// One attempt: true when this replica holds the Lease afterwards.
     async fn try_acquire_or_renew(&self) -> Result<bool, Error> {
         let api_err = |source| Error::Api {
@@ -114,10 +133,12 @@ impl Elector {
         };
         let spec = lease.spec.get_or_insert_with(Default::default);
         let ours = spec.holder_identity.as_deref() == Some(self.identity.as_str());
-        let expired = spec.renew_time.as_ref().is_none_or(|t| {
-            let valid = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(seconds)));
-            now.duration_since(t.0) >= valid
-        });
+        let released = spec.holder_identity.as_deref().is_none_or(str::is_empty);
+        let expired = released
+            || spec.renew_time.as_ref().is_none_or(|t| {
+                let valid = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(seconds)));
+                now.duration_since(t.0) >= valid
+            });
         if !ours && !expired {
             return Ok(false);
         }

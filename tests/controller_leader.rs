@@ -1,5 +1,5 @@
 //! Two `kiln controller` replicas: only the Lease holder reconciles, and when it dies the other
-//! takes over within the lease duration.
+//! takes over within the lease duration; a leader stopped gracefully hands the Lease over.
 
 mod support;
 
@@ -36,7 +36,7 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_dies() {
     })
     .await;
     assert_eq!(leader, "replica-a");
-    let second = ControllerProcess::start(server, &ns, "replica-b", &[&lease_arg]);
+    let mut second = ControllerProcess::start(server, &ns, "replica-b", &[&lease_arg]);
     eventually(Duration::from_secs(10), "replica-b serving probes", || async {
         second.get("/healthz")
     })
@@ -99,6 +99,36 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_dies() {
     );
     eventually(Duration::from_secs(20), "the new leader reconciling", || async {
         (second.counter("kiln_reconciles_total", &["builderpool"]) > 0.0).then_some(())
+    })
+    .await;
+
+    // The new leader is stopped as a rollout stops it (SIGTERM): it gives the Lease up on its
+    // way out, so a standby need not wait for it to expire.
+    let standby = ControllerProcess::start(server, &ns, "replica-d", &[&lease_arg]);
+    eventually(Duration::from_secs(10), "replica-d ready, standing by", || async {
+        standby.get("/readyz")
+    })
+    .await;
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &second.process.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    assert!(
+        second.process.wait_exit(Duration::from_secs(20)),
+        "the leader ignored SIGTERM:\n{}",
+        second.log_tail()
+    );
+    let after = leases.get("kiln-controller").await.expect("lease");
+    assert_ne!(
+        holder(&after).as_deref(),
+        Some("replica-b"),
+        "a leader that stopped gracefully still holds the Lease:\n{}",
+        second.log_tail()
+    );
+    eventually(Duration::from_secs(LEASE_SECONDS * 3), "replica-d leading", || async {
+        let l = leases.get("kiln-controller").await.ok()?;
+        (holder(&l).as_deref() == Some("replica-d")).then_some(())
     })
     .await;
 }

@@ -59,7 +59,6 @@ pub struct Rig {
     pub agents: Mutex<BTreeMap<String, Supervised>>,
     agent_kubeconfig: PathBuf,
     controller_kubeconfig: PathBuf,
-    controller_runs: Mutex<u32>,
     /// Extra flags of the controller and of every agent (tuning for one test).
     extra: Tuning,
 }
@@ -96,7 +95,6 @@ impl Rig {
             agents: Mutex::new(BTreeMap::new()),
             agent_kubeconfig: server.service_account_kubeconfig(NS, "kiln-agent").await,
             controller_kubeconfig: server.service_account_kubeconfig(NS, "kiln-controller").await,
-            controller_runs: Mutex::new(0),
             extra,
         };
         rig.start_controller();
@@ -114,9 +112,11 @@ impl Rig {
 
     /// (Re)starts the controller.
     pub fn start_controller(&self) {
-        let mut runs = self.controller_runs.lock().expect("lock");
-        *runs += 1;
-        let identity = format!("controller-{}", *runs);
+        // Unique in the test binary: tests running side by side share the apiserver and the
+        // leader Lease, and two controllers with one identity would both think they lead.
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let identity = format!("controller-{run}");
         let mut args = vec!["--lease-duration-seconds=4"];
         args.extend(self.extra.controller.iter().map(String::as_str));
         let c = ControllerProcess::start_with(self.server, &self.controller_kubeconfig, NS, &identity, &args);
