@@ -1,5 +1,8 @@
-//! How kiln's watches list and reconnect, for every role (controller and agent alike).
+//! How kiln's watches list and reconnect, for every role (controller and agent alike), and how
+//! reconciles wait for the caches those watches fill.
 
+use futures::future::{BoxFuture, FutureExt, Shared};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 
 /// A watch that lists from the apiserver's watch cache (`resourceVersion=0`), as client-go's
@@ -24,9 +27,60 @@ pub fn spread_config(key: &str) -> watcher::Config {
     config().timeout(240 + u32::try_from(h.finish() % 50).unwrap_or(0))
 }
 
+/// Resolves once a watch cache has listed once, for any number of waiters at a time.
+///
+/// kube's `Store::wait_until_ready` keeps a single waker: of several reconciles waiting at
+/// once (every controller start with work queued), only the last is woken, and the others hang
+/// forever, holding their object's slot so that nothing reconciles it again. Seen as a pool that
+/// never turned ready again after a builder came back. A `Shared` future wakes every waiter.
+#[derive(Clone)]
+pub struct Listed(Shared<BoxFuture<'static, Result<(), &'static str>>>);
+
+impl Listed {
+    /// A gate on `store`, whose kind is named `what` in the error when its watch stops for good.
+    pub fn new<K>(store: Store<K>, what: &'static str) -> Self
+    where
+        K: kube::Resource + Clone + Send + Sync + 'static,
+        K::DynamicType: std::hash::Hash + Eq + Clone + Send + Sync,
+    {
+        Self(
+            async move { store.wait_until_ready().await.map_err(|_| what) }
+                .boxed()
+                .shared(),
+        )
+    }
+
+    /// Waits until the cache has listed once; `Err` names the cache whose writer is gone.
+    pub async fn wait(&self) -> Result<(), &'static str> {
+        self.0.clone().await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::runtime::reflector;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn every_waiter_wakes_when_the_cache_has_listed() {
+        let (store, mut writer) = reflector::store::<ConfigMap>();
+        let listed = Listed::new(store, "ConfigMap");
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let listed = listed.clone();
+                tokio::spawn(async move { listed.wait().await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await; // all three are waiting
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        for waiter in waiters {
+            let woke = tokio::time::timeout(Duration::from_secs(5), waiter).await;
+            assert!(matches!(woke, Ok(Ok(Ok(())))), "a waiter was never woken: {woke:?}");
+        }
+        assert_eq!(listed.wait().await, Ok(()), "and later waiters pass at once");
+    }
 
     #[test]
     fn lists_come_from_the_watch_cache_unpaged() {

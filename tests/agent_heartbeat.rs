@@ -54,43 +54,60 @@ async fn heartbeats_follow_buildkit_and_carry_the_nodes_capacity() {
     .await;
     assert!(renewed.is_fresh(k8s_openapi::jiff::Timestamp::now()));
     let pools: Api<BuilderPool> = Api::all(client.clone());
-    let ready = |want: i32| {
+    // This node's entry, not the pool's count: other tests of this binary run their own nodes
+    // in the same pool side by side.
+    let ready = |want: bool| {
         let pools = pools.clone();
         async move {
-            pools
-                .get(POOL)
-                .await
-                .ok()
-                .and_then(|p| p.status)
-                .filter(|s| s.ready_nodes == want)
+            let status = pools.get(POOL).await.ok()?.status?;
+            let node = status.nodes.iter().find(|n| n.name == "beat-node")?;
+            (node.ready == want).then_some(node.clone())
         }
     };
-    eventually(Duration::from_secs(20), "the builder ready in pool status", || ready(1)).await;
+    eventually(Duration::from_secs(20), "the builder ready in pool status", || {
+        ready(true)
+    })
+    .await;
 
     // BuildKit stops answering (dockerd frozen): no more heartbeats, the builder turns not ready.
     signal(rig.docker.dockerd_pid, "-STOP");
     let stalled = tokio::time::timeout(Duration::from_secs(LEASE_SECONDS * 3), async {
-        eventually(Duration::from_secs(LEASE_SECONDS * 3), "the builder not ready", || {
-            ready(0)
+        eventually(Duration::from_secs(LEASE_SECONDS * 4), "the builder not ready", || {
+            ready(false)
         })
         .await
     })
     .await;
     signal(rig.docker.dockerd_pid, "-CONT");
-    let status = stalled.unwrap_or_else(|_| panic!("builder still ready with BuildKit frozen\n{}", rig.diagnostics()));
-    let node = &status.nodes[0];
+    let node = stalled.unwrap_or_else(|_| panic!("builder still ready with BuildKit frozen\n{}", rig.diagnostics()));
     assert!(
         !node.ready && node.message.as_deref().is_some_and(|m| m.contains("heartbeat expired")),
         "{node:?}"
     );
 
     // BuildKit answers again: heartbeats resume and the builder is ready again.
-    eventually(
-        Duration::from_secs(LEASE_SECONDS * 4),
-        "the builder ready again",
-        || ready(1),
-    )
+    let back = tokio::time::timeout(Duration::from_secs(LEASE_SECONDS * 4), async {
+        eventually(
+            Duration::from_secs(LEASE_SECONDS * 5),
+            "the builder ready again",
+            || ready(true),
+        )
+        .await
+    })
     .await;
+    if back.is_err() {
+        let lease = leases.get(&name).await.ok().and_then(|l| l.spec);
+        let status = pools.get(POOL).await.ok().and_then(|p| p.status);
+        let reconciles = rig
+            .controller
+            .lock()
+            .ok()
+            .and_then(|c| c.as_ref().map(|c| c.counter("kiln_reconciles_total", &["builderpool"])));
+        panic!(
+            "builder not ready again with BuildKit back\nlease: {lease:?}\npool status: {status:?}\npool reconciles: {reconciles:?}\n{}",
+            rig.diagnostics()
+        );
+    }
 }
 
 /// The kubelet stops a builder pod with SIGTERM; the agent (PID 1 in its container, where an

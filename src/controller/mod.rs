@@ -52,8 +52,12 @@ pub struct Context {
     pub status_delay: Duration,
     /// Every NodeBuild, as the build controller's watch keeps it (reads without API calls).
     pub node_builds: reflector::Store<NodeBuild>,
+    /// Whether [`Context::node_builds`] has listed once.
+    pub node_builds_listed: crate::watch::Listed,
     /// The builders' heartbeat Leases, likewise.
     pub heartbeat_leases: reflector::Store<Lease>,
+    /// Whether [`Context::heartbeat_leases`] has listed once.
+    pub heartbeat_leases_listed: crate::watch::Listed,
     /// The pool controller's own watch caches ([`pool::cache`]).
     pub pool: pool::cache::Caches,
 }
@@ -206,7 +210,9 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         metrics,
         memory: std::sync::Mutex::default(),
         status_delay: settings.status_delay,
+        node_builds_listed: crate::watch::Listed::new(node_builds.clone(), "NodeBuild"),
         node_builds,
+        heartbeat_leases_listed: crate::watch::Listed::new(heartbeat_leases.clone(), "heartbeat Lease"),
         heartbeat_leases,
         pool: pool::cache::Caches::new(pool_nodes, pool_leases, daemonsets),
         recorder: Recorder::new(
@@ -225,7 +231,11 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     };
     if settings.leader_election {
         tokio::select! {
-            () = controllers => Ok(()),
+            () = controllers => {
+                // Stopped by a signal: hand over at once.
+                elector.release().await;
+                Ok(())
+            }
             lost = elector.keep() => Err(lost.into()),
         }
     } else {
@@ -277,7 +287,15 @@ async fn pool_controller(ctx: Arc<Context>, writers: PoolWriters) {
         pool::news::Audience::Pool,
     );
     controller
-        .owns_stream(daemonsets)
+        // Not `owns_stream`: kube maps an owner reference to a reference in the child's
+        // namespace, which for the cluster-scoped pool is a second key, so a DaemonSet event and
+        // a heartbeat could reconcile the same pool twice at once.
+        .watches_stream(daemonsets, |ds| {
+            let labels = ds.metadata.labels.as_ref();
+            labels
+                .and_then(|l| l.get(pool::render::POOL_LABEL))
+                .map(|p| ObjectRef::<BuilderPool>::new(p))
+        })
         .watches_stream(leases, |lease| {
             pool::reconcile::pool_of_lease(&lease).map(|p| ObjectRef::<BuilderPool>::new(&p))
         })

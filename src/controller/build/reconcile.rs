@@ -300,10 +300,7 @@ async fn cleanup(
 
 /// This ImageBuild's NodeBuilds, from the watch cache (see `controller::build_controller`).
 async fn owned_node_builds(ctx: &Context, build: &ImageBuild) -> Result<Vec<Arc<NodeBuild>>, Error> {
-    ctx.node_builds
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::CacheStopped("NodeBuild"))?;
+    ctx.node_builds_listed.wait().await.map_err(Error::CacheStopped)?;
     let (ns, name, uid) = (build.namespace(), build.name_any(), build.uid());
     // Only this object's attempts: a re-created ImageBuild of the same name has another uid.
     Ok(ctx.node_builds.state_filter(|nb| {
@@ -315,10 +312,7 @@ async fn owned_node_builds(ctx: &Context, build: &ImageBuild) -> Result<Vec<Arc<
 
 /// The pool's heartbeats, from the watch cache.
 async fn cached_heartbeats(ctx: &Context, pool: &str) -> Result<Vec<Heartbeat>, Error> {
-    ctx.heartbeat_leases
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::CacheStopped("heartbeat Lease"))?;
+    ctx.heartbeat_leases_listed.wait().await.map_err(Error::CacheStopped)?;
     Ok(ctx
         .heartbeat_leases
         .state()

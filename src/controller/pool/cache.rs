@@ -16,6 +16,7 @@ use super::applied::Applied;
 use super::render::POOL_LABEL;
 use crate::api::heartbeat::Heartbeat;
 use crate::controller::Error;
+use crate::watch::Listed;
 
 /// The caches, and what the controller last applied.
 pub struct Caches {
@@ -27,33 +28,33 @@ pub struct Caches {
     pub daemonsets: Store<DaemonSet>,
     /// The last apply per DaemonSet ([`Applied`]).
     pub applied: Mutex<Applied>,
+    /// Whether each watch has listed once.
+    listed: [Listed; 3],
 }
 
 impl Caches {
     /// Empty caches over the given stores.
     pub fn new(nodes: Store<Node>, leases: Store<Lease>, daemonsets: Store<DaemonSet>) -> Self {
+        let listed = [
+            Listed::new(nodes.clone(), "Node"),
+            Listed::new(leases.clone(), "heartbeat Lease"),
+            Listed::new(daemonsets.clone(), "builder DaemonSet"),
+        ];
         Self {
             nodes,
             leases,
             daemonsets,
             applied: Mutex::default(),
+            listed,
         }
     }
 
     /// Waits until every watch has listed once.
     pub async fn ready(&self) -> Result<(), Error> {
-        self.nodes
-            .wait_until_ready()
-            .await
-            .map_err(|_| Error::CacheStopped("Node"))?;
-        self.leases
-            .wait_until_ready()
-            .await
-            .map_err(|_| Error::CacheStopped("heartbeat Lease"))?;
-        self.daemonsets
-            .wait_until_ready()
-            .await
-            .map_err(|_| Error::CacheStopped("builder DaemonSet"))
+        for listed in &self.listed {
+            listed.wait().await.map_err(Error::CacheStopped)?;
+        }
+        Ok(())
     }
 
     /// Nodes whose labels include every pair of `selector`.
