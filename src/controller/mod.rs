@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -54,6 +54,8 @@ pub struct Context {
     pub node_builds: reflector::Store<NodeBuild>,
     /// Whether [`Context::node_builds`] has listed once.
     pub node_builds_listed: crate::watch::Listed,
+    /// Keys into [`Context::node_builds`] by build, node and cache key ([`build::index`]).
+    pub node_build_index: std::sync::RwLock<build::index::Index>,
     /// The builders' heartbeat Leases, likewise.
     pub heartbeat_leases: reflector::Store<Lease>,
     /// Whether [`Context::heartbeat_leases`] has listed once.
@@ -212,6 +214,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         status_delay: settings.status_delay,
         node_builds_listed: crate::watch::Listed::new(node_builds.clone(), "NodeBuild"),
         node_builds,
+        node_build_index: std::sync::RwLock::default(),
         heartbeat_leases_listed: crate::watch::Listed::new(heartbeat_leases.clone(), "heartbeat Lease"),
         heartbeat_leases,
         pool: pool::cache::Caches::new(pool_nodes, pool_leases, daemonsets),
@@ -350,7 +353,7 @@ async fn build_controller(ctx: Arc<Context>, node_builds: Writer<NodeBuild>, lea
     let heartbeats = watch_config().labels(&format!("{HEARTBEAT_LABEL}=true"));
     let controller = Controller::new(Api::<ImageBuild>::all(client.clone()), watch_config());
     let store = controller.store();
-    let attempts = ctx.node_builds.clone();
+    let index = ctx.clone();
     // A heartbeat wakes the builds it may concern (see `build::plan::woken_by`).
     let waiting = move |lease: Lease| {
         let Some(beat) = Heartbeat::from_lease(&lease) else {
@@ -363,37 +366,29 @@ async fn build_controller(ctx: Arc<Context>, node_builds: Writer<NodeBuild>, lea
         if candidates.is_empty() {
             return Vec::new();
         }
-        let under_way: std::collections::HashSet<(String, String)> = attempts
-            .state()
-            .iter()
-            .filter(|nb| {
-                !nb.status
-                    .as_ref()
-                    .and_then(|s| s.phase)
-                    .is_some_and(|p| p.is_finished())
-            })
-            .map(|nb| {
-                (
-                    nb.metadata.namespace.clone().unwrap_or_default(),
-                    nb.spec.image_build.clone(),
-                )
-            })
-            .collect();
         candidates
             .iter()
             .filter(|b| {
-                let key = (
-                    b.metadata.namespace.clone().unwrap_or_default(),
-                    b.metadata.name.clone().unwrap_or_default(),
-                );
-                build::plan::woken_by(b, &beat, under_way.contains(&key))
+                let (ns, name) = (b.metadata.namespace.as_deref(), b.metadata.name.as_deref());
+                let under_way = index
+                    .node_build_index
+                    .read()
+                    .is_ok_and(|i| i.under_way(ns.unwrap_or_default(), name.unwrap_or_default()));
+                build::plan::woken_by(b, &beat, under_way)
             })
             .map(|b| ObjectRef::from_obj(&**b))
             .collect::<Vec<_>>()
     };
+    let indexed = ctx.clone();
     let node_builds = watcher(Api::<NodeBuild>::all(client.clone()), watch_config())
         .default_backoff()
         .reflect(node_builds)
+        // The index follows the cache before the event triggers a reconcile.
+        .inspect_ok(move |event| {
+            if let Ok(mut index) = indexed.node_build_index.write() {
+                index.apply(event);
+            }
+        })
         .touched_objects();
     // Only heartbeats that are news to waiting builds (a builder that can newly take them, see
     // `pool::news::Audience::Builds`) wake them: with 1,000 builds waiting and 500 builders

@@ -82,22 +82,14 @@ pub(super) fn just_created_attempts(ctx: &Context, build: &ImageBuild, known: &[
 /// Unfinished attempts per node: those the watch cache shows, and those this process created
 /// moments ago that it does not show yet.
 pub(super) fn assigned_load(ctx: &Context) -> BTreeMap<String, i32> {
-    let mut load: BTreeMap<String, i32> = BTreeMap::new();
-    let mut known = std::collections::HashSet::new();
-    for nb in ctx.node_builds.state() {
-        known.insert(node_build_key(&nb));
-        let finished = nb
-            .status
-            .as_ref()
-            .and_then(|s| s.phase)
-            .is_some_and(NodeBuildPhase::is_finished);
-        if !finished {
-            *load.entry(nb.spec.node_name.clone()).or_default() += 1;
-        }
-    }
+    let Ok(index) = ctx.node_build_index.read() else {
+        return BTreeMap::new();
+    };
+    let mut load: BTreeMap<String, i32> = index.load().iter().map(|(n, c)| (n.clone(), *c)).collect();
     if let Ok(t) = ctx.memory.lock() {
-        for (key, (nb, at)) in &t.dispatched {
-            if at.elapsed() < EXPECT_CREATED && !known.contains(key) {
+        for (nb, at) in t.dispatched.values() {
+            let known = index.contains(&nb.namespace().unwrap_or_default(), &nb.name_any());
+            if at.elapsed() < EXPECT_CREATED && !known {
                 *load.entry(nb.spec.node_name.clone()).or_default() += 1;
             }
         }

@@ -4,6 +4,7 @@
 mod aggregate;
 mod dispatch;
 pub mod grants;
+pub mod index;
 mod judge;
 pub mod memory;
 pub mod naming;

@@ -13,6 +13,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
@@ -21,14 +22,13 @@ use super::memory::{
     assigned_load, finalizer_added, just_created, just_created_attempts, known_for, observe_timings, remember_created,
     remember_finalizer, remember_written, remembered_status,
 };
-use super::naming::CACHE_KEY_LABEL;
 use super::plan::{self, Observed, Plan};
 use super::schedule::Candidate;
 use super::{grants, pacing};
 use crate::api::conditions::{self, Desired, READY, STALLED, Status};
 use crate::api::heartbeat::Heartbeat;
 use crate::api::image_build::ImageBuild;
-use crate::api::node_build::{IMAGE_BUILD_LABEL, NodeBuild, NodeBuildPhase};
+use crate::api::node_build::{NodeBuild, NodeBuildPhase};
 use crate::api::validation;
 use crate::controller::{Context, Error, STATUS_FIELD_MANAGER};
 
@@ -301,13 +301,18 @@ async fn cleanup(
 /// This ImageBuild's NodeBuilds, from the watch cache (see `controller::build_controller`).
 async fn owned_node_builds(ctx: &Context, build: &ImageBuild) -> Result<Vec<Arc<NodeBuild>>, Error> {
     ctx.node_builds_listed.wait().await.map_err(Error::CacheStopped)?;
-    let (ns, name, uid) = (build.namespace(), build.name_any(), build.uid());
+    let (ns, name, uid) = (build.namespace().unwrap_or_default(), build.name_any(), build.uid());
+    let names = ctx
+        .node_build_index
+        .read()
+        .map(|index| index.attempts_of(&ns, &name))
+        .unwrap_or_default();
     // Only this object's attempts: a re-created ImageBuild of the same name has another uid.
-    Ok(ctx.node_builds.state_filter(|nb| {
-        nb.namespace() == ns
-            && nb.labels().get(IMAGE_BUILD_LABEL) == Some(&name)
-            && nb.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref())
-    }))
+    Ok(names
+        .iter()
+        .filter_map(|n| ctx.node_builds.get(&ObjectRef::new(n).within(&ns)))
+        .filter(|nb| nb.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref()))
+        .collect())
 }
 
 /// The pool's heartbeats, from the watch cache.
@@ -350,14 +355,7 @@ async fn node_labels(ctx: &Context, build: &ImageBuild) -> Result<BTreeMap<Strin
 /// The node that most recently built the same source and Dockerfile successfully.
 async fn affinity(ctx: &Context, build: &ImageBuild) -> Option<String> {
     let key = super::naming::cache_key(&build.spec.recipe);
-    ctx.node_builds
-        .state_filter(|nb| {
-            nb.labels().get(CACHE_KEY_LABEL) == Some(&key)
-                && nb.status.as_ref().and_then(|s| s.phase) == Some(NodeBuildPhase::Succeeded)
-        })
-        .into_iter()
-        .max_by_key(|nb| nb.status.as_ref().and_then(|s| s.completion_time.as_ref()).map(|t| t.0))
-        .map(|nb| nb.spec.node_name.clone())
+    ctx.node_build_index.read().ok()?.last_success(&key)
 }
 
 async fn write_status(
