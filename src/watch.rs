@@ -27,6 +27,13 @@ pub fn spread_config(key: &str) -> watcher::Config {
     config().timeout(240 + u32::try_from(h.finish() % 50).unwrap_or(0))
 }
 
+/// Drops what kiln never reads from an object before it is cached: its managedFields, often
+/// the largest part of a small object (one entry per writer, each listing every field it set).
+/// In the scale run the controller held 1.1 GiB with 10,000 builds cached.
+pub fn trim<K: kube::Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
 /// Resolves once a watch cache has listed once, for any number of waiters at a time.
 ///
 /// kube's `Store::wait_until_ready` keeps a single waker: of several reconciles waiting at
@@ -62,6 +69,21 @@ mod tests {
     use k8s_openapi::api::core::v1::ConfigMap;
     use kube::runtime::reflector;
     use std::time::Duration;
+
+    #[test]
+    fn trimmed_objects_keep_everything_but_managed_fields() {
+        let mut cm: ConfigMap = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "a", "labels": {"k": "v"},
+                         "managedFields": [{"manager": "kiln", "operation": "Apply"}]},
+            "data": {"x": "y"},
+        }))
+        .expect("configmap");
+        let before = cm.clone();
+        trim(&mut cm);
+        assert_eq!(cm.metadata.managed_fields, None);
+        cm.metadata.managed_fields = before.metadata.managed_fields.clone();
+        assert_eq!(cm, before, "nothing else changed");
+    }
 
     #[tokio::test]
     async fn every_waiter_wakes_when_the_cache_has_listed() {

@@ -247,6 +247,21 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     }
 }
 
+/// A controller over `api`'s objects, as `Controller::new` makes one, but whose cache holds them
+/// without their managedFields ([`crate::watch::trim`]).
+fn controller_for<K>(api: Api<K>) -> Controller<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let objects = watcher(api, watch_config())
+        .default_backoff()
+        .modify(crate::watch::trim)
+        .reflect(writer)
+        .applied_objects();
+    Controller::for_stream(objects, reader)
+}
+
 /// How every controller watch lists ([`crate::watch::config`]).
 fn watch_config() -> watcher::Config {
     crate::watch::config()
@@ -266,7 +281,7 @@ async fn pool_controller(ctx: Arc<Context>, writers: PoolWriters) {
     let ns = ctx.namespace.clone();
     let builders = watch_config().labels("app.kubernetes.io/component=builder");
     let heartbeats = watch_config().labels(&format!("{HEARTBEAT_LABEL}=true"));
-    let controller = Controller::new(Api::<BuilderPool>::all(client.clone()), watch_config());
+    let controller = controller_for(Api::<BuilderPool>::all(client.clone()));
     let store = controller.store();
     let all_pools = move || {
         store
@@ -277,15 +292,18 @@ async fn pool_controller(ctx: Arc<Context>, writers: PoolWriters) {
     };
     let daemonsets = watcher(Api::<DaemonSet>::namespaced(client.clone(), &ns), builders.clone())
         .default_backoff()
+        .modify(crate::watch::trim)
         .reflect(writers.daemonsets)
         .touched_objects();
     let nodes = watcher(Api::<Node>::all(client.clone()), watch_config())
         .default_backoff()
+        .modify(crate::watch::trim)
         .reflect(writers.nodes)
         .touched_objects();
     let leases = heartbeat_news(
         watcher(Api::<Lease>::namespaced(client.clone(), &ns), heartbeats)
             .default_backoff()
+            .modify(crate::watch::trim)
             .reflect(writers.leases),
         pool::news::Audience::Pool,
     );
@@ -351,7 +369,7 @@ fn heartbeat_news(
 async fn build_controller(ctx: Arc<Context>, node_builds: Writer<NodeBuild>, leases: Writer<Lease>) {
     let client = ctx.client.clone();
     let heartbeats = watch_config().labels(&format!("{HEARTBEAT_LABEL}=true"));
-    let controller = Controller::new(Api::<ImageBuild>::all(client.clone()), watch_config());
+    let controller = controller_for(Api::<ImageBuild>::all(client.clone()));
     let store = controller.store();
     let index = ctx.clone();
     // A heartbeat wakes the builds it may concern (see `build::plan::woken_by`).
@@ -382,6 +400,7 @@ async fn build_controller(ctx: Arc<Context>, node_builds: Writer<NodeBuild>, lea
     let indexed = ctx.clone();
     let node_builds = watcher(Api::<NodeBuild>::all(client.clone()), watch_config())
         .default_backoff()
+        .modify(crate::watch::trim)
         .reflect(node_builds)
         // The index follows the cache before the event triggers a reconcile.
         .inspect_ok(move |event| {
@@ -397,6 +416,7 @@ async fn build_controller(ctx: Arc<Context>, node_builds: Writer<NodeBuild>, lea
     let leases = heartbeat_news(
         watcher(Api::<Lease>::namespaced(client, &ctx.namespace), heartbeats)
             .default_backoff()
+            .modify(crate::watch::trim)
             .reflect(leases),
         pool::news::Audience::Builds,
     );
