@@ -18,6 +18,20 @@ fn holder(lease: &Lease) -> Option<String> {
     lease.spec.as_ref().and_then(|s| s.holder_identity.clone())
 }
 
+/// Stops a replica as a rollout does (SIGTERM) and waits for it to exit.
+fn stop_gracefully(replica: &mut ControllerProcess, what: &str) {
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &replica.process.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    assert!(
+        replica.process.wait_exit(Duration::from_secs(20)),
+        "{what} ignored SIGTERM:\n{}",
+        replica.log_tail()
+    );
+}
+
 #[tokio::test]
 async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_dies() {
     let server = ApiServer::shared().await;
@@ -73,16 +87,7 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_dies() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &third.process.pid().to_string()])
-        .status()
-        .expect("kill");
-    assert!(term.success());
-    assert!(
-        third.process.wait_exit(Duration::from_secs(20)),
-        "a standby ignored SIGTERM:\n{}",
-        third.log_tail()
-    );
+    stop_gracefully(&mut third, "a standby");
     assert!(third.log_tail().contains("standing by"), "{}", third.log_tail());
 
     // The leader dies without a word; the standby takes over within the lease duration.
@@ -109,16 +114,7 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_dies() {
         standby.get("/readyz")
     })
     .await;
-    let term = std::process::Command::new("kill")
-        .args(["-TERM", &second.process.pid().to_string()])
-        .status()
-        .expect("kill");
-    assert!(term.success());
-    assert!(
-        second.process.wait_exit(Duration::from_secs(20)),
-        "the leader ignored SIGTERM:\n{}",
-        second.log_tail()
-    );
+    stop_gracefully(&mut second, "the leader");
     let after = leases.get("kiln-controller").await.expect("lease");
     assert_ne!(
         holder(&after).as_deref(),

@@ -384,14 +384,14 @@ async fn build_controller(ctx: Arc<Context>, node_builds: Writer<NodeBuild>, lea
         if candidates.is_empty() {
             return Vec::new();
         }
+        let Ok(attempts) = index.node_build_index.read() else {
+            return Vec::new();
+        };
         candidates
             .iter()
             .filter(|b| {
                 let (ns, name) = (b.metadata.namespace.as_deref(), b.metadata.name.as_deref());
-                let under_way = index
-                    .node_build_index
-                    .read()
-                    .is_ok_and(|i| i.under_way(ns.unwrap_or_default(), name.unwrap_or_default()));
+                let under_way = attempts.under_way(ns.unwrap_or_default(), name.unwrap_or_default());
                 build::plan::woken_by(b, &beat, under_way)
             })
             .map(|b| ObjectRef::from_obj(&**b))
