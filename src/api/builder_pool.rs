@@ -9,6 +9,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::image_policy::ImageRule;
+
 /// The BuildKit image used when `buildkitImage` is unset (pinned). v0.24 is the first release
 /// that finds a `FROM name:tag` in containerd's image store without asking its registry
 /// (moby/buildkit 43580f9), which node-local builds depend on.
@@ -84,6 +86,12 @@ pub struct BuilderPoolSpec {
     /// The network `RUN` steps get. Defaults to `Default`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_network: Option<RunNetwork>,
+    /// Which image names builds in each namespace may write into the nodes' image stores, as
+    /// rules of namespaces and name patterns; a build may write a name when a rule that applies
+    /// to its namespace has a matching pattern. Unset: each namespace builds only names under
+    /// `kiln.local/<namespace>/` (see docs/image-policy.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_images: Vec<ImageRule>,
 }
 
 /// The network of a build's `RUN` steps.

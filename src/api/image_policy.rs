@@ -1,5 +1,5 @@
 //! The image-name policy: which image names builds in each namespace may write into the nodes'
-//! image stores (a BuilderPool's future `spec.allowedImages`), decided without I/O.
+//! image stores (a BuilderPool's `spec.allowedImages`), decided without I/O.
 //!
 //! kiln writes images into the store the kubelet runs pods from, so an image name is a claim
 //! on every pod that uses it with `imagePullPolicy: IfNotPresent`. A policy is a list of
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::image_pattern::{MAX_PATTERN_LEN, NAMESPACE_PLACEHOLDER, Pattern, PatternError, Subject};
 
-/// Where the rules will live: the BuilderPool field, for messages.
+/// Where the rules live: the BuilderPool field, for messages.
 pub const FIELD: &str = "spec.allowedImages";
 /// The registry host of the default policy: `.local` is reserved for multicast DNS (RFC 6762),
 /// so no real registry, and no image pulled from one, has a name under it.

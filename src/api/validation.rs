@@ -12,6 +12,7 @@ use std::path::{Component, Path};
 
 use super::builder_pool::BuilderPoolSpec;
 use super::image_build::ImageBuildSpec;
+use super::image_policy;
 use super::recipe::{BuildRecipe, BuildSource};
 use super::reference::Reference;
 
@@ -249,6 +250,14 @@ pub fn builder_pool(spec: &BuilderPoolSpec) -> Result<(), ValidationErrors> {
     if spec.max_concurrent_builds.is_some_and(|m| !(1..=64).contains(&m)) {
         errs.add("spec.maxConcurrentBuilds", "must be between 1 and 64");
     }
+    if let Err(e) = image_policy::validate_rules(&spec.allowed_images) {
+        // The error names its own field (`spec.allowedImages[1].patterns[0] …: what is wrong`).
+        let text = e.to_string();
+        match text.split_once(": ") {
+            Some((field, message)) => errs.add(field, message),
+            None => errs.add(image_policy::FIELD, text),
+        }
+    }
     errs.finish()
 }
 
@@ -461,5 +470,36 @@ mod tests {
             ..Default::default()
         });
         assert!(builder_pool(&pool).expect_err("invalid").has("spec.gc.keepDuration"));
+    }
+
+    #[test]
+    fn a_pool_policy_that_does_not_parse_is_refused_at_the_rule_that_is_wrong() {
+        use crate::api::image_policy::ImageRule;
+        let rule = |patterns: &[&str]| ImageRule {
+            patterns: patterns.iter().map(|p| (*p).to_owned()).collect(),
+            ..Default::default()
+        };
+        let mut pool = BuilderPoolSpec {
+            allowed_images: vec![
+                rule(&["kiln.local/{{namespace}}/**"]),
+                rule(&["registry.example.com/base/*:*"]),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(builder_pool(&pool), Ok(()));
+        pool.allowed_images.push(rule(&["kiln.local/x/**", "busybox"]));
+        let err = builder_pool(&pool).expect_err("a short name is no pattern");
+        assert_eq!(err.0.len(), 1, "{err}");
+        assert!(err.0[0].field.starts_with("spec.allowedImages[2].patterns[1]"), "{err}");
+        assert!(
+            err.0[0].message.contains("docker.io/library/busybox"),
+            "the fix is named: {err}"
+        );
+        pool.allowed_images = vec![rule(&[])];
+        assert!(
+            builder_pool(&pool)
+                .expect_err("no patterns")
+                .has("spec.allowedImages[0].patterns")
+        );
     }
 }

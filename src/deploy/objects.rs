@@ -105,6 +105,8 @@ fn controller_rbac(s: &dyn Source) -> Vec<Value> {
             rule(&["kiln.dev"], &["nodebuilds/status"], &["get"]),
             // Nodes are read to select builders and labelled with their detected runtime.
             rule(&[""], &["nodes"], &["get", "list", "watch", "patch"]),
+            // Labels of a build's namespace, for image-policy rules that select by them.
+            rule(&[""], &["namespaces"], &["get"]),
             rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
             // Grants the agents a build's Secrets while it runs (controller/build/grants.rs):
             // RoleBindings to the one role below, which the controller may bind but not use.
@@ -142,6 +144,9 @@ fn agent_rbac(s: &dyn Source) -> Vec<Value> {
             rule(&["kiln.dev"], &["nodebuilds"], &["get", "list", "watch"]),
             rule(&["kiln.dev"], &["nodebuilds/status"], &["get", "patch", "update"]),
             rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
+            // The image-name policy, checked again before every build (agent/policy.rs).
+            rule(&["kiln.dev"], &["builderpools"], &["get", "list", "watch"]),
+            rule(&[""], &["namespaces"], &["get"]),
         ]}),
         binding(s, "ClusterRoleBinding", "ClusterRole", "agent", "agent"),
         // Bound only per namespace and per build, by the controller.
