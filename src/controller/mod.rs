@@ -62,6 +62,11 @@ pub struct Context {
     pub heartbeat_leases_listed: crate::watch::Listed,
     /// The pool controller's own watch caches ([`pool::cache`]).
     pub pool: pool::cache::Caches,
+    /// Every BuilderPool, as the build controller's watch keeps it: each build's image-name
+    /// policy ([`build::policy`]).
+    pub pools: reflector::Store<BuilderPool>,
+    /// Whether [`Context::pools`] has listed once.
+    pub pools_listed: crate::watch::Listed,
 }
 
 /// Controller errors.
@@ -199,6 +204,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     let (pool_nodes, pool_nodes_writer) = reflector::store();
     let (pool_leases, pool_leases_writer) = reflector::store();
     let (daemonsets, daemonsets_writer) = reflector::store();
+    let (pools, pools_writer) = reflector::store();
     let pool_writers = PoolWriters {
         nodes: pool_nodes_writer,
         leases: pool_leases_writer,
@@ -218,6 +224,8 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         heartbeat_leases_listed: crate::watch::Listed::new(heartbeat_leases.clone(), "heartbeat Lease"),
         heartbeat_leases,
         pool: pool::cache::Caches::new(pool_nodes, pool_leases, daemonsets),
+        pools_listed: crate::watch::Listed::new(pools.clone(), "BuilderPool"),
+        pools,
         recorder: Recorder::new(
             client.clone(),
             Reporter {
@@ -229,7 +237,14 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     let controllers = async {
         tokio::join!(
             pool_controller(ctx.clone(), pool_writers),
-            build_controller(ctx, node_builds_writer, leases_writer)
+            build_controller(
+                ctx,
+                BuildWriters {
+                    node_builds: node_builds_writer,
+                    leases: leases_writer,
+                    pools: pools_writer,
+                }
+            )
         );
     };
     if settings.leader_election {
@@ -363,10 +378,23 @@ fn heartbeat_news(
     })
 }
 
-/// The ImageBuild controller. Its NodeBuild and heartbeat watches also fill the caches its
-/// reconciles read (`Context::node_builds`, `Context::heartbeat_leases`): a reconcile makes no
-/// list calls, and each watch event updates the cache before it triggers a reconcile.
-async fn build_controller(ctx: Arc<Context>, node_builds: Writer<NodeBuild>, leases: Writer<Lease>) {
+/// What fills the build controller's caches.
+struct BuildWriters {
+    node_builds: Writer<NodeBuild>,
+    leases: Writer<Lease>,
+    pools: Writer<BuilderPool>,
+}
+
+/// The ImageBuild controller. Its NodeBuild, heartbeat and BuilderPool watches also fill the
+/// caches its reconciles read (`Context::node_builds`, `Context::heartbeat_leases`,
+/// `Context::pools`): a reconcile makes no list calls, and each watch event updates the cache
+/// before it triggers a reconcile.
+async fn build_controller(ctx: Arc<Context>, writers: BuildWriters) {
+    let BuildWriters {
+        node_builds,
+        leases,
+        pools,
+    } = writers;
     let client = ctx.client.clone();
     let heartbeats = watch_config().labels(&format!("{HEARTBEAT_LABEL}=true"));
     let controller = controller_for(Api::<ImageBuild>::all(client.clone()));
@@ -397,6 +425,22 @@ async fn build_controller(ctx: Arc<Context>, node_builds: Writer<NodeBuild>, lea
             .map(|b| ObjectRef::from_obj(&**b))
             .collect::<Vec<_>>()
     };
+    // A pool's new policy (a new generation) wakes the builds it refused.
+    let refused = controller.store();
+    let pools = watcher(Api::<BuilderPool>::all(client.clone()), watch_config())
+        .default_backoff()
+        .modify(crate::watch::trim)
+        .reflect(pools)
+        .applied_objects()
+        .predicate_filter(kube::runtime::predicates::generation, Default::default());
+    let refused_by = move |pool: BuilderPool| {
+        let name = pool.metadata.name.unwrap_or_default();
+        refused
+            .state_filter(|b| b.spec.pool() == name && build::policy::refused(b))
+            .iter()
+            .map(|b| ObjectRef::from_obj(&**b))
+            .collect::<Vec<_>>()
+    };
     let indexed = ctx.clone();
     let node_builds = watcher(Api::<NodeBuild>::all(client.clone()), watch_config())
         .default_backoff()
@@ -423,6 +467,7 @@ async fn build_controller(ctx: Arc<Context>, node_builds: Writer<NodeBuild>, lea
     controller
         .owns_stream(node_builds)
         .watches_stream(leases, waiting)
+        .watches_stream(pools, refused_by)
         .shutdown_on_signal()
         .run(timed_build_reconcile, build_error_policy, ctx)
         .for_each(|result| async move { log_outcome("ImageBuild", result) })

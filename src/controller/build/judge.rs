@@ -21,6 +21,7 @@ const PERMANENT: &[&str] = &[
     "SecretForbidden",
     "UploadTimeout",
     "ContextTooLarge",
+    "ImageNotAllowed",
 ];
 
 /// How an attempt stands, as the controller judges it.

@@ -12,5 +12,6 @@ pub mod pacing;
 pub mod plan;
 #[cfg(test)]
 mod plan_tests;
+pub mod policy;
 pub mod reconcile;
 pub mod schedule;

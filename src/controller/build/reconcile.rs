@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -24,10 +25,11 @@ use super::memory::{
 };
 use super::plan::{self, Observed, Plan};
 use super::schedule::Candidate;
-use super::{grants, pacing};
+use super::{grants, pacing, policy};
 use crate::api::conditions::{self, Desired, READY, STALLED, Status};
 use crate::api::heartbeat::Heartbeat;
-use crate::api::image_build::ImageBuild;
+use crate::api::image_build::{BuildPhase, ImageBuild};
+use crate::api::image_policy::Decision;
 use crate::api::node_build::{NodeBuild, NodeBuildPhase};
 use crate::api::validation;
 use crate::controller::{Context, Error, STATUS_FIELD_MANAGER};
@@ -36,6 +38,9 @@ use crate::controller::{Context, Error, STATUS_FIELD_MANAGER};
 pub const FINALIZER: &str = "kiln.dev/cancel-builds";
 /// How long deletion waits for agents to confirm cancellation.
 pub const CANCEL_GRACE: Duration = Duration::from_secs(30);
+
+/// How often a build the image policy refused is checked again without any change to its pool.
+const POLICY_RECHECK: Duration = Duration::from_secs(300);
 
 /// Reconciles one ImageBuild.
 pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -74,33 +79,34 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
         debug!(build = %build.name_any(), "finalizer added");
     }
     if let Err(invalid) = validation::image_build(&build.spec) {
-        let mut status = build.status.clone().unwrap_or_default();
         let message = format!("{invalid}; fix the spec (see `kiln validate`)");
-        status.observed_generation = build.metadata.generation;
-        status.phase = Some(crate::api::image_build::BuildPhase::Failed);
-        status.reason = Some("InvalidSpec".into());
-        status.message = Some(message.clone());
-        status.conditions = conditions::merge(
-            &status.conditions,
-            &[
-                Desired::new(READY, Status::False, "InvalidSpec", message.clone()),
-                Desired::new(STALLED, Status::True, "InvalidSpec", message),
-            ],
-            build.metadata.generation,
-            &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
-        );
-        if build.status.as_ref() != Some(&status) {
-            write_status(&builds, &build, &status).await?;
-        }
-        return Ok(Action::await_change());
+        let stall = Stall {
+            phase: BuildPhase::Failed,
+            reason: "InvalidSpec",
+            message,
+        };
+        return stall.write(&ctx, &builds, &build).await;
+    }
+
+    let generation = build.metadata.generation.unwrap_or(1);
+    let first_dispatch = !node_builds.iter().any(|nb| nb.spec.generation == generation);
+    if first_dispatch && let Decision::Denied { reason, .. } = policy::check(&ctx, &build).await? {
+        // Not Failed: the build is not over, an admin may still allow its names (the pool's
+        // watch then wakes it). Until then it waits for that change, or re-checks rarely
+        // (a namespace's labels can change the decision too).
+        let stall = Stall {
+            phase: BuildPhase::Pending,
+            reason: policy::REASON,
+            message: format!("{reason}; nothing was built"),
+        };
+        stall.write(&ctx, &builds, &build).await?;
+        return Ok(Action::requeue(POLICY_RECHECK));
     }
 
     let pool = build.spec.pool().to_owned();
     let heartbeats = cached_heartbeats(&ctx, &pool).await?;
     let labels = node_labels(&ctx, &build).await?;
     debug!(build = %build.name_any(), "builders read");
-    let generation = build.metadata.generation.unwrap_or(1);
-    let first_dispatch = !node_builds.iter().any(|nb| nb.spec.generation == generation);
     let affinity = if first_dispatch {
         affinity(&ctx, &build).await
     } else {
@@ -356,6 +362,39 @@ async fn node_labels(ctx: &Context, build: &ImageBuild) -> Result<BTreeMap<Strin
 async fn affinity(ctx: &Context, build: &ImageBuild) -> Option<String> {
     let key = super::naming::cache_key(&build.spec.recipe);
     ctx.node_build_index.read().ok()?.last_success(&key)
+}
+
+/// A build that cannot go on until someone changes something: its spec (`InvalidSpec`) or the
+/// pool's image policy (`ImageNotAllowed`). Ready=False and Stalled=True, with the reason.
+struct Stall {
+    phase: BuildPhase,
+    reason: &'static str,
+    message: String,
+}
+
+impl Stall {
+    /// Writes the stalled status, and a Warning event the first time, unless already written.
+    async fn write(self, ctx: &Context, builds: &Api<ImageBuild>, build: &ImageBuild) -> Result<Action, Error> {
+        let mut status = build.status.clone().unwrap_or_default();
+        status.observed_generation = build.metadata.generation;
+        status.phase = Some(self.phase);
+        status.reason = Some(self.reason.into());
+        status.message = Some(self.message.clone());
+        status.conditions = conditions::merge(
+            &status.conditions,
+            &[
+                Desired::new(READY, Status::False, self.reason, self.message.clone()),
+                Desired::new(STALLED, Status::True, self.reason, self.message.clone()),
+            ],
+            build.metadata.generation,
+            &Time(Timestamp::now()),
+        );
+        if build.status.as_ref() != Some(&status) {
+            write_status(builds, build, &status).await?;
+            publish(ctx, build, true, self.reason, &self.message).await;
+        }
+        Ok(Action::await_change())
+    }
 }
 
 async fn write_status(
