@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 
 use super::contexts::{ContextDigest, ContextStore, Wanted};
 use super::logs::LogStore;
+use super::policy::PolicyGuard;
 use super::request::{build_request, reason_of};
 use super::{Settings, State};
 use crate::api::image_build::{DigestKind as ApiDigestKind, Progress};
@@ -69,6 +70,8 @@ pub struct Executor {
     slots: Arc<Semaphore>,
     tracked: Mutex<HashMap<(String, String), Tracked>>,
     queue: Mutex<Vec<(String, String)>>,
+    /// The pool's image-name policy, checked before every build.
+    policy: PolicyGuard,
     /// The connection to the node's BuildKit, kept between builds.
     buildkit: Mutex<Option<BuildKit>>,
     /// Attempts (by uid) this agent has written an outcome for. A watch can still deliver
@@ -91,6 +94,7 @@ impl Executor {
             usize::try_from(settings.max_concurrent_builds).unwrap_or(1).max(1),
         ));
         Arc::new(Self {
+            policy: PolicyGuard::new(client.clone(), &settings.pool),
             client,
             settings,
             state,
@@ -107,6 +111,14 @@ impl Executor {
 
     /// Watches this node's NodeBuilds and runs them, forever.
     pub async fn run(self: Arc<Self>) {
+        // The pool's watch lives exactly as long as the executor's.
+        tokio::select! {
+            () = self.policy.watch() => {}
+            () = self.clone().follow() => {}
+        }
+    }
+
+    async fn follow(self: Arc<Self>) {
         let api: Api<NodeBuild> = Api::all(self.client.clone());
         let selector = format!(
             "{NODE_LABEL}={},{POOL_LABEL}={}",
@@ -283,6 +295,16 @@ impl Executor {
         progress.report_later(self.settings.progress_delay, status.clone());
         let started = Instant::now();
 
+        if let Err((reason, message)) = self.policy.check(&ns, &nb.spec.build).await {
+            warn!(namespace = %ns, node_build = %name, reason, "build refused");
+            return Some(finished(
+                &self.settings,
+                NodeBuildPhase::Failed,
+                reason,
+                &message,
+                status,
+            ));
+        }
         let request = build_request(
             &self.client,
             &ns,

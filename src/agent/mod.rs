@@ -7,6 +7,7 @@ pub mod contexts;
 pub mod executor;
 pub mod heartbeat;
 pub mod logs;
+pub mod policy;
 pub mod request;
 pub mod server;
 pub mod simulated;
