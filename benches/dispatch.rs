@@ -90,7 +90,7 @@ async fn run() {
 
     let make = |name: &str| -> ImageBuild {
         serde_json::from_value(json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": name},
-            "spec": {"image": format!("kiln.bench/{ns}/app:v1"), "source": {"http": {"url": url}}, "dockerfileInline": DOCKERFILE}}))
+            "spec": {"image": format!("kiln.local/{ns}/app:v1"), "source": {"http": {"url": url}}, "dockerfileInline": DOCKERFILE}}))
         .expect("build")
     };
     let builds: Api<ImageBuild> = Api::namespaced(client.clone(), &ns);

@@ -71,7 +71,7 @@ fn pack(dir: &Path) -> (tempfile::NamedTempFile, String, u64) {
 /// once that attempt waits for the upload.
 async fn awaiting_upload(rig: &Rig, ns: &str, name: &str, digest: &str, size: u64) -> AgentEndpoint {
     let ib = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": name, "namespace": ns},
-        "spec": {"image": format!("kiln.bench/upload:{name}"), "source": {"upload": {"digest": digest, "size": size}},
+        "spec": {"image": format!("kiln.local/{ns}/upload:{name}"), "source": {"upload": {"digest": digest, "size": size}},
                  "dockerfileInline": "FROM scratch\nCOPY . /ctx/\n", "backoffLimit": 0}});
     rig.server.apply_manifests(&ib.to_string());
     let api: Api<NodeBuild> = Api::namespaced(rig.client().await, ns);
@@ -258,7 +258,15 @@ async fn no_change_rebuild(rig: &Rig, kubeconfig: &Path, ns: &str, runs: usize) 
     let kiln = |_: usize| {
         let started = Instant::now();
         let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .args(["build", "-t", "kiln.bench/nochange:1", "-n", ns, "-o", "json"])
+            .args([
+                "build",
+                "-t",
+                &format!("kiln.local/{ns}/nochange:1"),
+                "-n",
+                ns,
+                "-o",
+                "json",
+            ])
             .arg(dir.path())
             .env("KUBECONFIG", kubeconfig)
             .output()

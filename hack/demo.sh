@@ -187,6 +187,6 @@ for b in "${builds[@]}"; do
 done
 echo
 echo "The greeter image runs from the node's store (no registry, no pull):"
-docker run --rm --network none kiln.dev/examples/greeter:v1
+docker run --rm --network none kiln.local/default/greeter:v1
 echo
 kiln_log "demo complete: both images were built on the node and their digests match its store"

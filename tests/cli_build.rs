@@ -116,7 +116,7 @@ async fn kiln_build_sends_a_local_directory_and_prints_the_image() {
             .as_path(),
         &app,
     );
-    let tag = format!("example/app:{ns}");
+    let tag = format!("kiln.local/{ns}/app:v1");
     let app_dir = app.to_str().expect("utf-8 path");
 
     let before = uploaded_bytes(rig);
@@ -236,11 +236,12 @@ async fn the_tilt_extension_builds_expected_ref_with_kiln_build() {
 
     // Tilt runs the command with sh -c in the Tiltfile's directory, EXPECTED_REF set.
     let rig = rig().await;
-    let (_ns, kubeconfig) = developer(rig, "tilt").await;
+    let (ns, kubeconfig) = developer(rig, "tilt").await;
     let dir = tempfile::tempdir().expect("tempdir");
     copy_dir(&repo_file("tests/testdata/app"), dir.path());
     let expected = format!(
-        "example.com/tilt-app:tilt-{}",
+        // What Tilt's default_registry('kiln.local/<ns>') makes of example.com/tilt-app.
+        "kiln.local/{ns}/example.com_tilt-app:tilt-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..16]
     );
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_kiln")).parent().expect("bin dir");
@@ -287,7 +288,7 @@ async fn the_kubectl_recipe_waits_for_ready_and_fails_fast_on_a_stall() {
         ],
     );
     let expected = format!(
-        "example.com/recipe:tilt-{}",
+        "kiln.local/{ns}/recipe:tilt-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..16]
     );
     let out = run(&good, &expected);
@@ -301,7 +302,7 @@ async fn the_kubectl_recipe_waits_for_ready_and_fails_fast_on_a_stall() {
         &format!("{ns}-bad"),
         &[("Dockerfile", b"FROM scratch\nCOPY missing.txt /\n")],
     );
-    let out = run(&bad, "example.com/recipe:tilt-bad0123456789ab");
+    let out = run(&bad, &format!("kiln.local/{ns}/recipe:tilt-bad0123456789ab"));
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -346,7 +347,7 @@ async fn dockerignore_and_symlinks_shape_the_context_as_docker_would() {
         std::fs::write(p, content).expect("write");
     }
     std::os::unix::fs::symlink(&secret, root.join("leak")).expect("symlink");
-    let tag = format!("example/ignore:{ns}");
+    let tag = format!("kiln.local/{ns}/ignore:v1");
     let out = kiln(&kubeconfig, &["build", "-t", &tag, "-q", root.to_str().expect("path")]);
     assert!(out.status.success(), "{}\n{}", text(&out), rig.diagnostics());
     let image = rig.docker.image_export(&tag);
@@ -402,7 +403,12 @@ async fn a_context_over_the_pools_limit_is_refused_and_nothing_is_created() {
     std::fs::write(dir.path().join("big.bin"), big).expect("write");
     let out = kiln(
         &kubeconfig,
-        &["build", "-t", "example/big:1", dir.path().to_str().expect("path")],
+        &[
+            "build",
+            "-t",
+            &format!("kiln.local/{ns}/big:1"),
+            dir.path().to_str().expect("path"),
+        ],
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -421,7 +427,7 @@ async fn a_context_over_the_pools_limit_is_refused_and_nothing_is_created() {
 async fn failures_and_usage_errors_have_their_exit_codes() {
     let Some(_) = agent_ip() else { return };
     let rig = rig().await;
-    let (_ns, kubeconfig) = developer(rig, "fail").await;
+    let (ns, kubeconfig) = developer(rig, "fail").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let ctx = dir.path().to_str().expect("path");
     std::fs::write(
@@ -434,7 +440,14 @@ async fn failures_and_usage_errors_have_their_exit_codes() {
     .expect("write");
     let out = kiln(
         &kubeconfig,
-        &["build", "-t", "example/fail:1", "--progress", "plain", ctx],
+        &[
+            "build",
+            "-t",
+            &format!("kiln.local/{ns}/fail:1"),
+            "--progress",
+            "plain",
+            ctx,
+        ],
     );
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -462,7 +475,7 @@ async fn failures_and_usage_errors_have_their_exit_codes() {
 async fn interrupting_kiln_build_cancels_the_build_in_the_cluster() {
     let Some(_) = agent_ip() else { return };
     let rig = rig().await;
-    let (_ns, kubeconfig) = developer(rig, "sigint").await;
+    let (ns, kubeconfig) = developer(rig, "sigint").await;
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(
         dir.path().join("Dockerfile"),
@@ -473,7 +486,7 @@ async fn interrupting_kiln_build_cancels_the_build_in_the_cluster() {
         .args([
             "build",
             "-t",
-            "example/sleepy:1",
+            &format!("kiln.local/{ns}/sleepy:1"),
             "-o",
             "json",
             dir.path().to_str().expect("path"),
@@ -518,10 +531,17 @@ async fn all_nodes_sends_the_context_to_every_node() {
     std::fs::write(dir.path().join("marker.txt"), format!("on every node {ns}")).expect("write");
     let out = kiln(
         &kubeconfig,
-        &["build", "-t", &format!("example/all:{ns}"), "--all-nodes", "-o", "json"]
-            .into_iter()
-            .chain([dir.path().to_str().expect("path")])
-            .collect::<Vec<_>>(),
+        &[
+            "build",
+            "-t",
+            &format!("kiln.local/{ns}/all:v1"),
+            "--all-nodes",
+            "-o",
+            "json",
+        ]
+        .into_iter()
+        .chain([dir.path().to_str().expect("path")])
+        .collect::<Vec<_>>(),
     );
     assert!(out.status.success(), "{}\n{}", text(&out), rig.diagnostics());
     let result: Value = serde_json::from_slice(&out.stdout).expect("JSON");
@@ -549,7 +569,7 @@ async fn an_upload_that_never_comes_times_out_clearly() {
     let ns = rig.server.namespace(&client, "noupload").await;
     let digest = format!("sha256:{}", "0".repeat(64));
     let build = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": "orphan", "namespace": &ns},
-        "spec": {"image": "example/orphan:1", "source": {"upload": {"digest": digest, "size": 10}},
+        "spec": {"image": format!("kiln.local/{ns}/orphan:1"), "source": {"upload": {"digest": digest, "size": 10}},
                  "dockerfileInline": "FROM scratch\n", "backoffLimit": 3}});
     rig.server.apply_manifests(&build.to_string());
     let reason = |b: &kiln::api::ImageBuild| b.status.as_ref().and_then(|s| s.reason.clone()).unwrap_or_default();

@@ -108,7 +108,7 @@ async fn kiln_builds_in_the_cluster_and_a_pod_runs_the_image() {
     let context = Context::start(&cluster, &ns);
     let url = context.url();
     let marker = format!("made-by-kiln-{}", &*ns);
-    let tag = format!("kiln.dev/e2e/marker:{}", &*ns);
+    let tag = format!("kiln.local/{}/marker:v1", &*ns);
     let dockerfile = format!(
         "FROM {busybox}\nCOPY hello.txt /hello.txt\nRUN echo {marker} > /marker\nCMD [\"cat\", \"/marker\"]\n",
         busybox = cluster.busybox_image
@@ -215,7 +215,7 @@ async fn kiln_builds_in_the_cluster_and_a_pod_runs_the_image() {
             ),
         )
         .expect("write");
-        let uploaded = format!("kiln.dev/e2e/uploaded:{}-{i}", &*ns);
+        let uploaded = format!("kiln.local/{}/uploaded:v{i}", &*ns);
         let started = Instant::now();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
             .args(["build", "-t", &uploaded, "-n", &ns, "-o", "json", "--upload-via", via])
@@ -251,7 +251,7 @@ async fn kiln_builds_in_the_cluster_and_a_pod_runs_the_image() {
     cluster.apply(&image_build(
         &ns,
         "failing",
-        &format!("kiln.dev/e2e/failing:{}", &*ns),
+        &format!("kiln.local/{}/failing:v1", &*ns),
         &url,
         &failing,
     ));
@@ -278,7 +278,7 @@ async fn kiln_builds_in_the_cluster_and_a_pod_runs_the_image() {
     cluster.apply(&image_build(
         &ns,
         "slow",
-        &format!("kiln.dev/e2e/slow:{}", &*ns),
+        &format!("kiln.local/{}/slow:v1", &*ns),
         &url,
         &slow,
     ));
@@ -513,6 +513,9 @@ async fn the_helm_chart_installs_kiln_and_an_upgrade_rolls_only_the_controller()
     let example = std::fs::read_to_string(helm::repo("examples/imagebuild-multistage.yaml")).expect("example");
     let mut build: Value = serde_yaml::from_str(&example).expect("example YAML");
     build["metadata"]["namespace"] = json!(&*ns);
+    // The example is written for namespace default; the default image policy allows each
+    // namespace only its own kiln.local/<namespace>/ prefix.
+    build["spec"]["image"] = json!(format!("kiln.local/{}/greeter:v1", &*ns));
     build["spec"]["source"]["http"]["url"] = json!(context.url());
     apply_and_wait_ready(&cluster, &ns, &build.to_string(), "greeter");
     let node = builder_pods(&cluster, "default")[0]["spec"]["nodeName"]

@@ -59,7 +59,7 @@ async fn kubectl_apply_and_wait_builds_the_image_on_the_node() {
     let marker = format!("hello from {ns}");
     let url = rig.context(&ns, &[("hello.txt", marker.as_bytes())]);
     let spec = json!({
-        "image": format!("kiln.test/{ns}/hello:v1"),
+        "image": format!("kiln.local/{ns}/hello:v1"),
         "source": {"http": {"url": url}},
         "dockerfileInline": "FROM kiln-test/busybox:latest\nCOPY hello.txt /hello.txt\nRUN cat /hello.txt\n",
     });
@@ -85,7 +85,7 @@ async fn kubectl_apply_and_wait_builds_the_image_on_the_node() {
     let digest = status.digest.clone().expect("digest in status");
     let in_store = rig
         .docker
-        .image_id(&format!("kiln.test/{ns}/hello:v1"))
+        .image_id(&format!("kiln.local/{ns}/hello:v1"))
         .expect("image in the node's store");
     assert_eq!(
         digest,
@@ -94,7 +94,7 @@ async fn kubectl_apply_and_wait_builds_the_image_on_the_node() {
     );
     let file = rig
         .docker
-        .image_file(&format!("kiln.test/{ns}/hello:v1"), "hello.txt")
+        .image_file(&format!("kiln.local/{ns}/hello:v1"), "hello.txt")
         .expect("file in image");
     assert_eq!(file, marker.as_bytes());
     assert_eq!(status.nodes.len(), 1);
@@ -140,7 +140,7 @@ async fn a_failing_step_stalls_with_the_step_exit_code_and_log_tail() {
     let ns = rig.server.namespace(&client, "fail").await;
     let url = rig.context(&ns, &[("x", b"x")]);
     let spec = json!({
-        "image": format!("kiln.test/{ns}/broken:v1"),
+        "image": format!("kiln.local/{ns}/broken:v1"),
         "source": {"http": {"url": url}},
         "dockerfileInline": "FROM kiln-test/busybox:latest\nRUN echo about to fail && exit 3\n",
         "backoffLimit": 1,
@@ -188,7 +188,7 @@ async fn all_nodes_builds_on_every_node_including_one_that_joins_later() {
     let url = rig.context(&ns, &[("a.txt", b"a")]);
     let api: Api<ImageBuild> = Api::namespaced(client.clone(), &ns);
     let build = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": "everywhere"}, "spec": {
-        "image": format!("kiln.test/{ns}/all:v1"),
+        "image": format!("kiln.local/{ns}/all:v1"),
         "source": {"http": {"url": url}},
         "dockerfileInline": "FROM scratch\nCOPY a.txt /a.txt\n",
         "placement": {"allNodes": true},
@@ -239,7 +239,7 @@ async fn a_node_without_a_builder_is_unschedulable_until_its_agent_starts() {
     let url = rig.context(&ns, &[("p.txt", b"p")]);
     let api: Api<ImageBuild> = Api::namespaced(client.clone(), &ns);
     let build = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": "pinned"}, "spec": {
-        "image": format!("kiln.test/{ns}/pinned:v1"),
+        "image": format!("kiln.local/{ns}/pinned:v1"),
         "source": {"http": {"url": url}},
         "dockerfileInline": "FROM scratch\nCOPY p.txt /p.txt\n",
         "placement": {"nodeName": node},
@@ -275,7 +275,7 @@ async fn deleting_a_running_build_cancels_it_and_leaves_nothing_behind() {
     let url = rig.context(&ns, &[("d", b"d")]);
     let api: Api<ImageBuild> = Api::namespaced(client.clone(), &ns);
     let build = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": "slow"}, "spec": {
-        "image": format!("kiln.test/{ns}/slow:v1"),
+        "image": format!("kiln.local/{ns}/slow:v1"),
         "source": {"http": {"url": url}},
         "dockerfileInline": format!("FROM kiln-test/busybox:latest\nRUN echo {ns} && sleep 120\n"),
     }});
@@ -317,7 +317,7 @@ async fn a_build_past_its_timeout_is_cancelled_as_deadline_exceeded() {
     let url = rig.context(&ns, &[("t", b"t")]);
     let api: Api<ImageBuild> = Api::namespaced(client.clone(), &ns);
     let build = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": "late"}, "spec": {
-        "image": format!("kiln.test/{ns}/late:v1"),
+        "image": format!("kiln.local/{ns}/late:v1"),
         "source": {"http": {"url": url}},
         "dockerfileInline": "FROM kiln-test/busybox:latest\nRUN sleep 30\n",
         "timeoutSeconds": 2,
@@ -340,7 +340,7 @@ async fn a_spec_change_cancels_the_running_attempt_and_builds_the_new_generation
     let api: Api<ImageBuild> = Api::namespaced(client.clone(), &ns);
     let spec = |dockerfile: &str| {
         json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": "gen"}, "spec": {
-            "image": format!("kiln.test/{ns}/gen:v1"),
+            "image": format!("kiln.local/{ns}/gen:v1"),
             "source": {"http": {"url": url}},
             "dockerfileInline": dockerfile,
         }})
@@ -394,7 +394,7 @@ async fn finished_builds_are_deleted_after_ttl_seconds_after_finished() {
     let url = rig.context(&ns, &[("t", b"t")]);
     let api: Api<ImageBuild> = Api::namespaced(client.clone(), &ns);
     let build = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": "brief"}, "spec": {
-        "image": format!("kiln.test/{ns}/brief:v1"),
+        "image": format!("kiln.local/{ns}/brief:v1"),
         "source": {"http": {"url": url}},
         "dockerfileInline": "FROM scratch\nCOPY t /t\n",
         "ttlSecondsAfterFinished": 2,
@@ -425,7 +425,7 @@ async fn deleting_the_namespace_neither_rebuilds_nor_retries() {
         ),
     ] {
         let build = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": name}, "spec": {
-            "image": format!("kiln.test/{ns}/{name}:v1"),
+            "image": format!("kiln.local/{ns}/{name}:v1"),
             "source": {"http": {"url": url}},
             "dockerfileInline": dockerfile,
         }});
@@ -517,7 +517,7 @@ async fn agents_read_a_builds_secrets_only_while_it_runs() {
 
     let url = rig.context(&ns, &[("x", b"x")]);
     let spec = json!({
-        "image": format!("kiln.test/{ns}/secret:v1"),
+        "image": format!("kiln.local/{ns}/secret:v1"),
         "source": {"http": {"url": url}},
         "dockerfileInline": format!(
             "FROM kiln-test/busybox:latest\nRUN --mount=type=secret,id=tok test \"$(cat /run/secrets/tok)\" = \"{value}\" && echo ok > /ok\n"
@@ -539,7 +539,7 @@ async fn agents_read_a_builds_secrets_only_while_it_runs() {
         built.status,
         rig.diagnostics()
     );
-    let layers = rig.docker.image_export(&format!("kiln.test/{ns}/secret:v1"));
+    let layers = rig.docker.image_export(&format!("kiln.local/{ns}/secret:v1"));
     assert!(
         !layers
             .iter()

@@ -19,7 +19,7 @@ async fn a_restarted_controller_runs_the_build_once() {
     let url = rig.context(&ns, &[("c", b"c")]);
     let api: Api<ImageBuild> = Api::namespaced(client.clone(), &ns);
     let build = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": "once"}, "spec": {
-        "image": format!("kiln.test/{ns}/once:v1"),
+        "image": format!("kiln.local/{ns}/once:v1"),
         "source": {"http": {"url": url}},
         "dockerfileInline": format!("FROM kiln-test/busybox:latest\nRUN echo {ns} && sleep 4\n"),
     }});

@@ -37,7 +37,7 @@ async fn an_agent_killed_mid_build_fails_the_attempt_and_the_retry_succeeds() {
     let url = rig.context(&ns, &[("r", b"r")]);
     let api: Api<ImageBuild> = Api::namespaced(client.clone(), &ns);
     let build = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": "phoenix"}, "spec": {
-        "image": format!("kiln.test/{ns}/phoenix:v1"),
+        "image": format!("kiln.local/{ns}/phoenix:v1"),
         "source": {"http": {"url": url}},
         "dockerfileInline": format!("FROM kiln-test/busybox:latest\nARG SLEEP=0\nRUN echo {ns} && sleep $SLEEP\n"),
         "buildArgs": {"SLEEP": "6"},
@@ -79,7 +79,7 @@ async fn a_node_that_stops_heartbeating_loses_its_attempt_to_another_node() {
     }
     let api: Api<ImageBuild> = Api::namespaced(client.clone(), &ns);
     let build = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": "nomad"}, "spec": {
-        "image": format!("kiln.test/{ns}/nomad:v1"),
+        "image": format!("kiln.local/{ns}/nomad:v1"),
         "source": {"http": {"url": url}},
         "dockerfileInline": format!("FROM kiln-test/busybox:latest\nRUN echo {ns} && sleep 4\n"),
         "placement": {"nodeSelector": {"kiln.dev/lost-test": "true"}},

@@ -335,14 +335,14 @@ async fn a_built_image_is_healthy_and_its_next_generation_progressing_until_kiln
     let rig = rig().await;
     let ns = rig.server.namespace(&rig.client().await, "gitops-ok").await;
     let url = rig.context(&ns, &[("a.txt", b"a")]);
-    let spec = json!({"image": format!("kiln.test/{ns}/ok:v1"), "source": {"http": {"url": url}},
+    let spec = json!({"image": format!("kiln.local/{ns}/ok:v1"), "source": {"http": {"url": url}},
                       "dockerfileInline": "FROM scratch\nCOPY a.txt /a.txt\n"});
     rig.server.apply_manifests(&image_build(&ns, "ok", spec));
     let ready = object_when(rig, &ns, "ok", "Ready", |o| condition_true(o, "Ready")).await;
 
     let h = health(&ready);
     assert_eq!(h.status, "Healthy", "{h:?}\n{ready:#}");
-    assert!(h.message.contains(&format!("built kiln.test/{ns}/ok:v1")), "{h:?}");
+    assert!(h.message.contains(&format!("built kiln.local/{ns}/ok:v1")), "{h:?}");
     // Docker nodes report the image ID (no imageRef); containerd nodes the pinned reference.
     let pinned = ready["status"]["imageRef"].as_str();
     let short = ready["status"]["shortDigest"].as_str().expect("shortDigest");
@@ -370,7 +370,7 @@ async fn a_failed_build_is_degraded_with_kilns_reason_and_the_step_output() {
     let rig = rig().await;
     let ns = rig.server.namespace(&rig.client().await, "gitops-fail").await;
     let url = rig.context(&ns, &[("x", b"x")]);
-    let spec = json!({"image": format!("kiln.test/{ns}/broken:v1"), "source": {"http": {"url": url}},
+    let spec = json!({"image": format!("kiln.local/{ns}/broken:v1"), "source": {"http": {"url": url}},
                       "dockerfileInline": "FROM kiln-test/busybox:latest\nRUN echo about to fail && exit 3\n",
                       "backoffLimit": 0});
     rig.server.apply_manifests(&image_build(&ns, "broken", spec));
@@ -395,7 +395,7 @@ async fn builds_that_wait_are_progressing_and_say_what_they_wait_for() {
     let node = format!("nobuilder-{ns}");
     rig.add_node(&client, &node).await;
     let url = rig.context(&ns, &[("p", b"p")]);
-    let spec = json!({"image": format!("kiln.test/{ns}/pinned:v1"), "source": {"http": {"url": url}},
+    let spec = json!({"image": format!("kiln.local/{ns}/pinned:v1"), "source": {"http": {"url": url}},
                       "dockerfileInline": "FROM scratch\nCOPY p /p\n", "placement": {"nodeName": node}});
     rig.server.apply_manifests(&image_build(&ns, "pinned", spec));
     let pinned = object_when(rig, &ns, "pinned", "Unschedulable", |o| reason(o) == "Unschedulable").await;
@@ -409,7 +409,7 @@ async fn builds_that_wait_are_progressing_and_say_what_they_wait_for() {
 
     // An upload source whose bytes never come (kiln build was interrupted): WaitingForUpload.
     let digest = format!("sha256:{}", "0".repeat(64));
-    let spec = json!({"image": format!("kiln.test/{ns}/upload:v1"),
+    let spec = json!({"image": format!("kiln.local/{ns}/upload:v1"),
                       "source": {"upload": {"digest": digest, "size": 10}}, "dockerfileInline": "FROM scratch\n"});
     rig.server.apply_manifests(&image_build(&ns, "upload", spec));
     let waiting = object_when(rig, &ns, "upload", "WaitingForUpload", |o| {

@@ -97,7 +97,7 @@ async fn builds_stay_within_the_api_write_budget() {
     let make = |name: &str, all_nodes: bool| -> ImageBuild {
         serde_json::from_value(
             json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": name},
-            "spec": {"image": format!("kiln.test/{ns}/budget:v1"), "source": {"http": {"url": url}},
+            "spec": {"image": format!("kiln.local/{ns}/budget:v1"), "source": {"http": {"url": url}},
                      "dockerfileInline": "FROM scratch\nCOPY budget.txt /budget.txt\n",
                      "placement": {"allNodes": all_nodes}}}),
         )
