@@ -295,26 +295,18 @@ impl Executor {
         progress.report_later(self.settings.progress_delay, status.clone());
         let started = Instant::now();
 
-        if let Err((reason, message)) = self.policy.check(&ns, &nb.spec.build).await {
-            warn!(namespace = %ns, node_build = %name, reason, "build refused");
-            return Some(finished(
-                &self.settings,
-                NodeBuildPhase::Failed,
-                reason,
-                &message,
-                status,
-            ));
-        }
-        let request = build_request(
-            &self.client,
-            &ns,
-            &nb.spec.build,
-            self.settings.network,
-            &self.contexts_url,
-        );
-        let request = match request.await {
+        // The policy first: a refused attempt reads no Secret.
+        let request = match self.policy.check(&ns, &nb.spec.build).await {
+            Ok(()) => {
+                let network = self.settings.network;
+                build_request(&self.client, &ns, &nb.spec.build, network, &self.contexts_url).await
+            }
+            Err(refused) => Err(refused),
+        };
+        let request = match request {
             Ok(r) => r,
             Err((reason, message)) => {
+                info!(namespace = %ns, node_build = %name, reason, "build refused before it started");
                 return Some(finished(
                     &self.settings,
                     NodeBuildPhase::Failed,

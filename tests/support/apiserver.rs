@@ -31,6 +31,35 @@ pub struct ApiServer {
 }
 
 static SHARED: OnceCell<ApiServer> = OnceCell::const_new();
+/// Whether this binary's apiserver writes an audit log ([`record_audit_log`]).
+static AUDIT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// The audit log's file name in [`ApiServer::dir`].
+pub const AUDIT_LOG: &str = "audit.log";
+
+/// Makes this binary's apiserver, when it starts, log every request with its request and
+/// response bodies to [`AUDIT_LOG`], except Secrets' (metadata only: the tests create them).
+/// Call before the first [`ApiServer::shared`].
+pub fn record_audit_log() {
+    AUDIT.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn audit_flags(dir: &Path) -> Vec<String> {
+    if !AUDIT.load(std::sync::atomic::Ordering::SeqCst) {
+        return Vec::new();
+    }
+    let policy = dir.join("audit-policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
+         - level: Metadata\n  resources: [{group: \"\", resources: [secrets]}]\n\
+         - level: RequestResponse\n",
+    )
+    .expect("write audit policy");
+    vec![
+        format!("--audit-policy-file={}", policy.display()),
+        format!("--audit-log-path={}", dir.join(AUDIT_LOG).display()),
+    ]
+}
 
 /// The directory holding `kube-apiserver` and `etcd`.
 pub fn assets_dir() -> PathBuf {
@@ -84,29 +113,33 @@ impl ApiServer {
             Some(&dir),
         );
         let d = |f: &str| dir.join(f).display().to_string();
+        let mut flags = audit_flags(&dir);
         let apiserver = Supervised::spawn(
             "kube-apiserver",
             &assets.join("kube-apiserver").to_string_lossy(),
-            &strings(&[
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                &format!("--secure-port={api_port}"),
-                "--insecure-port=0",
-                &format!("--etcd-servers=http://127.0.0.1:{client_port}"),
-                &format!("--cert-dir={}", d("certs")),
-                &format!("--tls-cert-file={}", d("server.crt")),
-                &format!("--tls-private-key-file={}", d("server.key")),
-                &format!("--client-ca-file={}", d("ca.crt")),
-                "--service-cluster-ip-range=10.0.0.0/24",
-                "--allow-privileged=true",
-                "--authorization-mode=RBAC",
-                &format!("--service-account-issuer=https://127.0.0.1:{api_port}"),
-                &format!("--service-account-key-file={}", d("sa.pub")),
-                &format!("--service-account-signing-key-file={}", d("sa.key")),
-                "--disable-admission-plugins=ServiceAccount",
-                "--endpoint-reconciler-type=none",
-                "--event-ttl=1h",
-            ]),
+            &{
+                flags.extend(strings(&[
+                    "--bind-address=127.0.0.1",
+                    "--advertise-address=127.0.0.1",
+                    &format!("--secure-port={api_port}"),
+                    "--insecure-port=0",
+                    &format!("--etcd-servers=http://127.0.0.1:{client_port}"),
+                    &format!("--cert-dir={}", d("certs")),
+                    &format!("--tls-cert-file={}", d("server.crt")),
+                    &format!("--tls-private-key-file={}", d("server.key")),
+                    &format!("--client-ca-file={}", d("ca.crt")),
+                    "--service-cluster-ip-range=10.0.0.0/24",
+                    "--allow-privileged=true",
+                    "--authorization-mode=RBAC",
+                    &format!("--service-account-issuer=https://127.0.0.1:{api_port}"),
+                    &format!("--service-account-key-file={}", d("sa.pub")),
+                    &format!("--service-account-signing-key-file={}", d("sa.key")),
+                    "--disable-admission-plugins=ServiceAccount",
+                    "--endpoint-reconciler-type=none",
+                    "--event-ttl=1h",
+                ]));
+                flags
+            },
             &[],
             &dir.join("kube-apiserver.log"),
             None,
