@@ -34,6 +34,14 @@ bench: test-env ## Scale harness: 10,000 builds over 500 simulated nodes (~15 mi
 	KUBEBUILDER_ASSETS="$$(hack/test-env.sh)" $(CARGO) bench --locked --bench scale
 	"$$(hack/python-env.sh bench)" hack/bench-report.py
 
+.PHONY: chaos
+chaos: test-env ## Chaos harness: CHAOS_ROUNDS (default 30) rounds of builds with crashes and restarts (docs/chaos.md)
+	KUBEBUILDER_ASSETS="$$(hack/test-env.sh)" KILN_CHAOS_ROUNDS=$${CHAOS_ROUNDS:-30} $(CARGO) test --locked --test chaos -- --nocapture
+
+.PHONY: load
+load: test-env ## Load: 1,000 builds at once on two single-slot builders (tests/load.rs)
+	KUBEBUILDER_ASSETS="$$(hack/test-env.sh)" KILN_LOAD_BUILDS=$${LOAD_BUILDS:-1000} $(CARGO) test --locked --test load -- --nocapture
+
 .PHONY: fuzz
 fuzz: ## Fuzz each target for FUZZ_SECONDS (default 300) and report findings (docs/fuzzing.md)
 	hack/fuzz.sh long

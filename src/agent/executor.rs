@@ -5,8 +5,8 @@
 //! and where to send them, without taking a slot. Each unfinished one runs once a build slot is
 //! free (`--max-concurrent-builds`; only those that have to wait report `Queued`, with their
 //! position). A build is reported `Running` only once it has run for `--progress-delay-ms`, and
-//! its progress at most about once a second after that; the outcome always, never overtaken by
-//! an intermediate write. So a cached build costs one status write. Solves share one kept
+//! its progress at most about once a second after that; the outcome always (retried until it
+//! lands), never overtaken by an intermediate write. So a cached build costs one status write. Solves share one kept
 //! BuildKit connection. Cancellation (`spec.cancel`, deletion, or the deadline) cancels the
 //! BuildKit solve.
 //! An attempt left `Running` by an earlier agent instance is failed with `AgentRestarted`, so
@@ -45,6 +45,8 @@ pub const STATUS_FIELD_MANAGER: &str = "kiln-agent";
 const ENDED_MEMORY: Duration = Duration::from_secs(3600);
 /// Minimum time between two progress writes of one build.
 const THROTTLE: Duration = Duration::from_secs(1);
+/// How long an attempt's outcome write is retried before the agent gives up on it.
+const OUTCOME_RETRY: Duration = Duration::from_secs(600);
 
 /// Why a running build is being stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -249,7 +251,7 @@ impl Executor {
         // Close the gate first: an intermediate write still in flight lands before the final one.
         progress.close().await;
         if let Some(done) = outcome {
-            self.write(&nb, &done).await;
+            self.write_target(&nb).write_outcome(&done).await;
             self.mark_ended(&nb);
         }
     }
@@ -520,8 +522,8 @@ impl Executor {
         message: &str,
         status: &NodeBuildStatus,
     ) {
-        self.write(nb, &finished(&self.settings, phase, reason, message, status))
-            .await;
+        let done = finished(&self.settings, phase, reason, message, status);
+        self.write_target(nb).write_outcome(&done).await;
         self.mark_ended(nb);
     }
 
@@ -563,21 +565,58 @@ struct StatusWriter {
 }
 
 impl StatusWriter {
+    /// An intermediate report: lost if it fails (a later one, or the outcome, follows).
     async fn write(&self, status: &NodeBuildStatus) {
+        if let Err(e) = self.patch(status).await {
+            warn!(node_build = %self.name, error = %e, "cannot write NodeBuild status");
+        }
+    }
+
+    /// The outcome: nothing else would ever report it, so it is retried (with backoff, for up
+    /// to [`OUTCOME_RETRY`]) until it lands or the attempt is gone. Seen in the chaos harness:
+    /// right after an apiserver restart, its authorizer refuses requests (403) for a few
+    /// seconds; an outcome lost then left the attempt `Running` until something else noticed.
+    async fn write_outcome(&self, status: &NodeBuildStatus) {
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(200);
+        let mut failures = 0u32;
+        loop {
+            let e = match self.patch(status).await {
+                Ok(()) => return,
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    debug!(node_build = %self.name, "the attempt is gone; its outcome is not written");
+                    return;
+                }
+                Err(kube::Error::Api(s)) if s.code == 422 => {
+                    warn!(node_build = %self.name, error = %s.message, "the apiserver refuses this outcome");
+                    return;
+                }
+                Err(e) => e,
+            };
+            failures += 1;
+            if started.elapsed() >= OUTCOME_RETRY {
+                warn!(node_build = %self.name, error = %e, failures, "giving up writing the outcome");
+                return;
+            }
+            if failures == 1 || failures.is_multiple_of(10) {
+                warn!(node_build = %self.name, error = %e, failures, "cannot write the outcome yet; retrying");
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn patch(&self, status: &NodeBuildStatus) -> Result<(), kube::Error> {
         let patch = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "NodeBuild", "status": status});
-        if let Err(e) = self
-            .api
+        self.api
             .patch_status(
                 &self.name,
                 &PatchParams::apply(STATUS_FIELD_MANAGER).force(),
                 &Patch::Apply(&patch),
             )
-            .await
-        {
-            warn!(node_build = %self.name, error = %e, "cannot write NodeBuild status");
-        } else {
-            debug!(node_build = %self.name, phase = ?status.phase, "status written");
-        }
+            .await?;
+        debug!(node_build = %self.name, phase = ?status.phase, "status written");
+        Ok(())
     }
 }
 

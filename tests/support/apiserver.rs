@@ -27,7 +27,9 @@ pub struct ApiServer {
     pub dir: PathBuf,
     ca_pem: String,
     _etcd: Supervised,
-    apiserver: Supervised,
+    apiserver: std::sync::Mutex<Supervised>,
+    /// kube-apiserver's arguments, to start it again.
+    apiserver_args: Vec<String>,
 }
 
 static SHARED: OnceCell<ApiServer> = OnceCell::const_new();
@@ -114,32 +116,33 @@ impl ApiServer {
         );
         let d = |f: &str| dir.join(f).display().to_string();
         let mut flags = audit_flags(&dir);
+        let apiserver_args = {
+            flags.extend(strings(&[
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                &format!("--secure-port={api_port}"),
+                "--insecure-port=0",
+                &format!("--etcd-servers=http://127.0.0.1:{client_port}"),
+                &format!("--cert-dir={}", d("certs")),
+                &format!("--tls-cert-file={}", d("server.crt")),
+                &format!("--tls-private-key-file={}", d("server.key")),
+                &format!("--client-ca-file={}", d("ca.crt")),
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--allow-privileged=true",
+                "--authorization-mode=RBAC",
+                &format!("--service-account-issuer=https://127.0.0.1:{api_port}"),
+                &format!("--service-account-key-file={}", d("sa.pub")),
+                &format!("--service-account-signing-key-file={}", d("sa.key")),
+                "--disable-admission-plugins=ServiceAccount",
+                "--endpoint-reconciler-type=none",
+                "--event-ttl=1h",
+            ]));
+            flags
+        };
         let apiserver = Supervised::spawn(
             "kube-apiserver",
             &assets.join("kube-apiserver").to_string_lossy(),
-            &{
-                flags.extend(strings(&[
-                    "--bind-address=127.0.0.1",
-                    "--advertise-address=127.0.0.1",
-                    &format!("--secure-port={api_port}"),
-                    "--insecure-port=0",
-                    &format!("--etcd-servers=http://127.0.0.1:{client_port}"),
-                    &format!("--cert-dir={}", d("certs")),
-                    &format!("--tls-cert-file={}", d("server.crt")),
-                    &format!("--tls-private-key-file={}", d("server.key")),
-                    &format!("--client-ca-file={}", d("ca.crt")),
-                    "--service-cluster-ip-range=10.0.0.0/24",
-                    "--allow-privileged=true",
-                    "--authorization-mode=RBAC",
-                    &format!("--service-account-issuer=https://127.0.0.1:{api_port}"),
-                    &format!("--service-account-key-file={}", d("sa.pub")),
-                    &format!("--service-account-signing-key-file={}", d("sa.key")),
-                    "--disable-admission-plugins=ServiceAccount",
-                    "--endpoint-reconciler-type=none",
-                    "--event-ttl=1h",
-                ]));
-                flags
-            },
+            &apiserver_args,
             &[],
             &dir.join("kube-apiserver.log"),
             None,
@@ -152,7 +155,8 @@ impl ApiServer {
             dir,
             ca_pem,
             _etcd: etcd,
-            apiserver,
+            apiserver: std::sync::Mutex::new(apiserver),
+            apiserver_args,
         };
         server.wait_ready().await;
         server.install_crds().await;
@@ -295,6 +299,24 @@ impl ApiServer {
         )
     }
 
+    /// Kills kube-apiserver with SIGKILL, as a crash would, and starts it again on the same
+    /// etcd, ports and certificates; returns once it is ready. For the chaos harness.
+    pub async fn crash_and_restart(&self) {
+        {
+            let mut apiserver = self.apiserver.lock().expect("lock");
+            apiserver.kill();
+            *apiserver = Supervised::spawn(
+                "kube-apiserver",
+                &assets_dir().join("kube-apiserver").to_string_lossy(),
+                &self.apiserver_args,
+                &[],
+                &self.dir.join("kube-apiserver.log"),
+                None,
+            );
+        }
+        self.wait_ready().await;
+    }
+
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         let client = self.client().await;
@@ -313,10 +335,13 @@ impl ApiServer {
             if default_ns {
                 return;
             }
+            let (running, tail) = {
+                let apiserver = self.apiserver.lock().expect("lock");
+                (apiserver.is_running(), apiserver.log_tail(30))
+            };
             assert!(
-                Instant::now() < deadline && self.apiserver.is_running(),
-                "kube-apiserver did not become ready in 60 s; log tail:\n{}",
-                self.apiserver.log_tail(30)
+                Instant::now() < deadline && running,
+                "kube-apiserver did not become ready in 60 s; log tail:\n{tail}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

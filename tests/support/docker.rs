@@ -28,8 +28,12 @@ pub struct DockerDaemon {
     socket: PathBuf,
     /// containerd's PID.
     pub containerd_pid: u32,
-    /// dockerd's PID.
+    /// dockerd's PID (as started; see [`DockerDaemon::crash_and_restart_dockerd`]).
     pub dockerd_pid: u32,
+    /// dockerd's arguments, to start it again.
+    dockerd_args: Vec<String>,
+    /// dockerd processes started after a crash, and the PID of the one running now.
+    restarted: std::sync::Mutex<(Vec<Supervised>, u32)>,
 }
 
 fn have(bin: &str) -> bool {
@@ -130,6 +134,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             socket: dir.join("docker.sock"),
             containerd_pid: containerd.pid(),
             dockerd_pid: dockerd.pid(),
+            restarted: std::sync::Mutex::new((Vec::new(), dockerd.pid())),
+            dockerd_args: args,
             dockerd,
             containerd,
             dir,
@@ -137,6 +143,38 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         daemon.wait_ready(Duration::from_secs(60));
         daemon.import_busybox();
         daemon
+    }
+
+    /// Kills dockerd (and with it Docker's BuildKit) with SIGKILL, as a crash would, and starts
+    /// it again on the same data, as its service manager would; returns once it answers.
+    /// containerd keeps running. For the chaos harness.
+    pub fn crash_and_restart_dockerd(&self) {
+        let mut restarted = self.restarted.lock().expect("lock");
+        let _ = Command::new("kill").args(["-KILL", &restarted.1.to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Command::new("kill")
+            .args(["-0", &restarted.1.to_string()])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Each supervisor removes the daemon's directory when the test binary exits; the
+        // first one's child is dead by then, so the last to stop removes what is left.
+        let dockerd = Supervised::spawn(
+            "dockerd",
+            "dockerd",
+            &self.dockerd_args,
+            &[],
+            &self.dir.join("dockerd.log"),
+            Some(&self.dir),
+        );
+        restarted.1 = dockerd.pid();
+        restarted.0.push(dockerd);
+        drop(restarted);
+        self.wait_ready(Duration::from_secs(60));
     }
 
     fn wait_ready(&self, timeout: Duration) {
