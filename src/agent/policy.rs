@@ -90,7 +90,7 @@ impl PolicyGuard {
             .as_ref()
             .map(|p| p.spec.allowed_images.as_slice())
             .unwrap_or_default();
-        let labels = if rules.iter().any(|r| r.namespace_selector.is_some()) {
+        let labels = if image_policy::reads_namespace_labels(rules) {
             let namespaces: Api<Namespace> = Api::all(self.client.clone());
             match namespaces.get_opt(namespace).await {
                 Ok(found) => found.map(|n| n.labels().clone()).unwrap_or_default(),
@@ -99,10 +99,7 @@ impl PolicyGuard {
         } else {
             BTreeMap::new()
         };
-        let names: Vec<&str> = std::iter::once(&recipe.image)
-            .chain(&recipe.additional_tags)
-            .map(String::as_str)
-            .collect();
+        let names: Vec<&str> = recipe.image_names().collect();
         match image_policy::decide_for_pool(&self.pool, rules, namespace, &labels, &names) {
             Decision::Allowed => Ok(()),
             Decision::Denied { reason, .. } => {

@@ -62,7 +62,7 @@ pub async fn build_request(
     };
     request.network = network;
     let mut names = Vec::new();
-    for r in std::iter::once(&recipe.image).chain(&recipe.additional_tags) {
+    for r in recipe.image_names() {
         let parsed = Reference::parse(r).map_err(|e| ("InvalidSpec", format!("image {r:?}: {e}")))?;
         names.push(parsed.tagged().to_string());
     }

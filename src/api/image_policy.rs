@@ -66,6 +66,11 @@ fn patterns(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// Whether deciding needs the namespace's labels: only when a rule selects by them.
+pub fn reads_namespace_labels(rules: &[ImageRule]) -> bool {
+    rules.iter().any(|r| r.namespace_selector.is_some())
+}
+
 /// The policy of a pool that sets no rules: every namespace may build names under
 /// `kiln.local/<namespace>/` and nothing else, so no tenant can take a name another tenant or
 /// the cluster uses.

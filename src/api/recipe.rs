@@ -79,6 +79,13 @@ pub struct BuildRecipe {
     pub push: Option<PushSpec>,
 }
 
+impl BuildRecipe {
+    /// Every name the build writes: `image`, then each of `additionalTags`.
+    pub fn image_names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.image.as_str()).chain(self.additional_tags.iter().map(String::as_str))
+    }
+}
+
 fn build_secrets(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
     super::schema::list_map::<BuildSecret>(generator, "id")
 }

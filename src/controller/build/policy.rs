@@ -25,14 +25,6 @@ pub fn refused(build: &ImageBuild) -> bool {
     build.status.as_ref().and_then(|s| s.reason.as_deref()) == Some(REASON)
 }
 
-/// Every name the build writes: its image and additional tags.
-pub fn names(build: &ImageBuild) -> Vec<&str> {
-    std::iter::once(&build.spec.recipe.image)
-        .chain(&build.spec.recipe.additional_tags)
-        .map(String::as_str)
-        .collect()
-}
-
 /// Decides whether the build's pool allows all its names in its namespace. A pool that does not
 /// exist has no rules, so the default policy applies to it.
 pub async fn check(ctx: &Context, build: &ImageBuild) -> Result<Decision, Error> {
@@ -44,7 +36,7 @@ pub async fn check(ctx: &Context, build: &ImageBuild) -> Result<Decision, Error>
         .map(|p| p.spec.allowed_images.as_slice())
         .unwrap_or_default();
     let namespace = build.namespace().unwrap_or_default();
-    let labels = if rules.iter().any(|r| r.namespace_selector.is_some()) {
+    let labels = if image_policy::reads_namespace_labels(rules) {
         namespace_labels(ctx, &namespace).await?
     } else {
         BTreeMap::new()
@@ -54,7 +46,7 @@ pub async fn check(ctx: &Context, build: &ImageBuild) -> Result<Decision, Error>
         rules,
         &namespace,
         &labels,
-        &names(build),
+        &build.spec.recipe.image_names().collect::<Vec<_>>(),
     ))
 }
 
