@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Event;
+use k8s_openapi::api::core::v1::{Event, Pod};
 use kiln::api::conditions::{self, READY, STALLED};
 use kiln::api::node_build::{NodeBuild, NodeBuildPhase};
 use kiln::api::{BuilderPool, ImageBuild};
@@ -272,4 +272,67 @@ async fn a_policy_change_frees_the_builds_it_now_allows() {
         .patch(POOL, &PatchParams::default(), &Patch::Merge(&reset))
         .await
         .expect("reset the pool's policy");
+}
+
+/// A pod bound to node-a, created as an admin (no kubelet here: it stays Pending, which is
+/// live all the same).
+async fn pod_on_node(rig: &Rig, ns: &str, name: &str, image: &str) {
+    let pods: Api<Pod> = Api::namespaced(rig.client().await, ns);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"nodeName": "node-a", "containers": [{"name": "app", "image": image}]}}))
+    .expect("Pod");
+    pods.create(&PostParams::default(), &pod).await.expect("create Pod");
+}
+
+/// Tenant F's name is allowed by the policy, but while a pod of tenant G on the node runs it,
+/// the agent does not overwrite it; F's own pods do not stop it, nor does G's pod once it names
+/// the image by digest.
+#[tokio::test]
+async fn a_name_another_namespaces_pod_uses_on_the_node_is_not_overwritten() {
+    let _turn = POLICY.lock().await;
+    let rig = rig().await;
+    let (f, f_config) = tenant(rig, "tenant-f").await;
+    let (g, _) = tenant(rig, "tenant-g").await;
+    let image = format!("kiln.local/{f}/web:v1");
+
+    pod_on_node(rig, &f, "own-web", &image).await;
+    apply_as(rig, &f_config, &f, "web-1", &image, "one");
+    let built = rig.wait_for(&f, "web-1", BUILD_WAIT, "Ready", ready).await;
+    let first = rig.docker.image_id(&image).expect("F's image is in the store");
+
+    pod_on_node(rig, &g, "borrower", &image).await;
+    apply_as(rig, &f_config, &f, "web-2", &image, "two");
+    let refused_build = rig
+        .wait_for(&f, "web-2", BUILD_WAIT, "Stalled/ImageNotAllowed", refused)
+        .await;
+    let message = condition(&refused_build, STALLED)
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    for part in [&format!("{g}/borrower"), "node-a", "by digest", "refused by the agent"] {
+        assert!(message.contains(part), "the refusal names {part:?}: {message}");
+    }
+    assert_eq!(
+        rig.docker.image_id(&image).as_deref(),
+        Some(first.as_str()),
+        "the image G runs is untouched"
+    );
+    assert_eq!(
+        rig.docker.image_file(&image, "marker.txt").as_deref(),
+        Some(&b"one"[..])
+    );
+
+    // G pins what it runs; F's next build goes ahead.
+    let digest = built.status.and_then(|s| s.digest).expect("status.digest");
+    let pinned = json!({"spec": {"containers": [{"name": "app", "image": format!("kiln.local/{f}/web@{digest}")}]}});
+    let pods: Api<Pod> = Api::namespaced(rig.client().await, &g);
+    pods.patch("borrower", &PatchParams::default(), &Patch::Strategic(&pinned))
+        .await
+        .expect("pin the pod's image by digest");
+    apply_as(rig, &f_config, &f, "web-3", &image, "three");
+    rig.wait_for(&f, "web-3", BUILD_WAIT, "Ready", ready).await;
+    assert_eq!(
+        rig.docker.image_file(&image, "marker.txt").as_deref(),
+        Some(&b"three"[..])
+    );
 }

@@ -96,7 +96,7 @@ impl Executor {
             usize::try_from(settings.max_concurrent_builds).unwrap_or(1).max(1),
         ));
         Arc::new(Self {
-            policy: PolicyGuard::new(client.clone(), &settings.pool),
+            policy: PolicyGuard::new(client.clone(), &settings.pool, &settings.node),
             client,
             settings,
             state,

@@ -4,15 +4,17 @@
 //! second, independent check, on the node whose image store is at stake.
 //!
 //! The pool comes from a watch of that one BuilderPool (no API call per build); the namespace's
-//! labels are read only when a rule selects namespaces by label.
+//! labels are read only when a rule selects namespaces by label. Then the node's live pods are
+//! listed (from the apiserver's watch cache, field-selected to this node): a name that a pod of
+//! another namespace uses here is not written either ([`crate::api::pod_images`]).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::Api;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, ListParams};
 use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
@@ -20,6 +22,7 @@ use kube::{Client, ResourceExt};
 use super::request::Refusal;
 use crate::api::BuilderPool;
 use crate::api::image_policy::{self, Decision};
+use crate::api::pod_images;
 use crate::api::recipe::BuildRecipe;
 use crate::watch::Listed;
 
@@ -32,18 +35,20 @@ const LIST_WAIT: Duration = Duration::from_secs(30);
 pub struct PolicyGuard {
     client: Client,
     pool: String,
+    node: String,
     store: Store<BuilderPool>,
     listed: Listed,
     writer: Mutex<Option<Writer<BuilderPool>>>,
 }
 
 impl PolicyGuard {
-    /// A guard for `pool`; its cache fills once [`PolicyGuard::watch`] runs.
-    pub fn new(client: Client, pool: &str) -> Self {
+    /// A guard for `pool` on `node`; its cache fills once [`PolicyGuard::watch`] runs.
+    pub fn new(client: Client, pool: &str, node: &str) -> Self {
         let (store, writer) = reflector::store();
         Self {
             client,
             pool: pool.to_owned(),
+            node: node.to_owned(),
             listed: Listed::new(store.clone(), "BuilderPool"),
             store,
             writer: Mutex::new(Some(writer)),
@@ -75,7 +80,7 @@ impl PolicyGuard {
             (
                 "PolicyUnavailable",
                 format!(
-                    "the agent cannot check the image policy of BuilderPool {}: {why}; check the agent's RBAC (get, list and watch builderpools; get namespaces)",
+                    "the agent cannot check the image policy of BuilderPool {}: {why}; check the agent's RBAC (get, list and watch builderpools; get namespaces; list pods)",
                     self.pool
                 ),
             )
@@ -100,11 +105,35 @@ impl PolicyGuard {
             BTreeMap::new()
         };
         let names: Vec<&str> = recipe.image_names().collect();
-        match image_policy::decide_for_pool(&self.pool, rules, namespace, &labels, &names) {
-            Decision::Allowed => Ok(()),
-            Decision::Denied { reason, .. } => {
-                Err((REASON, format!("{reason}; refused by the agent, nothing was built")))
-            }
+        if let Decision::Denied { reason, .. } =
+            image_policy::decide_for_pool(&self.pool, rules, namespace, &labels, &names)
+        {
+            return Err((REASON, format!("{reason}; refused by the agent, nothing was built")));
         }
+        let pods = self
+            .live_pods()
+            .await
+            .map_err(|e| unavailable(format!("cannot list the pods of node {}: {e}", self.node)))?;
+        match pod_images::used_elsewhere(namespace, &names, &pods) {
+            None => Ok(()),
+            Some(used) => Err((
+                REASON,
+                format!(
+                    "image {} is used by pod {} on node {}, which is in another namespace, and a build in {namespace} must not replace it; build another name, or have that pod name its image by digest; refused by the agent, nothing was built",
+                    used.image, used.pod, self.node
+                ),
+            )),
+        }
+    }
+
+    /// The pods bound to this node that have not finished, from the apiserver's watch cache.
+    async fn live_pods(&self) -> Result<Vec<Pod>, kube::Error> {
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let fields = format!(
+            "spec.nodeName={},status.phase!=Succeeded,status.phase!=Failed",
+            self.node
+        );
+        let list = pods.list(&ListParams::default().fields(&fields).match_any()).await?;
+        Ok(list.items)
     }
 }

@@ -4,6 +4,7 @@
 //! - [`NodeBuild`]: one attempt of an `ImageBuild` on one node (namespaced, like a Pod).
 //! - [`BuilderPool`]: where and how BuildKit builders run (cluster-scoped).
 //! - [`image_policy`]: which image names builds in each namespace may write to the nodes.
+//! - [`pod_images`]: whether a build would replace an image a pod of another namespace uses.
 //!
 //! Everything here is free of I/O, so the controller, the agent and the CLI share it and it is
 //! tested without a server.
@@ -21,6 +22,7 @@ pub mod image_pattern;
 pub mod image_policy;
 #[allow(clippy::duplicated_attributes)]
 pub mod node_build;
+pub mod pod_images;
 pub mod recipe;
 pub mod reference;
 mod schema;

@@ -144,9 +144,13 @@ fn agent_rbac(s: &dyn Source) -> Vec<Value> {
             rule(&["kiln.dev"], &["nodebuilds"], &["get", "list", "watch"]),
             rule(&["kiln.dev"], &["nodebuilds/status"], &["get", "patch", "update"]),
             rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
-            // The image-name policy, checked again before every build (agent/policy.rs).
+            // The image-name policy, checked again before every build (agent/policy.rs), and
+            // its node's pods, listed field-selected to the node: a name a pod of another
+            // namespace uses there is not overwritten. RBAC cannot narrow `list` to one node's
+            // pods; the agent asks only for its own.
             rule(&["kiln.dev"], &["builderpools"], &["get", "list", "watch"]),
             rule(&[""], &["namespaces"], &["get"]),
+            rule(&[""], &["pods"], &["list"]),
         ]}),
         binding(s, "ClusterRoleBinding", "ClusterRole", "agent", "agent"),
         // Bound only per namespace and per build, by the controller.
