@@ -56,6 +56,13 @@ pub struct BuilderPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 64))]
     pub max_concurrent_builds: Option<i32>,
+    /// Builds one node holds waiting for a free slot, beyond `maxConcurrentBuilds`. More wait
+    /// in the controller (`Pending`, reason `QueueFull`) and go, oldest first, to the first
+    /// matching node with room. Unset: no limit, every build goes to a node at once and waits
+    /// in its agent's queue. `allNodes` builds are never held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100000))]
+    pub max_queued_builds: Option<i32>,
     /// BuildKit's own step parallelism per build (`max-parallelism`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 256))]

@@ -250,6 +250,12 @@ pub fn builder_pool(spec: &BuilderPoolSpec) -> Result<(), ValidationErrors> {
     if spec.max_concurrent_builds.is_some_and(|m| !(1..=64).contains(&m)) {
         errs.add("spec.maxConcurrentBuilds", "must be between 1 and 64");
     }
+    if spec.max_queued_builds.is_some_and(|m| !(0..=100_000).contains(&m)) {
+        errs.add(
+            "spec.maxQueuedBuilds",
+            "must be between 0 and 100000 (leave it unset for no limit)",
+        );
+    }
     if let Err(e) = image_policy::validate_rules(&spec.allowed_images) {
         // The error names its own field (`spec.allowedImages[1].patterns[0] …: what is wrong`).
         let text = e.to_string();

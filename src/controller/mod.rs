@@ -67,6 +67,10 @@ pub struct Context {
     pub pools: reflector::Store<BuilderPool>,
     /// Whether [`Context::pools`] has listed once.
     pub pools_listed: crate::watch::Listed,
+    /// Held from counting a node's attempts to creating a new one, by dispatches into pools with
+    /// a queue limit (`maxQueuedBuilds`): reconciles run concurrently, and two that counted the
+    /// same free place would both take it.
+    pub queue_places: tokio::sync::Mutex<()>,
 }
 
 /// Controller errors.
@@ -217,6 +221,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         agent_service_account: settings.agent_service_account.clone(),
         metrics,
         memory: std::sync::Mutex::default(),
+        queue_places: tokio::sync::Mutex::const_new(()),
         status_delay: settings.status_delay,
         node_builds_listed: crate::watch::Listed::new(node_builds.clone(), "NodeBuild"),
         node_builds,
@@ -378,6 +383,11 @@ fn heartbeat_news(
     })
 }
 
+/// Builds held by a pool's queue limit woken per attempt that ends: more than one, in case the
+/// oldest waits for a node other than the one that freed a slot (placement), not all, so a
+/// thousand held builds are not reconciled on every completion.
+const WAKE_PER_FREED_SLOT: usize = 3;
+
 /// What fills the build controller's caches.
 struct BuildWriters {
     node_builds: Writer<NodeBuild>,
@@ -442,6 +452,7 @@ async fn build_controller(ctx: Arc<Context>, writers: BuildWriters) {
             .collect::<Vec<_>>()
     };
     let indexed = ctx.clone();
+    let (freed_tx, freed_rx) = futures::channel::mpsc::unbounded::<String>();
     let node_builds = watcher(Api::<NodeBuild>::all(client.clone()), watch_config())
         .default_backoff()
         .modify(crate::watch::trim)
@@ -449,10 +460,26 @@ async fn build_controller(ctx: Arc<Context>, writers: BuildWriters) {
         // The index follows the cache before the event triggers a reconcile.
         .inspect_ok(move |event| {
             if let Ok(mut index) = indexed.node_build_index.write() {
+                let freed = index.freed_by(event);
                 index.apply(event);
+                if let Some(pool) = freed {
+                    let _ = freed_tx.unbounded_send(pool);
+                }
             }
         })
         .touched_objects();
+    // An attempt that ends frees a slot: the oldest builds its pool's queue limit holds may go.
+    let held = controller.store();
+    let room = freed_rx.flat_map(move |pool| {
+        let mut waiting = held.state_filter(|b| build::plan::held_for_room(b, &pool));
+        waiting.sort_by_key(|b| b.metadata.creation_timestamp.as_ref().map(|t| t.0));
+        let oldest: Vec<ObjectRef<ImageBuild>> = waiting
+            .iter()
+            .take(WAKE_PER_FREED_SLOT)
+            .map(|b| ObjectRef::from_obj(&**b))
+            .collect();
+        futures::stream::iter(oldest)
+    });
     // Only heartbeats that are news to waiting builds (a builder that can newly take them, see
     // `pool::news::Audience::Builds`) wake them: with 1,000 builds waiting and 500 builders
     // renewing every 5 s, waking them on every renewal (or every change in running builds)
@@ -468,6 +495,7 @@ async fn build_controller(ctx: Arc<Context>, writers: BuildWriters) {
         .owns_stream(node_builds)
         .watches_stream(leases, waiting)
         .watches_stream(pools, refused_by)
+        .reconcile_on(room)
         .shutdown_on_signal()
         .run(timed_build_reconcile, build_error_policy, ctx)
         .for_each(|result| async move { log_outcome("ImageBuild", result) })

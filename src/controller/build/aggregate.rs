@@ -112,7 +112,7 @@ fn reason_and_message(
             .unwrap_or_else(|| ("Failed".into(), "the build failed".into())),
         BuildPhase::Building => ("Building".to_owned(), progress_message(status)),
         BuildPhase::Pending => match (&next.unschedulable, states.iter().find_map(|(_, r)| r.clone())) {
-            (Some(why), _) => ("Unschedulable".to_owned(), why.clone()),
+            (Some(why), _) => (why.reason.to_owned(), why.message.clone()),
             // Retrying, or WaitingForUpload: the slot says why it waits.
             (None, Some(note)) => note,
             _ => ("Queued".to_owned(), "waiting for the builder to start".to_owned()),

@@ -14,7 +14,7 @@ use kube::api::ObjectMeta;
 use super::judge::{Attempt, Outcome, Slots, name};
 use super::naming::{CACHE_KEY_LABEL, GENERATION_LABEL, cache_key, node_build_name};
 use super::plan::{Event, Next, Observed, Plan, Scope};
-use super::schedule::choose;
+use super::schedule::{Unschedulable, choose};
 use crate::api::image_build::{BuildPhase, ImageBuild};
 use crate::api::node_build::{IMAGE_BUILD_LABEL, NODE_LABEL, NodeBuild, NodeBuildSpec, POOL_LABEL, WAITING_FOR_UPLOAD};
 
@@ -66,7 +66,7 @@ pub(super) fn first_attempts(
             }
         }
         // Later, an allNodes build just has no new node to go to.
-        Err(why) if slots.is_empty() => next.unschedulable = Some(why.0),
+        Err(why) if slots.is_empty() => next.unschedulable = Some(why),
         Err(_) => {}
     }
 }
@@ -183,7 +183,9 @@ fn after_failure(
     };
     let target = match &pinned {
         Some(node) if scope.beats.get(node.as_str()).is_some_and(|h| h.is_fresh(scope.now)) => Ok(vec![node.clone()]),
-        Some(node) => Err(format!("node {node:?} has no ready builder for the retry")),
+        Some(node) => Err(Unschedulable::no_builder(format!(
+            "node {node:?} has no ready builder for the retry"
+        ))),
         None => choose(
             Some(&placement),
             &build.spec.recipe.platforms,
@@ -192,8 +194,7 @@ fn after_failure(
             o.affinity.as_deref(),
             build.spec.pool(),
             scope.now,
-        )
-        .map_err(|u| u.0),
+        ),
     };
     match target {
         Ok(nodes) => {

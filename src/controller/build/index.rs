@@ -145,6 +145,19 @@ impl Index {
         }
     }
 
+    /// The pool of the attempt whose end `event` records (it finished, or went away
+    /// unfinished): a slot on its node frees, so a build held by the pool's queue limit may go.
+    /// Call before [`Index::apply`]. Relists free nothing (a held build re-checks by itself).
+    pub fn freed_by(&self, event: &Event<NodeBuild>) -> Option<String> {
+        let (nb, ended) = match event {
+            Event::Apply(nb) => (nb, !Entry::of(nb).unfinished),
+            Event::Delete(nb) => (nb, true),
+            _ => return None,
+        };
+        let was_unfinished = self.live.entries.get(&key_of(nb)).is_some_and(|e| e.unfinished);
+        (was_unfinished && ended).then(|| nb.spec.pool.clone())
+    }
+
     /// Names of the NodeBuilds labelled as attempts of ImageBuild `build` in `namespace`.
     pub fn attempts_of(&self, namespace: &str, build: &str) -> Vec<String> {
         let owner = (namespace.to_owned(), build.to_owned());

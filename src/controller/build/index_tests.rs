@@ -124,3 +124,43 @@ fn a_relist_forgets_what_was_deleted_while_the_watch_was_down() {
     assert_eq!(i.load().get("n2"), None);
     assert_eq!(i.load().get("n1"), Some(&1));
 }
+
+#[test]
+fn an_attempt_that_ends_frees_a_slot_of_its_pool_once() {
+    let mut queued = nb("ns", "b-1", "b", "n1", Some(NodeBuildPhase::Queued), None);
+    queued.spec.pool = "fast".into();
+    let mut done = queued.clone();
+    done.status = Some(NodeBuildStatus {
+        phase: Some(NodeBuildPhase::Succeeded),
+        ..Default::default()
+    });
+    let mut idx = Index::default();
+    assert_eq!(
+        idx.freed_by(&Event::Apply(queued.clone())),
+        None,
+        "a new attempt frees nothing"
+    );
+    idx.apply(&Event::Apply(queued.clone()));
+    assert_eq!(idx.freed_by(&Event::Apply(queued.clone())), None, "still queued");
+    assert_eq!(idx.freed_by(&Event::Apply(done.clone())), Some("fast".into()));
+    idx.apply(&Event::Apply(done.clone()));
+    assert_eq!(idx.freed_by(&Event::Apply(done.clone())), None, "it ended once");
+    assert_eq!(
+        idx.freed_by(&Event::Delete(done)),
+        None,
+        "deleting a finished attempt frees nothing"
+    );
+    assert_eq!(
+        idx.freed_by(&Event::Delete(queued.clone())),
+        None,
+        "an attempt that had finished frees nothing"
+    );
+    let mut other = queued;
+    other.metadata.name = Some("b-2".into());
+    idx.apply(&Event::Apply(other.clone()));
+    assert_eq!(
+        idx.freed_by(&Event::Delete(other)),
+        Some("fast".into()),
+        "deleted while queued"
+    );
+}

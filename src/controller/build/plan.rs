@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
 
-use super::schedule::Candidate;
+use super::schedule::{Candidate, Unschedulable};
 use super::{aggregate, dispatch, judge};
 use crate::api::heartbeat::Heartbeat;
 use crate::api::image_build::{BuildPhase, ImageBuild, ImageBuildStatus};
@@ -80,7 +80,7 @@ pub(super) struct Next {
     /// Times after which something changes by itself (a retry falls due, a deadline passes…).
     pub requeue: Vec<Duration>,
     /// Why no builder could take the build, if none could.
-    pub unschedulable: Option<String>,
+    pub unschedulable: Option<Unschedulable>,
 }
 
 /// Decides.
@@ -136,4 +136,14 @@ pub fn woken_by(build: &ImageBuild, beat: &Heartbeat, attempt_under_way: bool) -
     let all_nodes = build.spec.placement.as_ref().is_some_and(|p| p.all_nodes);
     let been_there = status.is_some_and(|s| s.nodes.iter().any(|n| n.name == beat.node));
     (!finished && !attempt_under_way) || (all_nodes && !been_there)
+}
+
+/// Whether `build` is held by its pool's queue limit (`maxQueuedBuilds`): a slot freeing on
+/// one of `pool`'s nodes may let it go. Such builds are woken oldest first, a few per freed
+/// slot (see `controller::build_controller`); each re-checks every 30 s regardless.
+pub fn held_for_room(build: &ImageBuild, pool: &str) -> bool {
+    let status = build.status.as_ref();
+    build.spec.pool() == pool
+        && status.is_some_and(|s| s.reason.as_deref() == Some(super::schedule::QUEUE_FULL))
+        && !status.and_then(|s| s.phase).is_some_and(BuildPhase::is_finished)
 }

@@ -56,6 +56,7 @@ fn plan_at(b: &ImageBuild, nbs: &[NodeBuild], beats: &[Heartbeat], now: i64) -> 
                 heartbeat: h,
                 labels: None,
                 assigned: 0,
+                max_queued: None,
             })
             .collect(),
         affinity: None,

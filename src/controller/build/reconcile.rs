@@ -112,6 +112,16 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
     } else {
         None
     };
+    let max_queued = ctx
+        .pools
+        .get(&ObjectRef::new(&pool))
+        .and_then(|p| p.spec.max_queued_builds);
+    // Under a queue limit, a build that may take a place counts and takes it alone.
+    let _place = if max_queued.is_some() && may_dispatch(&ctx, &build) {
+        Some(ctx.queue_places.lock().await)
+    } else {
+        None
+    };
     let assigned = if first_dispatch
         || !build
             .status
@@ -131,6 +141,7 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
                 heartbeat: h,
                 labels: labels.get(&h.node),
                 assigned: assigned.get(h.node.as_str()).copied().unwrap_or(0),
+                max_queued,
             })
             .collect(),
         affinity,
@@ -139,6 +150,21 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
     let plan = plan::decide(&observed);
     debug!(build = %build.name_any(), "decided");
     apply(&ctx, &builds, &build, plan).await
+}
+
+/// Whether this reconcile may create an attempt: the current generation has not finished and
+/// has no attempt under way.
+fn may_dispatch(ctx: &Context, build: &ImageBuild) -> bool {
+    let status = build.status.as_ref();
+    let finished = status.is_some_and(|s| {
+        s.observed_generation == build.metadata.generation && s.phase.is_some_and(BuildPhase::is_finished)
+    });
+    let (ns, name) = (build.namespace().unwrap_or_default(), build.name_any());
+    let under_way = ctx
+        .node_build_index
+        .read()
+        .is_ok_and(|index| index.under_way(&ns, &name));
+    !finished && !under_way
 }
 
 /// The apiserver refused a create because the namespace is being deleted.

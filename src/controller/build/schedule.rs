@@ -2,9 +2,10 @@
 //!
 //! Filters, in order: fresh heartbeat, `placement.nodeName`, `placement.nodeSelector` (node
 //! labels), platforms (the builder must list every requested platform), nodes to avoid (where
-//! the previous attempt was lost). Then, for a single target, free capacity first, then cache
-//! affinity (the node that last built the same source and Dockerfile), then the least busy,
-//! then the name (so the choice is deterministic).
+//! the previous attempt was lost), and for a single target the pool's queue limit
+//! (`maxQueuedBuilds`). Then, for a single target, free capacity first, then cache affinity
+//! (the node that last built the same source and Dockerfile), then the least busy, then the
+//! name (so the choice is deterministic).
 
 use std::collections::BTreeMap;
 
@@ -24,6 +25,8 @@ pub struct Candidate<'a> {
     /// seconds old; these are not, so a burst of builds spreads instead of piling onto the node
     /// whose last heartbeat looked idlest.
     pub assigned: i32,
+    /// The pool's `maxQueuedBuilds`: how many attempts may wait on the node beyond its slots.
+    pub max_queued: Option<i32>,
 }
 
 impl Candidate<'_> {
@@ -36,11 +39,40 @@ impl Candidate<'_> {
     fn full(&self) -> bool {
         self.load() >= self.heartbeat.capacity.max_concurrent_builds
     }
+
+    /// Whether the node's queue takes one more attempt. Counted from the controller's own
+    /// NodeBuilds (`assigned`), which are exact and current, not from the heartbeat, which is
+    /// seconds old and would hold builds back after a slot freed.
+    fn has_room(&self) -> bool {
+        self.max_queued
+            .is_none_or(|q| self.assigned < self.heartbeat.capacity.max_concurrent_builds.saturating_add(q))
+    }
 }
+
+/// Status reason of a build that waits because no builder has room, or none is ready.
+pub const UNSCHEDULABLE: &str = "Unschedulable";
+/// Status reason of a build held by the controller because every matching node's queue is at
+/// the pool's `maxQueuedBuilds`.
+pub const QUEUE_FULL: &str = "QueueFull";
 
 /// Why nothing could be scheduled, phrased for the user.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Unschedulable(pub String);
+pub struct Unschedulable {
+    /// [`UNSCHEDULABLE`] or [`QUEUE_FULL`].
+    pub reason: &'static str,
+    /// What is missing, and what happens next.
+    pub message: String,
+}
+
+impl Unschedulable {
+    /// No builder can take the build.
+    pub fn no_builder(message: String) -> Self {
+        Self {
+            reason: UNSCHEDULABLE,
+            message,
+        }
+    }
+}
 
 /// Picks the target nodes: all matching ready builders for `allNodes`, otherwise one.
 pub fn choose(
@@ -55,13 +87,13 @@ pub fn choose(
     let default = Placement::default();
     let placement = placement.unwrap_or(&default);
     if candidates.is_empty() {
-        return Err(Unschedulable(format!(
+        return Err(Unschedulable::no_builder(format!(
             "pool {pool:?} has no builders: check that the BuilderPool exists and its agents run"
         )));
     }
     let fresh: Vec<&Candidate<'_>> = candidates.iter().filter(|c| c.heartbeat.is_fresh(now)).collect();
     if fresh.is_empty() {
-        return Err(Unschedulable(format!(
+        return Err(Unschedulable::no_builder(format!(
             "no builder of pool {pool:?} is ready (no fresh heartbeat)"
         )));
     }
@@ -69,7 +101,7 @@ pub fn choose(
     if let Some(node) = &placement.node_name {
         matching.retain(|c| &c.heartbeat.node == node);
         if matching.is_empty() {
-            return Err(Unschedulable(format!(
+            return Err(Unschedulable::no_builder(format!(
                 "node {node:?} has no ready builder in pool {pool:?}"
             )));
         }
@@ -85,7 +117,7 @@ pub fn choose(
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
-            return Err(Unschedulable(format!(
+            return Err(Unschedulable::no_builder(format!(
                 "no ready builder's node matches nodeSelector {}",
                 sel.join(",")
             )));
@@ -94,7 +126,7 @@ pub fn choose(
     if !platforms.is_empty() {
         matching.retain(|c| platforms.iter().all(|p| c.heartbeat.capacity.platforms.contains(p)));
         if matching.is_empty() {
-            return Err(Unschedulable(format!(
+            return Err(Unschedulable::no_builder(format!(
                 "no ready builder supports platform(s) {}",
                 platforms.join(", ")
             )));
@@ -108,11 +140,15 @@ pub fn choose(
     if placement.node_name.is_none() && matching.len() > 1 {
         matching.retain(|c| !avoid.contains(&c.heartbeat.node));
         if matching.is_empty() {
-            return Err(Unschedulable(
+            return Err(Unschedulable::no_builder(
                 "every matching builder was lost during an earlier attempt".into(),
             ));
         }
     }
+    if !matching.iter().any(|c| c.has_room()) {
+        return Err(queue_full(&matching, pool));
+    }
+    matching.retain(|c| c.has_room());
     matching.sort_by(|a, b| {
         let key = |c: &Candidate<'_>| (c.full(), affinity != Some(c.heartbeat.node.as_str()));
         key(a)
@@ -124,6 +160,22 @@ pub fn choose(
         .first()
         .map(|c| vec![c.heartbeat.node.clone()])
         .unwrap_or_default())
+}
+
+/// Every matching builder's queue is at the pool's limit: the build waits in the controller.
+fn queue_full(matching: &[&Candidate<'_>], pool: &str) -> Unschedulable {
+    let limit = matching.iter().find_map(|c| c.max_queued).unwrap_or_default();
+    let nodes: Vec<String> = matching
+        .iter()
+        .map(|c| format!("{} ({})", c.heartbeat.node, c.assigned))
+        .collect();
+    Unschedulable {
+        reason: QUEUE_FULL,
+        message: format!(
+            "every matching builder's queue is full: attempts on each node {}, each takes maxConcurrentBuilds plus {limit} queued (BuilderPool {pool:?} spec.maxQueuedBuilds); the build waits here and goes to the first node with room, oldest first",
+            nodes.join(", ")
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -151,6 +203,7 @@ mod tests {
                 heartbeat: h,
                 labels: labels.get(&h.node),
                 assigned: 0,
+                max_queued: None,
             })
             .collect();
         choose(placement, &[], &candidates, &[], affinity, "default", ts(100))
@@ -185,6 +238,7 @@ mod tests {
                 heartbeat: h,
                 labels: None,
                 assigned: assigned.get(h.node.as_str()).copied().unwrap_or(0),
+                max_queued: None,
             })
             .collect();
         let choice = choose(None, &[], &candidates, &[], Some("a"), "default", ts(100));
@@ -198,9 +252,12 @@ mod tests {
     #[test]
     fn stale_heartbeats_do_not_count() {
         let err = pick(None, &[hb("a", 50, 0, &[])], &BTreeMap::new(), None).expect_err("stale");
-        assert!(err.0.contains("no builder of pool \"default\" is ready"), "{err:?}");
+        assert!(
+            err.message.contains("no builder of pool \"default\" is ready"),
+            "{err:?}"
+        );
         let err = pick(None, &[], &BTreeMap::new(), None).expect_err("none");
-        assert!(err.0.contains("has no builders"), "{err:?}");
+        assert!(err.message.contains("has no builders"), "{err:?}");
     }
 
     #[test]
@@ -217,7 +274,7 @@ mod tests {
         assert!(
             pick(Some(&pinned), &beats, &labels, None)
                 .expect_err("absent")
-                .0
+                .message
                 .contains("\"zz\"")
         );
         let gpu = Placement {
@@ -231,6 +288,7 @@ mod tests {
                 heartbeat: h,
                 labels: None,
                 assigned: 0,
+                max_queued: None,
             })
             .collect();
         let arm = choose(
@@ -252,7 +310,7 @@ mod tests {
             "default",
             ts(100),
         );
-        assert!(riscv.expect_err("none").0.contains("linux/riscv64"));
+        assert!(riscv.expect_err("none").message.contains("linux/riscv64"));
     }
 
     #[test]
@@ -272,6 +330,7 @@ mod tests {
                 heartbeat: h,
                 labels: None,
                 assigned: 0,
+                max_queued: None,
             })
             .collect();
         let elsewhere = choose(None, &[], &candidates, &["b".into()], None, "default", ts(100));
@@ -279,6 +338,56 @@ mod tests {
             elsewhere,
             Ok(vec!["a".into()]),
             "a full node beats one that was just lost"
+        );
+    }
+
+    #[test]
+    fn a_full_queue_holds_single_builds_but_not_all_nodes_builds() {
+        // Two nodes with two slots each and no queue allowed (maxQueuedBuilds 0). The
+        // heartbeats say idle (they are seconds old); the controller's own count decides.
+        let beats = [hb("a", 95, 0, &[]), hb("b", 95, 0, &[])];
+        let with = |a: i32, b: i32| -> Vec<Candidate<'_>> {
+            beats
+                .iter()
+                .map(|h| Candidate {
+                    heartbeat: h,
+                    labels: None,
+                    assigned: if h.node == "a" { a } else { b },
+                    max_queued: Some(0),
+                })
+                .collect()
+        };
+        let candidates = with(2, 1);
+        let pick = |c: &[Candidate<'_>], p: Option<&Placement>| choose(p, &[], c, &[], Some("a"), "default", ts(100));
+        assert_eq!(
+            pick(&candidates, None),
+            Ok(vec!["b".into()]),
+            "a full queue loses its affinity"
+        );
+        let candidates = with(2, 2);
+        let held = pick(&candidates, None).expect_err("both full");
+        assert_eq!(held.reason, QUEUE_FULL);
+        assert!(
+            held.message.contains("a (2), b (2)") && held.message.contains("spec.maxQueuedBuilds"),
+            "{held:?}"
+        );
+        let pinned = Placement {
+            node_name: Some("a".into()),
+            ..Default::default()
+        };
+        assert_eq!(pick(&with(2, 0), Some(&pinned)).map_err(|e| e.reason), Err(QUEUE_FULL));
+        let all = Placement {
+            all_nodes: true,
+            ..Default::default()
+        };
+        assert_eq!(pick(&candidates, Some(&all)), Ok(vec!["a".into(), "b".into()]));
+        let unlimited: Vec<Candidate<'_>> = with(50, 50)
+            .into_iter()
+            .map(|c| Candidate { max_queued: None, ..c })
+            .collect();
+        assert!(
+            pick(&unlimited, None).is_ok(),
+            "no limit set: builds go to a node and queue there"
         );
     }
 }

@@ -1,0 +1,117 @@
+//! The pool's queue limit end to end: with `maxQueuedBuilds`, a node never holds more attempts
+//! than its slots plus that many; the rest wait in the controller, `Pending` with reason
+//! `QueueFull` and a message naming the limit, and go oldest first as slots free. Nothing is
+//! lost: every build ends Ready with its own image. Real controller and agent, real apiserver,
+//! real BuildKit (Docker's).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use kiln::api::conditions::{self, READY, STALLED};
+use kiln::api::node_build::NodeBuild;
+use kiln::api::{BuilderPool, ImageBuild};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use serde_json::json;
+use support::e2e::{POOL, Rig, Tuning};
+
+const BUILDS: usize = 8;
+/// Each build's RUN step: long enough that the later builds must wait for slots.
+const STEP_SECONDS: u64 = 1;
+/// A held build goes when a slot frees, not at its 30 s re-check: with six builds that took
+/// 16 s here, and 71 s with the wake-up removed (re-checks alone). With eight, this bound is
+/// about three times what the wake-ups need and short of what re-checks alone would take.
+const RUN_WAIT: Duration = Duration::from_secs(75);
+
+fn reason(b: &ImageBuild) -> Option<&str> {
+    b.status.as_ref()?.reason.as_deref()
+}
+
+fn is(b: &ImageBuild, type_: &str) -> bool {
+    b.status
+        .as_ref()
+        .is_some_and(|s| conditions::is_true(&s.conditions, type_))
+}
+
+#[tokio::test]
+async fn a_full_node_queue_holds_builds_in_the_controller_and_loses_none() {
+    let tuning = Tuning {
+        agent: vec!["--max-concurrent-builds=1".into()],
+        ..Default::default()
+    };
+    let rig = Rig::start_tuned(&["queue-a"], tuning).await;
+    let client = rig.client().await;
+    let pools: Api<BuilderPool> = Api::all(client.clone());
+    let limit = json!({"spec": {"maxQueuedBuilds": 1}});
+    pools
+        .patch(POOL, &PatchParams::default(), &Patch::Merge(&limit))
+        .await
+        .expect("set the pool's queue limit");
+
+    let ns = rig.server.namespace(&client, "queue").await;
+    let manifests: String = (0..BUILDS)
+        .map(|i| {
+            let url = rig.context(&format!("{ns}-{i}"), &[("marker.txt", format!("build {i}").as_bytes())]);
+            let build = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild",
+                "metadata": {"name": format!("q-{i}"), "namespace": ns},
+                "spec": {"image": format!("kiln.local/{ns}/q:{i}"), "source": {"http": {"url": url}},
+                         "dockerfileInline": format!(
+                             "FROM kiln-test/busybox:latest\nCOPY marker.txt /marker.txt\nRUN sleep {STEP_SECONDS} && echo {ns}-{i}\n")}});
+            format!("---\n{build}\n")
+        })
+        .collect();
+    rig.server.apply_manifests(&manifests);
+
+    let builds: Api<ImageBuild> = Api::namespaced(client.clone(), &ns);
+    let attempts: Api<NodeBuild> = Api::namespaced(client.clone(), &ns);
+    let (mut most_on_node, mut held_message) = (0, None::<String>);
+    let deadline = Instant::now() + RUN_WAIT;
+    loop {
+        let nbs = attempts.list(&ListParams::default()).await.expect("list NodeBuilds");
+        let unfinished = nbs
+            .items
+            .iter()
+            .filter(|nb| {
+                !nb.status
+                    .as_ref()
+                    .and_then(|s| s.phase)
+                    .is_some_and(|p| p.is_finished())
+            })
+            .count();
+        most_on_node = most_on_node.max(unfinished);
+        let list = builds.list(&ListParams::default()).await.expect("list ImageBuilds");
+        if let Some(held) = list.items.iter().find(|b| reason(b) == Some("QueueFull")) {
+            assert!(!is(held, STALLED), "a held build is not Stalled: {:?}", held.status);
+            held_message = held.status.as_ref().and_then(|s| s.message.clone());
+        }
+        if list.items.iter().filter(|b| is(b, READY)).count() == BUILDS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every build Ready: {:?}\n{}",
+            list.items
+                .iter()
+                .map(|b| (b.metadata.name.clone(), reason(b).map(str::to_owned)))
+                .collect::<Vec<_>>(),
+            rig.diagnostics()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    assert!(
+        most_on_node <= 2,
+        "the node held {most_on_node} unfinished attempts; one slot plus one queued allowed"
+    );
+    let message = held_message.expect("a build was held with reason QueueFull");
+    assert!(
+        message.contains("spec.maxQueuedBuilds") && message.contains("queue-a"),
+        "the held build says why and where: {message}"
+    );
+    for i in 0..BUILDS {
+        let file = rig.docker.image_file(&format!("kiln.local/{ns}/q:{i}"), "marker.txt");
+        assert_eq!(file, Some(format!("build {i}").into_bytes()), "build {i}'s own image");
+        let nbs = rig.node_builds(&ns, &format!("q-{i}")).await;
+        assert_eq!(nbs.len(), 1, "build {i} ran once: {nbs:?}");
+    }
+}
