@@ -11,6 +11,7 @@ pub mod cli;
 pub mod context;
 pub mod controller;
 pub mod deploy;
+pub mod git;
 pub mod http;
 pub mod leader;
 pub mod metrics;

@@ -1,13 +1,16 @@
 //! Local git repositories served over loopback by `git daemon --inetd`
-//! (one git process per connection, on a port we hold: no port races).
+//! (one git process per connection, on a port we hold: no port races), and
+//! over smart HTTP by `git http-backend` run as CGI per request.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-fn git(dir: &Path, args: &[&str]) -> String {
+/// Runs git in `dir` with a fixed identity; panics on failure, returns stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .current_dir(dir)
         .args(args)
@@ -106,4 +109,99 @@ impl GitServer {
     pub fn root(&self) -> PathBuf {
         self.root.path().to_path_buf()
     }
+
+    /// The bare repository `name`, to run git in.
+    pub fn bare(&self, name: &str) -> PathBuf {
+        self.root.path().join(format!("{name}.git"))
+    }
+
+    /// Serves the same repositories over smart HTTP on loopback; with `password`, only to
+    /// requests that carry it as basic credentials (any user). Returns the base URL:
+    /// `http://127.0.0.1:<port>` (a repository is `<base>/<name>.git`).
+    pub fn serve_http(&self, password: Option<&str>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let port = listener.local_addr().expect("addr").port();
+        let root = self.root.path().to_path_buf();
+        let password = password.map(str::to_owned);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (root, password) = (root.clone(), password.clone());
+                std::thread::spawn(move || {
+                    let _ = http_backend(stream, &root, password.as_deref());
+                });
+            }
+        });
+        format!("http://127.0.0.1:{port}")
+    }
+}
+
+/// Answers one HTTP GET by running `git http-backend` as CGI.
+fn http_backend(stream: TcpStream, root: &Path, password: Option<&str>) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut authorized = password.is_none();
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
+            break;
+        }
+        if let (Some(expected), Some(value)) = (
+            password,
+            header
+                .strip_prefix("authorization: ")
+                .or(header.strip_prefix("Authorization: ")),
+        ) {
+            use base64::Engine;
+            let decoded = value
+                .trim()
+                .strip_prefix("Basic ")
+                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+                .map(|d| String::from_utf8_lossy(&d).into_owned())
+                .unwrap_or_default();
+            authorized = decoded.split_once(':').is_some_and(|(_, p)| p == expected);
+        }
+    }
+    let mut out = stream;
+    if !authorized {
+        return out.write_all(b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    }
+    let target = request_line.split_whitespace().nth(1).unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let cgi = Command::new("git")
+        .arg("http-backend")
+        .env_clear()
+        .env("GIT_PROJECT_ROOT", root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("REQUEST_METHOD", "GET")
+        .env("PATH_INFO", path)
+        .env("QUERY_STRING", query)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .stdin(Stdio::null())
+        .output()?;
+    let text = cgi.stdout;
+    let split = text
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| (p, 4))
+        .or_else(|| text.windows(2).position(|w| w == b"\n\n").map(|p| (p, 2)))
+        .unwrap_or((text.len(), 0));
+    let head = String::from_utf8_lossy(&text[..split.0]).into_owned();
+    let body = &text[(split.0 + split.1).min(text.len())..];
+    let mut status = "200 OK".to_owned();
+    let mut headers = String::new();
+    for line in head.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        match line.strip_prefix("Status: ") {
+            Some(s) => status = s.to_owned(),
+            None => headers.push_str(&format!("{line}\r\n")),
+        }
+    }
+    out.write_all(
+        format!(
+            "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )?;
+    out.write_all(body)
 }
