@@ -30,11 +30,12 @@ use tracing::{debug, info, warn};
 use super::contexts::{ContextDigest, ContextStore, Wanted};
 use super::logs::LogStore;
 use super::policy::PolicyGuard;
-use super::request::{build_request, reason_of};
+use super::request::{Refusal, build_request, reason_of};
+use super::revision;
 use super::{Settings, State};
-use crate::api::image_build::{DigestKind as ApiDigestKind, Progress};
+use crate::api::image_build::{DigestKind as ApiDigestKind, Progress, SourceStatus};
 use crate::api::node_build::{NODE_LABEL, NodeBuild, NodeBuildPhase, NodeBuildStatus, POOL_LABEL, WAITING_FOR_UPLOAD};
-use crate::api::recipe::BuildSource;
+use crate::api::recipe::{BuildRecipe, BuildSource};
 use crate::buildkit::{
     BuildHandle, BuildRequest, Client as BuildKit, DigestKind, Error as BuildKitError, PlainRenderer, ProgressEvent,
 };
@@ -297,12 +298,9 @@ impl Executor {
         progress.report_later(self.settings.progress_delay, status.clone());
         let started = Instant::now();
 
-        // The policy first: a refused attempt reads no Secret.
+        // The policy first: a refused attempt reads no Secret and asks no git remote.
         let request = match self.policy.check(&ns, &nb.spec.build).await {
-            Ok(()) => {
-                let network = self.settings.network;
-                build_request(&self.client, &ns, &nb.spec.build, network, &self.contexts_url).await
-            }
+            Ok(()) => self.prepare(&ns, &nb.spec.build, status).await,
             Err(refused) => Err(refused),
         };
         let request = match request {
@@ -446,6 +444,33 @@ impl Executor {
             done.message.clone().unwrap_or_default()
         )]);
         Some(done)
+    }
+
+    /// The BuildKit request for `recipe`, a git source resolved to the commit its ref names
+    /// now (recorded in `status`, so the outcome says what was built).
+    async fn prepare(
+        &self,
+        ns: &str,
+        recipe: &BuildRecipe,
+        status: &mut NodeBuildStatus,
+    ) -> Result<BuildRequest, Refusal> {
+        let revision = revision::resolve(&self.client, ns, recipe).await?;
+        if let Some(commit) = &revision {
+            debug!(namespace = %ns, commit = %commit, "git source resolved");
+            status.source = Some(SourceStatus {
+                revision: Some(commit.clone()),
+            });
+        }
+        let network = self.settings.network;
+        build_request(
+            &self.client,
+            ns,
+            recipe,
+            network,
+            &self.contexts_url,
+            revision.as_deref(),
+        )
+        .await
     }
 
     /// For an uploaded context: holds it (accepted for upload, safe from garbage collection)

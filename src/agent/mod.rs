@@ -9,6 +9,7 @@ pub mod heartbeat;
 pub mod logs;
 pub mod policy;
 pub mod request;
+pub mod revision;
 pub mod server;
 pub mod simulated;
 

@@ -14,22 +14,30 @@ use crate::api::recipe::{BuildRecipe, BuildSource, PullPolicy};
 use crate::api::reference::Reference;
 use crate::buildkit::{self, BuildRequest, Context, Dockerfile, Network};
 
+/// The OCI annotation for the commit an image was built from.
+pub const REVISION_LABEL: &str = "org.opencontainers.image.revision";
+/// The OCI annotation for the repository an image was built from.
+pub const SOURCE_LABEL: &str = "org.opencontainers.image.source";
+
 /// A failure before BuildKit is asked: the status reason and message.
 pub type Refusal = (&'static str, String);
 
 /// Builds the request for `recipe` of a NodeBuild in `namespace`. `contexts_url` is where this
-/// agent serves uploaded contexts to BuildKit (`http://…/contexts/<token>`).
+/// agent serves uploaded contexts to BuildKit (`http://…/contexts/<token>`). `revision` is the
+/// commit a git source's ref resolved to: it is what BuildKit fetches, and the image's
+/// `org.opencontainers.image.revision` and `.source` labels say so (unless the recipe sets them).
 pub async fn build_request(
     client: &Client,
     namespace: &str,
     recipe: &BuildRecipe,
     network: Network,
     contexts_url: &str,
+    revision: Option<&str>,
 ) -> Result<BuildRequest, Refusal> {
     let context = match &recipe.source {
         BuildSource::Git(g) => Context::Git {
             url: g.url.clone(),
-            reference: g.reference.clone(),
+            reference: revision.map(str::to_owned).or_else(|| g.reference.clone()),
             subdir: g.sub_path.clone(),
         },
         BuildSource::Http(h) => Context::Http { url: h.url.clone() },
@@ -54,6 +62,15 @@ pub async fn build_request(
     request.target = recipe.target.clone();
     request.build_args = recipe.build_args.clone();
     request.labels = recipe.labels.clone();
+    if let (BuildSource::Git(g), Some(commit)) = (&recipe.source, revision) {
+        let oci = [
+            (REVISION_LABEL, commit.to_owned()),
+            (SOURCE_LABEL, crate::git::without_credentials(&g.url)),
+        ];
+        for (key, value) in oci {
+            request.labels.entry(key.to_owned()).or_insert(value);
+        }
+    }
     request.platforms = recipe.platforms.clone();
     request.no_cache = recipe.no_cache;
     request.pull = match recipe.pull.unwrap_or_default() {
@@ -87,7 +104,11 @@ pub async fn build_request(
 /// A key of a Secret. The controller grants this agent read access in the build's namespace
 /// just before it creates the attempt; a refusal is retried for a few seconds, the time the
 /// apiserver's authorizer takes to see a new RoleBinding.
-async fn secret_value(secrets: &Api<Secret>, name: &str, key: &str) -> Result<Vec<u8>, (&'static str, String)> {
+pub(super) async fn secret_value(
+    secrets: &Api<Secret>,
+    name: &str,
+    key: &str,
+) -> Result<Vec<u8>, (&'static str, String)> {
     let mut tries = 0;
     let secret = loop {
         match secrets.get_opt(name).await {

@@ -174,9 +174,9 @@ pub struct ImageBuildStatus {
     #[serde(default)]
     #[schemars(schema_with = "node_results")]
     pub nodes: Vec<NodeResult>,
-    /// The exact source built, e.g. the git commit.
+    /// The exact source built: for a git source, the commit its ref named when the build ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resolved_source: Option<String>,
+    pub source: Option<SourceStatus>,
     /// Steps done so far on the slowest node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
@@ -228,6 +228,16 @@ pub struct NodeResult {
     /// Why the attempt ended as it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// What a source resolved to.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceStatus {
+    /// The git commit built (full id). Unset for sources that are not git, and for SSH remotes,
+    /// which the agent cannot ask (BuildKit fetches them by ref).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
 }
 
 /// Build progress in steps.

@@ -6,7 +6,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::image_build::{DigestKind, Progress};
+use super::image_build::{DigestKind, Progress, SourceStatus};
 use super::recipe::BuildRecipe;
 
 /// Label carrying the node a NodeBuild is bound to, so each agent watches only its own.
@@ -127,9 +127,10 @@ pub struct NodeBuildStatus {
     /// The image config digest, when BuildKit reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_digest: Option<String>,
-    /// The exact source built, e.g. the git commit.
+    /// The exact source built: for a git source, the commit its ref named when the attempt
+    /// started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resolved_source: Option<String>,
+    pub source: Option<SourceStatus>,
     /// Steps done so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,

@@ -100,6 +100,20 @@ impl GitServer {
         ids
     }
 
+    /// Adds a commit with `files` on top of `main` of repository `name` and pushes it to the
+    /// served repository: the branch moves. Returns the new commit id.
+    pub fn commit(&self, name: &str, files: &[(&str, &str)]) -> String {
+        let work = self.root.path().join(format!("{name}-work"));
+        for (path, content) in files {
+            std::fs::write(work.join(path), content).expect("write");
+        }
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-q", "-m", "next"]);
+        let bare = self.bare(name).display().to_string();
+        git(&work, &["push", "-q", &bare, "main"]);
+        git(&work, &["rev-parse", "HEAD"])
+    }
+
     /// `git://127.0.0.1:<port>/<name>.git`.
     pub fn url(&self, name: &str) -> String {
         format!("git://127.0.0.1:{}/{name}.git", self.port)

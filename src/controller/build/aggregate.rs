@@ -180,7 +180,12 @@ fn results(scope: &Scope<'_>, attempts: &[Attempt<'_>], slots: &Slots<'_, '_>, p
             .flatten(),
         node_names: (!names.is_empty()).then(|| names.join(",")),
         nodes,
-        resolved_source: first.resolved_source.clone(),
+        source: first.source.clone().or_else(|| {
+            targets
+                .iter()
+                .filter_map(|a| a.nb.status.as_ref()?.source.clone())
+                .next()
+        }),
         progress,
         failed_attempts: (failed_attempts > 0).then_some(failed_attempts),
         start_time,

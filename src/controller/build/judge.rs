@@ -22,6 +22,8 @@ const PERMANENT: &[&str] = &[
     "UploadTimeout",
     "ContextTooLarge",
     "ImageNotAllowed",
+    "GitRefNotFound",
+    "GitAccessDenied",
 ];
 
 /// How an attempt stands, as the controller judges it.

@@ -1,0 +1,113 @@
+//! Git sources end to end: the agent resolves the ref to a commit, BuildKit (Docker's) builds
+//! exactly that commit, and `status.source.revision` and the image's OCI labels say which. A
+//! moved branch builds the new commit; a ref the repository lacks stalls with a clear reason.
+//! The repository is served by `git daemon` on loopback.
+
+mod support;
+
+use std::time::Duration;
+
+use kiln::api::ImageBuild;
+use kiln::api::conditions::{self, READY, STALLED};
+use serde_json::json;
+use support::e2e::Rig;
+use support::git::GitServer;
+
+const BUILD_WAIT: Duration = Duration::from_secs(90);
+const DOCKERFILE: &str = "FROM kiln-test/busybox:latest\nCOPY version.txt /version.txt\n";
+
+fn revision(b: &ImageBuild) -> Option<String> {
+    b.status.as_ref()?.source.as_ref()?.revision.clone()
+}
+
+fn is(b: &ImageBuild, type_: &str, generation: i64) -> bool {
+    b.status
+        .as_ref()
+        .is_some_and(|s| s.observed_generation == Some(generation) && conditions::is_true(&s.conditions, type_))
+}
+
+/// The image's label `key`, as Docker shows it.
+fn label(rig: &Rig, image: &str, key: &str) -> String {
+    let format = format!("{{{{index .Config.Labels \"{key}\"}}}}");
+    let (ok, out, err) = rig.docker.docker(&["image", "inspect", "--format", &format, image]);
+    assert!(ok, "docker image inspect {image}: {err}");
+    out.trim().to_owned()
+}
+
+fn apply(rig: &Rig, ns: &str, name: &str, image: &str, git: serde_json::Value, attempt: u32) {
+    let build = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"image": image, "source": {"git": git}, "dockerfileInline": DOCKERFILE,
+                 "labels": {"example.com/attempt": attempt.to_string()}}});
+    rig.server.apply_manifests(&build.to_string());
+}
+
+#[tokio::test]
+async fn a_branch_builds_the_commit_it_names_and_reports_it() {
+    let rig = Rig::start(&["git-a"]).await;
+    let client = rig.client().await;
+    let ns = rig.server.namespace(&client, "git").await;
+    let git = GitServer::start();
+    let ids = git.create_repo("app", &[&[("version.txt", "v1\n")], &[("version.txt", "v2\n")]], "v2");
+    let url = git.url("app");
+    let image = format!("kiln.local/{ns}/app:main");
+
+    apply(&rig, &ns, "app", &image, json!({"url": url, "ref": "main"}), 1);
+    let built = rig.wait_for(&ns, "app", BUILD_WAIT, "Ready", |b| is(b, READY, 1)).await;
+    assert_eq!(
+        revision(&built).as_ref(),
+        Some(&ids[1]),
+        "status.source.revision is main's commit"
+    );
+    assert_eq!(rig.docker.image_file(&image, "version.txt"), Some(b"v2\n".to_vec()));
+    assert_eq!(label(&rig, &image, "org.opencontainers.image.revision"), ids[1]);
+    assert_eq!(label(&rig, &image, "org.opencontainers.image.source"), url);
+
+    // The branch moves; the next generation builds (and reports) the new commit.
+    let moved = git.commit("app", &[("version.txt", "v3\n")]);
+    apply(&rig, &ns, "app", &image, json!({"url": url, "ref": "main"}), 2);
+    let rebuilt = rig
+        .wait_for(&ns, "app", BUILD_WAIT, "Ready again", |b| is(b, READY, 2))
+        .await;
+    assert_eq!(revision(&rebuilt), Some(moved.clone()));
+    assert_eq!(rig.docker.image_file(&image, "version.txt"), Some(b"v3\n".to_vec()));
+    assert_eq!(label(&rig, &image, "org.opencontainers.image.revision"), moved);
+
+    // A tag still names the older commit.
+    let tagged = format!("kiln.local/{ns}/app:v2");
+    apply(&rig, &ns, "tagged", &tagged, json!({"url": url, "ref": "v2"}), 1);
+    let built = rig
+        .wait_for(&ns, "tagged", BUILD_WAIT, "Ready", |b| is(b, READY, 1))
+        .await;
+    assert_eq!(revision(&built).as_ref(), Some(&ids[1]));
+    assert_eq!(rig.docker.image_file(&tagged, "version.txt"), Some(b"v2\n".to_vec()));
+}
+
+#[tokio::test]
+async fn a_ref_the_repository_lacks_stalls_and_names_what_it_has() {
+    let rig = Rig::start(&["git-a"]).await;
+    let client = rig.client().await;
+    let ns = rig.server.namespace(&client, "git-missing").await;
+    let git = GitServer::start();
+    git.create_repo("app", &[&[("version.txt", "v1\n")]], "v1");
+    let image = format!("kiln.local/{ns}/app:x");
+    apply(
+        &rig,
+        &ns,
+        "missing",
+        &image,
+        json!({"url": git.url("app"), "ref": "no-such-branch"}),
+        1,
+    );
+    let stalled = rig
+        .wait_for(&ns, "missing", BUILD_WAIT, "Stalled", |b| is(b, STALLED, 1))
+        .await;
+    let status = stalled.status.expect("status");
+    assert_eq!(status.reason.as_deref(), Some("GitRefNotFound"), "{status:?}");
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message.contains("\"no-such-branch\"") && message.contains("main"),
+        "{message}"
+    );
+    assert!(rig.docker.image_id(&image).is_none(), "nothing was built");
+}
