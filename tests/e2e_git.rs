@@ -111,3 +111,46 @@ async fn a_ref_the_repository_lacks_stalls_and_names_what_it_has() {
     );
     assert!(rig.docker.image_id(&image).is_none(), "nothing was built");
 }
+
+/// A private repository over HTTP: the source's Secret gives the token to both the agent (to
+/// resolve the ref) and BuildKit (to fetch); without it the build stalls on access.
+#[tokio::test]
+async fn a_private_repository_builds_with_the_sources_secret() {
+    let rig = Rig::start(&["git-a"]).await;
+    let client = rig.client().await;
+    let ns = rig.server.namespace(&client, "git-private").await;
+    let git = GitServer::start();
+    let ids = git.create_repo("app", &[&[("version.txt", "private\n")]], "v1");
+    let url = format!("{}/app.git", git.serve_http(Some("git-token-for-kiln")));
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/basic-auth",
+        "metadata": {"name": "git-cred", "namespace": ns},
+        "stringData": {"username": "kiln", "password": "git-token-for-kiln"}});
+    rig.server.apply_manifests(&secret.to_string());
+
+    let image = format!("kiln.local/{ns}/private:main");
+    let source = json!({"url": url, "ref": "main", "secretRef": {"name": "git-cred"}});
+    apply(&rig, &ns, "private", &image, source, 1);
+    let built = rig
+        .wait_for(&ns, "private", BUILD_WAIT, "Ready", |b| is(b, READY, 1))
+        .await;
+    assert_eq!(revision(&built).as_ref(), Some(&ids[0]));
+    assert_eq!(
+        rig.docker.image_file(&image, "version.txt"),
+        Some(b"private\n".to_vec())
+    );
+
+    apply(
+        &rig,
+        &ns,
+        "anonymous",
+        &format!("kiln.local/{ns}/anonymous:main"),
+        json!({"url": url, "ref": "main"}),
+        1,
+    );
+    let denied = rig
+        .wait_for(&ns, "anonymous", BUILD_WAIT, "Stalled", |b| is(b, STALLED, 1))
+        .await;
+    let status = denied.status.expect("status");
+    assert_eq!(status.reason.as_deref(), Some("GitAccessDenied"), "{status:?}");
+    assert!(status.message.unwrap_or_default().contains("secretRef"));
+}

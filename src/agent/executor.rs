@@ -37,7 +37,8 @@ use crate::api::image_build::{DigestKind as ApiDigestKind, Progress, SourceStatu
 use crate::api::node_build::{NODE_LABEL, NodeBuild, NodeBuildPhase, NodeBuildStatus, POOL_LABEL, WAITING_FOR_UPLOAD};
 use crate::api::recipe::{BuildRecipe, BuildSource};
 use crate::buildkit::{
-    BuildHandle, BuildRequest, Client as BuildKit, DigestKind, Error as BuildKitError, PlainRenderer, ProgressEvent,
+    BuildHandle, BuildRequest, Client as BuildKit, DigestKind, Error as BuildKitError, GIT_AUTH_TOKEN, PlainRenderer,
+    ProgressEvent,
 };
 
 /// Field manager of the agent's status writes.
@@ -447,14 +448,16 @@ impl Executor {
     }
 
     /// The BuildKit request for `recipe`, a git source resolved to the commit its ref names
-    /// now (recorded in `status`, so the outcome says what was built).
+    /// now (recorded in `status`, so the outcome says what was built) and fetched with the
+    /// source's token, if it has one.
     async fn prepare(
         &self,
         ns: &str,
         recipe: &BuildRecipe,
         status: &mut NodeBuildStatus,
     ) -> Result<BuildRequest, Refusal> {
-        let revision = revision::resolve(&self.client, ns, recipe).await?;
+        let token = revision::token(&self.client, ns, recipe).await?;
+        let revision = revision::resolve(recipe, token.as_deref()).await?;
         if let Some(commit) = &revision {
             debug!(namespace = %ns, commit = %commit, "git source resolved");
             status.source = Some(SourceStatus {
@@ -462,15 +465,13 @@ impl Executor {
             });
         }
         let network = self.settings.network;
-        build_request(
-            &self.client,
-            ns,
-            recipe,
-            network,
-            &self.contexts_url,
-            revision.as_deref(),
-        )
-        .await
+        let contexts = &self.contexts_url;
+        let mut request = build_request(&self.client, ns, recipe, network, contexts, revision.as_deref()).await?;
+        if let Some(token) = token {
+            // BuildKit fetches the repository with it; masked like every build secret.
+            request.secrets.insert(GIT_AUTH_TOKEN.to_owned(), token.into_bytes());
+        }
+        Ok(request)
     }
 
     /// For an uploaded context: holds it (accepted for upload, safe from garbage collection)

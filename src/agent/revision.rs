@@ -9,25 +9,31 @@ use super::request::{Refusal, secret_value};
 use crate::api::recipe::{BuildRecipe, BuildSource};
 use crate::git::{self, GitError};
 
-/// The commit to build, for a git source the agent can ask; `None` otherwise.
-pub async fn resolve(client: &Client, namespace: &str, recipe: &BuildRecipe) -> Result<Option<String>, Refusal> {
+/// The token of a git source's `secretRef` (key `password` of a basic-auth Secret), if it
+/// names one.
+pub async fn token(client: &Client, namespace: &str, recipe: &BuildRecipe) -> Result<Option<String>, Refusal> {
     let BuildSource::Git(source) = &recipe.source else {
         return Ok(None);
     };
-    let token = match &source.secret_ref {
-        Some(secret) => {
-            let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-            let value = secret_value(&secrets, &secret.name, "password").await?;
-            Some(String::from_utf8(value).map_err(|_| {
-                (
-                    "InvalidSpec",
-                    format!("the password of Secret {:?} is not UTF-8 text", secret.name),
-                )
-            })?)
-        }
-        None => None,
+    let Some(secret) = &source.secret_ref else {
+        return Ok(None);
     };
-    git::resolve(&source.url, source.reference.as_deref(), token.as_deref())
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let value = secret_value(&secrets, &secret.name, "password").await?;
+    String::from_utf8(value).map(Some).map_err(|_| {
+        (
+            "InvalidSpec",
+            format!("the password of Secret {:?} is not UTF-8 text", secret.name),
+        )
+    })
+}
+
+/// The commit to build, for a git source the agent can ask; `None` otherwise.
+pub async fn resolve(recipe: &BuildRecipe, token: Option<&str>) -> Result<Option<String>, Refusal> {
+    let BuildSource::Git(source) = &recipe.source else {
+        return Ok(None);
+    };
+    git::resolve(&source.url, source.reference.as_deref(), token)
         .await
         .map_err(|e| (reason_of(&e), e.to_string()))
 }

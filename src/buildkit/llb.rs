@@ -92,10 +92,15 @@ pub(crate) fn git_identifier(url: &str, fragment: &str) -> (String, Option<Strin
     (id, full)
 }
 
-/// A git checkout of `url` at `fragment` (`ref`, `ref:subdir` or `:subdir`).
-pub(crate) fn git_context(url: &str, fragment: &str) -> pb::Definition {
+/// A git checkout of `url` at `fragment` (`ref`, `ref:subdir` or `:subdir`); with
+/// `token_secret`, BuildKit fetches over HTTP(S) with the session secret of that id as its
+/// token (`git.authtokensecret`, as `llb.Git` sets it).
+pub(crate) fn git_context(url: &str, fragment: &str, token_secret: Option<&str>) -> pb::Definition {
     let (id, full) = git_identifier(url, fragment);
     let mut attrs = BTreeMap::new();
+    if let Some(secret) = token_secret {
+        attrs.insert("git.authtokensecret".to_string(), secret.to_string());
+    }
     let mut caps = vec!["source.git"];
     if let Some(full) = full {
         attrs.insert("git.fullurl".to_string(), full);

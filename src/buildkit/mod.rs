@@ -82,7 +82,7 @@ pub use endpoint::{DEFAULT_BUILDKIT_SOCKET, DEFAULT_DOCKER_SOCKET, Endpoint, Tls
 pub use error::Error;
 pub use progress::{LOG_TAIL_LINES, LogStream, PlainRenderer, ProgressEvent, ProgressSummary};
 pub use redact::{MASK, Redactor};
-pub use request::{BuildRequest, Context, Dockerfile, Export, Network, Pull};
+pub use request::{BuildRequest, Context, Dockerfile, Export, GIT_AUTH_TOKEN, Network, Pull};
 pub use worker::{LABEL_CONTAINERD_NAMESPACE, LABEL_EXECUTOR, LABEL_SNAPSHOTTER, WorkerInfo, WorkerKind};
 
 /// The error of a build; the same type as [`Error`].

@@ -10,6 +10,10 @@ use super::Error;
 use super::llb;
 use super::worker::WorkerKind;
 
+/// The session secret a git context's token is served as: the id the dockerfile frontend's own
+/// git sources ask for, and the one kiln's git LLB names.
+pub const GIT_AUTH_TOKEN: &str = "GIT_AUTH_TOKEN";
+
 /// Where the build context comes from. BuildKit fetches it itself; there is
 /// no local file sync.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -161,10 +165,15 @@ impl Context {
     }
 
     /// This context (without a git subdirectory, see [`Self::frontend_url`])
-    /// as an LLB definition, for `FrontendInputs["context"]`.
-    fn to_llb(&self) -> bollard_buildkit_proto::pb::Definition {
+    /// as an LLB definition, for `FrontendInputs["context"]`; with `git_token`, a git
+    /// checkout authenticates with the session secret [`GIT_AUTH_TOKEN`].
+    fn to_llb(&self, git_token: bool) -> bollard_buildkit_proto::pb::Definition {
         match self {
-            Context::Git { url, reference, .. } => llb::git_context(url, reference.as_deref().unwrap_or("")),
+            Context::Git { url, reference, .. } => llb::git_context(
+                url,
+                reference.as_deref().unwrap_or(""),
+                git_token.then_some(GIT_AUTH_TOKEN),
+            ),
             Context::Http { url } => llb::http_tarball_context(url),
         }
     }
@@ -406,6 +415,7 @@ pub(crate) fn solve_request(
 ) -> Result<control::SolveRequest, Error> {
     req.validate()?;
     let context = &req.context;
+    let git_token = req.secrets.contains_key(GIT_AUTH_TOKEN);
     let mut attrs: HashMap<String, String> = HashMap::new();
     let mut inputs = HashMap::new();
 
@@ -432,7 +442,7 @@ pub(crate) fn solve_request(
             } else {
                 // The frontend would take an https URL without `.git` for a
                 // tarball: hand it the git checkout as both inputs instead.
-                let def = context.to_llb();
+                let def = context.to_llb(git_token);
                 inputs.insert("context".to_string(), def.clone());
                 inputs.insert("dockerfile".to_string(), def);
             }
@@ -442,7 +452,7 @@ pub(crate) fn solve_request(
             // (BuildKit v0.8 builder/build.go), so the context goes in as an
             // input too, built from the same URL.
             attrs.insert("filename".into(), "Dockerfile".into());
-            inputs.insert("context".to_string(), context.to_llb());
+            inputs.insert("context".to_string(), context.to_llb(git_token));
             inputs.insert(
                 "dockerfile".to_string(),
                 llb::single_file("Dockerfile", text.as_bytes()),

@@ -3,7 +3,7 @@
 //! over smart HTTP by `git http-backend` run as CGI per request.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -149,51 +149,71 @@ impl GitServer {
     }
 }
 
-/// Answers one HTTP GET by running `git http-backend` as CGI.
+/// Answers one HTTP request (GET of the refs, POST of a fetch) by running `git http-backend`
+/// as CGI: request headers become `HTTP_*` variables, the body its stdin.
 fn http_backend(stream: TcpStream, root: &Path, password: Option<&str>) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
-    let mut authorized = password.is_none();
+    let mut headers = Vec::new();
     loop {
-        let mut header = String::new();
-        if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
             break;
         }
-        if let (Some(expected), Some(value)) = (
-            password,
-            header
-                .strip_prefix("authorization: ")
-                .or(header.strip_prefix("Authorization: ")),
-        ) {
-            use base64::Engine;
-            let decoded = value
-                .trim()
-                .strip_prefix("Basic ")
-                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-                .map(|d| String::from_utf8_lossy(&d).into_owned())
-                .unwrap_or_default();
-            authorized = decoded.split_once(':').is_some_and(|(_, p)| p == expected);
+        if let Some((name, value)) = line.split_once(':') {
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
         }
     }
+    let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    let authorized = password.is_none_or(|expected| {
+        use base64::Engine;
+        let credentials = header("authorization")
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+            .and_then(|(_, b)| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .map(|d| String::from_utf8_lossy(&d).into_owned())
+            .unwrap_or_default();
+        credentials.split_once(':').is_some_and(|(_, p)| p == expected)
+    });
     let mut out = stream;
     if !authorized {
         return out.write_all(b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     }
-    let target = request_line.split_whitespace().nth(1).unwrap_or("/");
+    let mut body = Vec::new();
+    let length: usize = header("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+    if length > 0 {
+        body.resize(length, 0);
+        reader.read_exact(&mut body)?;
+    }
+    let mut words = request_line.split_whitespace();
+    let method = words.next().unwrap_or("GET").to_owned();
+    let target = words.next().unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let cgi = Command::new("git")
-        .arg("http-backend")
+    let mut cgi = Command::new("git");
+    cgi.arg("http-backend")
         .env_clear()
         .env("GIT_PROJECT_ROOT", root)
         .env("GIT_HTTP_EXPORT_ALL", "1")
-        .env("REQUEST_METHOD", "GET")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("REQUEST_METHOD", &method)
         .env("PATH_INFO", path)
         .env("QUERY_STRING", query)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .stdin(Stdio::null())
-        .output()?;
-    let text = cgi.stdout;
+        .env("CONTENT_LENGTH", length.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(t) = header("content-type") {
+        cgi.env("CONTENT_TYPE", t);
+    }
+    for (name, value) in &headers {
+        cgi.env(format!("HTTP_{}", name.to_ascii_uppercase().replace('-', "_")), value);
+    }
+    let mut child = cgi.spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(&body)?;
+    }
+    let text = child.wait_with_output()?.stdout;
     let split = text
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -203,16 +223,16 @@ fn http_backend(stream: TcpStream, root: &Path, password: Option<&str>) -> std::
     let head = String::from_utf8_lossy(&text[..split.0]).into_owned();
     let body = &text[(split.0 + split.1).min(text.len())..];
     let mut status = "200 OK".to_owned();
-    let mut headers = String::new();
+    let mut response_headers = String::new();
     for line in head.lines().map(str::trim).filter(|l| !l.is_empty()) {
         match line.strip_prefix("Status: ") {
             Some(s) => status = s.to_owned(),
-            None => headers.push_str(&format!("{line}\r\n")),
+            None => response_headers.push_str(&format!("{line}\r\n")),
         }
     }
     out.write_all(
         format!(
-            "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 {status}\r\n{response_headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         )
         .as_bytes(),
