@@ -16,4 +16,5 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod shutdown;
+pub mod store;
 pub mod watch;

@@ -210,6 +210,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .unwrap_or_default())
     }
 
+    /// The socket of this daemon's own containerd.
+    pub fn containerd_socket(&self) -> PathBuf {
+        self.socket.with_file_name("containerd.sock")
+    }
+
     /// The Docker API socket.
     pub fn socket(&self) -> &Path {
         &self.socket

@@ -1,0 +1,106 @@
+//! containerd's image store through its images service (`containerd.services.images.v1`), in
+//! one namespace (the `containerd-namespace` header). Only the two calls kiln needs, with their
+//! messages written out here (no containerd protos are vendored): `Get` and `Delete`.
+
+use std::path::{Path, PathBuf};
+
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Uri};
+
+use super::{Removal, StoreError};
+
+/// `GetImageRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct GetImageRequest {
+    #[prost(string, tag = "1")]
+    name: String,
+}
+
+/// `DeleteImageRequest`; `sync` waits for the content to be garbage collected.
+#[derive(Clone, PartialEq, prost::Message)]
+struct DeleteImageRequest {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(bool, tag = "2")]
+    sync: bool,
+}
+
+/// Any answer whose fields kiln does not read (`GetImageResponse`, `Empty`).
+#[derive(Clone, PartialEq, prost::Message)]
+struct Ignored {}
+
+const GET: &str = "/containerd.services.images.v1.Images/Get";
+const DELETE: &str = "/containerd.services.images.v1.Images/Delete";
+
+fn unreachable(socket: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unreachable {
+        socket: socket.display().to_string(),
+        detail: e.to_string(),
+    }
+}
+
+/// An error with its sources (tonic's own message is terse: "transport error").
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+async fn channel(socket: &Path) -> Result<Channel, StoreError> {
+    let path: PathBuf = socket.to_owned();
+    tonic::transport::Endpoint::from_static("http://containerd")
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move { UnixStream::connect(path).await.map(TokioIo::new) }
+        }))
+        .await
+        .map_err(|e| unreachable(socket, chain(&e)))
+}
+
+/// One unary call in `namespace`; `Ok(false)` when containerd answers NotFound.
+async fn call<M>(socket: &Path, namespace: &str, method: &'static str, message: M) -> Result<bool, StoreError>
+where
+    M: prost::Message + Send + Sync + 'static,
+{
+    let mut grpc = tonic::client::Grpc::new(channel(socket).await?);
+    grpc.ready().await.map_err(|e| unreachable(socket, e))?;
+    let mut request = tonic::Request::new(message);
+    let value = namespace
+        .parse()
+        .map_err(|_| StoreError::Refused(format!("namespace {namespace:?} is not a valid header value")))?;
+    request.metadata_mut().insert("containerd-namespace", value);
+    let codec = tonic_prost::ProstCodec::<M, Ignored>::default();
+    match grpc
+        .unary(request, http::uri::PathAndQuery::from_static(method), codec)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
+        Err(s) if s.code() == tonic::Code::Unavailable => Err(unreachable(socket, s.message())),
+        Err(s) => Err(StoreError::Refused(format!("{:?}: {}", s.code(), s.message()))),
+    }
+}
+
+/// Whether containerd has an image named `name` in `namespace`.
+pub async fn exists(socket: &Path, namespace: &str, name: &str) -> Result<bool, StoreError> {
+    let request = GetImageRequest { name: name.to_owned() };
+    call(socket, namespace, GET, request).await
+}
+
+/// Removes the image record `name` from `namespace` (its content goes with containerd's
+/// garbage collection once nothing else refers to it).
+pub async fn remove(socket: &Path, namespace: &str, name: &str) -> Result<Removal, StoreError> {
+    let request = DeleteImageRequest {
+        name: name.to_owned(),
+        sync: false,
+    };
+    let found = call(socket, namespace, DELETE, request).await?;
+    Ok(if found { Removal::Removed } else { Removal::Absent })
+}
