@@ -46,7 +46,7 @@ async fn every_crd_is_established() {
 }
 
 #[tokio::test]
-async fn kubectl_get_ib_shows_image_phase_nodes_digest_and_age() {
+async fn kubectl_get_ib_shows_image_phase_nodes_digest_age_and_reason() {
     let server = ApiServer::shared().await;
     let client = server.client().await;
     let ns = server.namespace(&client, "columns").await;
@@ -57,7 +57,8 @@ async fn kubectl_get_ib_shows_image_phase_nodes_digest_and_age() {
     let digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     let status = json!({
         "apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild",
-        "status": {"phase": "Succeeded", "nodeNames": "node-a", "digest": digest, "shortDigest": "0123456789ab"}
+        "status": {"phase": "Failed", "nodeNames": "node-a", "digest": digest, "shortDigest": "0123456789ab",
+                   "reason": "ImageMissing"}
     });
     api.patch_status("web", &PatchParams::apply("kiln-test-status"), &Patch::Apply(&status))
         .await
@@ -67,13 +68,18 @@ async fn kubectl_get_ib_shows_image_phase_nodes_digest_and_age() {
     assert!(ok, "kubectl get ib failed: {err}");
     let mut lines = out.lines();
     let header: Vec<&str> = lines.next().expect("header").split_whitespace().collect();
-    assert_eq!(header, ["NAME", "IMAGE", "PHASE", "NODES", "DIGEST", "AGE"], "{out}");
+    assert_eq!(
+        header,
+        ["NAME", "IMAGE", "PHASE", "NODES", "DIGEST", "AGE", "REASON"],
+        "{out}"
+    );
     let row: Vec<&str> = lines.next().expect("one row").split_whitespace().collect();
     assert_eq!(
         &row[..5],
-        ["web", "example.com/app:dev", "Succeeded", "node-a", "0123456789ab"],
+        ["web", "example.com/app:dev", "Failed", "node-a", "0123456789ab"],
         "{out}"
     );
+    assert_eq!(row.last(), Some(&"ImageMissing"), "why, at a glance: {out}");
 }
 
 #[tokio::test]

@@ -194,5 +194,7 @@ fn agent_settings(node: &str, dir: &std::path::Path, shape: &Shape, simulated: A
         buildkit_tmp: None,
         progress_delay: shape.progress_delay,
         simulated: Some(simulated),
+        image_store: None,
+        presence_interval: Duration::from_secs(30),
     }
 }

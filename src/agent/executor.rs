@@ -21,7 +21,8 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, Store, store::Writer};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::{Mutex, Semaphore, watch};
@@ -82,6 +83,10 @@ pub struct Executor {
     /// older states of them, e.g. its `Queued` report when the stream lags behind a busy
     /// apiserver: those must not run the attempt again.
     ended: std::sync::Mutex<HashMap<String, Instant>>,
+    /// This node's NodeBuilds as the watch sees them (read by [`super::presence`]), and the
+    /// writer the watch fills it with until [`Executor::run`] takes it.
+    cache: Store<NodeBuild>,
+    cache_writer: std::sync::Mutex<Option<Writer<NodeBuild>>>,
 }
 
 impl Executor {
@@ -97,7 +102,10 @@ impl Executor {
         let slots = Arc::new(Semaphore::new(
             usize::try_from(settings.max_concurrent_builds).unwrap_or(1).max(1),
         ));
+        let (cache, writer) = reflector::store();
         Arc::new(Self {
+            cache,
+            cache_writer: std::sync::Mutex::new(Some(writer)),
             policy: PolicyGuard::new(client.clone(), &settings.pool, &settings.node),
             client,
             settings,
@@ -111,6 +119,11 @@ impl Executor {
             buildkit: Mutex::default(),
             ended: std::sync::Mutex::default(),
         })
+    }
+
+    /// This node's NodeBuilds, as the executor's watch keeps them.
+    pub fn node_builds(&self) -> Store<NodeBuild> {
+        self.cache.clone()
     }
 
     /// Watches this node's NodeBuilds and runs them, forever.
@@ -131,7 +144,11 @@ impl Executor {
         // Relists come from the apiserver's watch cache, and each node's agent reconnects at
         // its own time (`crate::watch`).
         let config = crate::watch::spread_config(&self.settings.node).labels(&selector);
-        let mut stream = watcher(api, config).boxed();
+        let events = watcher(api, config);
+        let mut stream = match self.cache_writer.lock().ok().and_then(|mut w| w.take()) {
+            Some(writer) => events.reflect(writer).boxed(),
+            None => events.boxed(),
+        };
         loop {
             match stream.try_next().await {
                 Ok(Some(event)) => match event {
@@ -558,10 +575,7 @@ impl Executor {
     }
 
     fn write_target(&self, nb: &NodeBuild) -> StatusWriter {
-        StatusWriter {
-            api: Api::namespaced(self.client.clone(), &nb.namespace().unwrap_or_default()),
-            name: nb.name_any(),
-        }
+        StatusWriter::new(&self.client, nb)
     }
 
     /// Starts a solve on the node's BuildKit over the kept connection, connecting (again) when
@@ -585,14 +599,23 @@ impl Executor {
 
 /// Writes one NodeBuild's status (server-side apply under the agent's field manager).
 #[derive(Clone)]
-struct StatusWriter {
+pub(super) struct StatusWriter {
     api: Api<NodeBuild>,
     name: String,
 }
 
 impl StatusWriter {
+    /// A writer of `nb`'s status, as the agent (server-side apply, field manager
+    /// [`STATUS_FIELD_MANAGER`]).
+    pub(super) fn new(client: &Client, nb: &NodeBuild) -> Self {
+        Self {
+            api: Api::namespaced(client.clone(), &nb.namespace().unwrap_or_default()),
+            name: nb.name_any(),
+        }
+    }
+
     /// An intermediate report: lost if it fails (a later one, or the outcome, follows).
-    async fn write(&self, status: &NodeBuildStatus) {
+    pub(super) async fn write(&self, status: &NodeBuildStatus) {
         if let Err(e) = self.patch(status).await {
             warn!(node_build = %self.name, error = %e, "cannot write NodeBuild status");
         }

@@ -8,6 +8,7 @@ pub mod executor;
 pub mod heartbeat;
 pub mod logs;
 pub mod policy;
+pub mod presence;
 pub mod request;
 pub mod revision;
 pub mod server;
@@ -70,6 +71,11 @@ pub struct Settings {
     /// The scale harness's stand-in for BuildKit ([`simulated`]); `None` (always, outside the
     /// harness) builds on `buildkit`.
     pub simulated: Option<Arc<simulated::SimulatedBuildKit>>,
+    /// The node's image store, to check that built images are still there ([`presence`]);
+    /// `None` checks nothing.
+    pub image_store: Option<crate::store::ImageStore>,
+    /// How often [`presence`] checks.
+    pub presence_interval: Duration,
 }
 
 /// Default of `--progress-delay-ms`. Intermediate states cost API writes and are only worth
@@ -153,6 +159,18 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
         contexts,
         contexts_url,
     );
+    match settings.image_store.clone() {
+        Some(store) if settings.simulated.is_none() => {
+            let presence = presence::Presence {
+                store,
+                node_builds: executor.node_builds(),
+                client: client.clone(),
+                interval: settings.presence_interval,
+            };
+            tokio::spawn(presence.run());
+        }
+        _ => info!("no image store to ask: built images are not checked for presence on this node"),
+    }
     tokio::select! {
         _ = async { tokio::join!(heartbeat::run(client, settings, state), executor.run()) } => {}
         signal = crate::shutdown::signal() => {

@@ -27,7 +27,7 @@ use super::recipe::BuildRecipe;
     printcolumn(name = "Nodes", type_ = "string", json_path = ".status.nodeNames"),
     printcolumn(name = "Digest", type_ = "string", json_path = ".status.shortDigest"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.reason", priority = 1),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.reason"),
     printcolumn(name = "Image-Ref", type_ = "string", json_path = ".status.imageRef", priority = 1)
 )]
 #[serde(rename_all = "camelCase")]
@@ -63,6 +63,23 @@ pub struct ImageBuildSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub ttl_seconds_after_finished: Option<i64>,
+
+    /// What happens when a built image disappears from a node's store (the kubelet's image
+    /// garbage collection, a replaced node, `crictl rmi`): `Rebuild` (the default) builds it
+    /// there again, mostly from cache; `Never` only reports it (`Stalled`, reason
+    /// `ImageMissing`). The agents check their stores every `--presence-interval-seconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<Restore>,
+}
+
+/// What happens to a build whose image left a node's store.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Restore {
+    /// Build it on that node again.
+    #[default]
+    Rebuild,
+    /// Report it, and leave it to the user.
+    Never,
 }
 
 /// Which builders may run the build.
@@ -225,6 +242,9 @@ pub struct NodeResult {
     /// When the attempt finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
+    /// When the agent found this node's image gone from its store (unset while it is there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_since: Option<Time>,
     /// Why the attempt ended as it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

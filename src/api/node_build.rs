@@ -104,6 +104,10 @@ pub struct NodeBuildStatus {
     /// Queued, Running, Succeeded, Failed or Cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<NodeBuildPhase>,
+    /// Since when the image this attempt built is gone from the node's store, as its agent
+    /// found (unset while it is there, or not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_since: Option<Time>,
     /// kstatus conditions of this attempt.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "super::schema::conditions")]

@@ -12,6 +12,7 @@ use crate::api::builder_pool::{
 };
 use crate::api::node_build::AgentEndpoint;
 use crate::buildkit::{Endpoint, Network, TlsConfig};
+use crate::store::ImageStore;
 
 #[derive(clap::Args, Debug)]
 pub(super) struct Args {
@@ -81,6 +82,17 @@ pub(super) struct Args {
     /// build done sooner, such as a cached one, goes straight to its outcome in one API write.
     #[arg(long, default_value_t = agent::DEFAULT_PROGRESS_DELAY_MS)]
     progress_delay_ms: u64,
+    /// Seconds between checks that the images built on this node are still in its store (a
+    /// lost one is reported, and restored per the build's `spec.restore`).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    presence_interval_seconds: u64,
+    /// containerd's socket as mounted into the agent, to check image presence on containerd
+    /// nodes (Docker nodes use the Docker socket of --buildkit-addr).
+    #[arg(long)]
+    containerd_socket: Option<PathBuf>,
+    /// The containerd namespace the kubelet's images are in.
+    #[arg(long, default_value = "k8s.io")]
+    containerd_namespace: String,
 }
 
 pub(super) fn run(args: Args) -> u8 {
@@ -110,6 +122,14 @@ pub(super) fn run(args: Args) -> u8 {
         max_context: mib(args.max_context_mib),
         keep: keep.into(),
         max_total: mib(args.context_store_mib),
+    };
+    let image_store = match (&args.containerd_socket, &buildkit) {
+        (Some(socket), _) => Some(ImageStore::Containerd {
+            socket: socket.clone(),
+            namespace: args.containerd_namespace.clone(),
+        }),
+        (None, Endpoint::DockerUnix(socket)) => Some(ImageStore::Docker(socket.clone())),
+        (None, _) => None,
     };
     let endpoint = args.pod_name.clone().map(|pod| AgentEndpoint {
         namespace: args.namespace.clone(),
@@ -145,6 +165,8 @@ pub(super) fn run(args: Args) -> u8 {
             buildkit_tmp: args.buildkit_tmp,
             progress_delay: Duration::from_millis(args.progress_delay_ms),
             simulated: None,
+            image_store,
+            presence_interval: Duration::from_secs(args.presence_interval_seconds),
         };
         match agent::run(client, settings).await {
             Ok(()) => exit::OK,

@@ -135,6 +135,8 @@ pub fn image_build(wanted: &Wanted, name: &str, namespace: &str) -> ImageBuild {
             // A local build that fails is fixed and run again by the developer, not retried.
             backoff_limit: Some(0),
             ttl_seconds_after_finished: Some(wanted.ttl_seconds),
+            // The default (Rebuild) restores from the context the agent keeps (24 h).
+            restore: None,
         },
         status: None,
     }

@@ -11,7 +11,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Resource;
 use kube::api::ObjectMeta;
 
-use super::judge::{Attempt, Outcome, Slots, name};
+use super::judge::{Attempt, IMAGE_MISSING, Outcome, Slots, name};
 use super::naming::{CACHE_KEY_LABEL, GENERATION_LABEL, cache_key, node_build_name};
 use super::plan::{Event, Next, Observed, Plan, Scope};
 use super::schedule::{Unschedulable, choose};
@@ -82,7 +82,13 @@ pub(super) fn advance_slots(
     let mut states = Vec::new();
     for (slot, attempts) in slots {
         let Some(last) = attempts.last() else { continue };
-        let nbs: Vec<&NodeBuild> = attempts.iter().map(|a| a.nb).collect();
+        // `timeoutSeconds` counts from the first attempt since the image was last lost: a
+        // restore months later gets its own time.
+        let lost = attempts
+            .iter()
+            .rposition(|a| is_missing(&a.outcome))
+            .map_or(0, |i| i + 1);
+        let nbs: Vec<&NodeBuild> = attempts[lost..].iter().map(|a| a.nb).collect();
         let deadline = deadline_of(scope, &nbs);
         let deadline_passed = deadline.is_some_and(|d| scope.now >= d);
         if let Some(d) = deadline.filter(|_| !deadline_passed) {
@@ -149,9 +155,10 @@ fn after_failure(
     };
     let build = scope.build;
     let limit = build.spec.backoff_limit();
+    // A lost image is no failure of the build: it does not use up `backoffLimit`.
     let failures = attempts
         .iter()
-        .filter(|a| matches!(a.outcome, Outcome::Failed { .. }))
+        .filter(|a| matches!(a.outcome, Outcome::Failed { .. }) && !is_missing(&a.outcome))
         .count();
     let failures = i32::try_from(failures).unwrap_or(i32::MAX);
     if *permanent || failures > limit {
@@ -175,7 +182,11 @@ fn after_failure(
         return (Some(BuildPhase::Pending), Some(("Retrying".into(), note)));
     }
     let placement = build.spec.placement.clone().unwrap_or_default();
-    let pinned = slot.clone().or(placement.node_name.clone());
+    // A restore goes where the image was lost: that node's pods expect it there.
+    let pinned = slot
+        .clone()
+        .or(placement.node_name.clone())
+        .or_else(|| (reason == IMAGE_MISSING).then(|| last.nb.spec.node_name.clone()));
     let avoid: Vec<String> = if reason == "NodeLost" {
         vec![last.nb.spec.node_name.clone()]
     } else {
@@ -214,6 +225,10 @@ fn after_failure(
         Err(why) => next.unschedulable = Some(why),
     }
     (Some(BuildPhase::Pending), None)
+}
+
+fn is_missing(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Failed { reason, .. } if reason == IMAGE_MISSING)
 }
 
 /// When a slot's time is up: `timeoutSeconds` from its first attempt (now, for a first

@@ -9,6 +9,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use super::plan::{Event, Observed, Plan, Scope};
 use crate::api::heartbeat::Heartbeat;
+use crate::api::image_build::Restore;
 use crate::api::node_build::{NodeBuild, NodeBuildPhase};
 
 /// Failure reasons that no retry can fix.
@@ -25,6 +26,9 @@ const PERMANENT: &[&str] = &[
     "GitRefNotFound",
     "GitAccessDenied",
 ];
+
+/// The reason of a succeeded attempt whose image its agent found gone from the node's store.
+pub const IMAGE_MISSING: &str = "ImageMissing";
 
 /// How an attempt stands, as the controller judges it.
 #[derive(Clone, Debug, PartialEq)]
@@ -82,7 +86,8 @@ pub(super) fn current_attempts<'a>(o: &Observed<'a>, scope: &Scope<'_>, plan: &m
         .copied()
         .filter(|nb| nb.spec.generation == scope.generation)
         .map(|nb| {
-            let outcome = judge(nb, scope.beats.get(nb.spec.node_name.as_str()).copied(), scope.now);
+            let beat = scope.beats.get(nb.spec.node_name.as_str()).copied();
+            let outcome = judge(nb, beat, scope.now, scope.build.spec.restore.unwrap_or_default());
             if matches!(&outcome, Outcome::Failed { reason, .. } if reason == "NodeLost") && !nb.spec.cancel {
                 plan.cancel.push(name(nb));
             }
@@ -104,11 +109,14 @@ pub(super) fn slots<'s, 'a>(attempts: &'s [Attempt<'a>], all_nodes: bool) -> Slo
     slots
 }
 
-fn judge(nb: &NodeBuild, heartbeat: Option<&Heartbeat>, now: Timestamp) -> Outcome {
+fn judge(nb: &NodeBuild, heartbeat: Option<&Heartbeat>, now: Timestamp, restore: Restore) -> Outcome {
     let status = nb.status.clone().unwrap_or_default();
     let at = status.completion_time.as_ref().map(|t| t.0).unwrap_or(now);
     match status.phase {
-        Some(NodeBuildPhase::Succeeded) => Outcome::Succeeded,
+        Some(NodeBuildPhase::Succeeded) => match &status.missing_since {
+            None => Outcome::Succeeded,
+            Some(since) => missing(nb, since.0, restore),
+        },
         Some(NodeBuildPhase::Failed) | Some(NodeBuildPhase::Cancelled) => {
             let reason = status.reason.clone().unwrap_or_else(|| "Failed".into());
             Outcome::Failed {
@@ -138,6 +146,27 @@ fn judge(nb: &NodeBuild, heartbeat: Option<&Heartbeat>, now: Timestamp) -> Outco
         _ => Outcome::Active {
             running: status.phase == Some(NodeBuildPhase::Running),
         },
+    }
+}
+
+/// A succeeded attempt whose image left the node's store: a failure that a rebuild on the
+/// same node fixes, or, with `restore: Never`, one that stays.
+fn missing(nb: &NodeBuild, since: Timestamp, restore: Restore) -> Outcome {
+    let what = format!(
+        "image {} is gone from node {}'s store (found at {since})",
+        nb.spec.build.image, nb.spec.node_name
+    );
+    let message = match restore {
+        Restore::Rebuild => format!("{what}; building it there again"),
+        Restore::Never => format!(
+            "{what}; spec.restore is Never, so it stays gone: set restore: Rebuild, or change the spec to build again"
+        ),
+    };
+    Outcome::Failed {
+        reason: IMAGE_MISSING.into(),
+        message,
+        at: since,
+        permanent: restore == Restore::Never,
     }
 }
 

@@ -200,6 +200,9 @@ fn storage(input: &Input<'_>, host: &RuntimePaths, ds_name: &str) -> Storage {
         "DirectoryOrCreate",
     ));
     agent_mounts.push(json!({"name": "buildkit-tmp", "mountPath": AGENT_BUILDKIT_TMP}));
+    // The agent asks containerd which built images are still on the node (agent/presence.rs).
+    volumes.push(json!({"name": "containerd-sock", "hostPath": {"path": host.socket, "type": "Socket"}}));
+    agent_mounts.push(json!({"name": "containerd-sock", "mountPath": host.socket}));
     Storage {
         volumes,
         buildkitd_mounts,
@@ -347,6 +350,7 @@ fn agent_container(input: &Input<'_>, pool: &str, host: &RuntimePaths, mounts: V
         args.push("--context-listen=$(POD_IP):0".to_owned());
     } else {
         args.push(format!("--buildkit-tmp={AGENT_BUILDKIT_TMP}"));
+        args.push(format!("--containerd-socket={}", host.socket));
     }
     args.extend(upload_args(spec));
     match run_network(spec) {

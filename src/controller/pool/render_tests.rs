@@ -375,3 +375,34 @@ fn agents_keep_uploaded_contexts_under_the_state_dir_and_serve_them_where_buildk
         assert_eq!(on_pod_ip, kind == RuntimeKind::Docker, "{kind:?}: {args:?}");
     }
 }
+
+#[test]
+fn containerd_agents_get_the_runtime_socket_to_check_image_presence() {
+    for (kind, socket) in [
+        (RuntimeKind::Containerd, "/run/containerd/containerd.sock"),
+        (RuntimeKind::K3s, "/run/k3s/containerd/containerd.sock"),
+    ] {
+        let (ds, _) = render_for(&pool(BuilderPoolSpec::default()), kind);
+        let containers = ds["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .expect("containers");
+        let agent = containers
+            .iter()
+            .position(|c| c["name"] == "agent")
+            .expect("an agent container");
+        let args: Vec<&str> = containers[agent]["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            args.contains(&format!("--containerd-socket={socket}").as_str()),
+            "{kind:?}: {args:?}"
+        );
+        assert!(
+            mounts(&ds, agent).contains(&(socket.to_owned(), "None".to_owned())),
+            "{kind:?}: the socket is mounted where the flag says"
+        );
+    }
+}

@@ -1,0 +1,150 @@
+//! Whether the images this node's builds made are still in its store. Every interval the agent
+//! asks the store about each name of the newest generation's succeeded attempts, and writes a
+//! change (`status.missingSince` set, or cleared when the name is back) to that attempt: one
+//! write per change, none while nothing changes. The controller then reports or restores the
+//! loss (`spec.restore`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::reflector::Store;
+use kube::{Client, ResourceExt};
+use tracing::{info, warn};
+
+use super::executor::StatusWriter;
+use crate::api::node_build::{NodeBuild, NodeBuildPhase};
+use crate::api::reference::Reference;
+use crate::store::{ImageStore, StoreError};
+
+/// Checks this node's store against its attempts, forever.
+pub struct Presence {
+    /// The node's image store.
+    pub store: ImageStore,
+    /// This node's NodeBuilds, as the executor's watch keeps them.
+    pub node_builds: Store<NodeBuild>,
+    /// Writes the changes.
+    pub client: Client,
+    /// How often.
+    pub interval: Duration,
+}
+
+impl Presence {
+    /// Checks every interval; says once when the store cannot be asked, and again once it can.
+    pub async fn run(self) {
+        let mut failing = false;
+        loop {
+            tokio::time::sleep(self.interval).await;
+            match self.check().await {
+                Ok(()) if failing => {
+                    info!("the image store answers again; image presence is checked");
+                    failing = false;
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    warn!(error = %e, "cannot check which built images are still on this node");
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// One pass over the newest generation's succeeded attempts of every build on this node.
+    async fn check(&self) -> Result<(), StoreError> {
+        for nb in newest_succeeded(&self.node_builds.state()) {
+            let Some(status) = nb.status.as_ref() else { continue };
+            let gone = self.gone(&nb).await?;
+            let missing_since = match (&status.missing_since, gone.first()) {
+                (None, Some(name)) => {
+                    info!(namespace = %nb.namespace().unwrap_or_default(), node_build = %nb.name_any(), image = %name, "a built image is gone from the node's store");
+                    Some(Time(Timestamp::now()))
+                }
+                (Some(_), None) => {
+                    info!(namespace = %nb.namespace().unwrap_or_default(), node_build = %nb.name_any(), "a built image is back in the node's store");
+                    None
+                }
+                _ => continue,
+            };
+            let mut next = status.clone();
+            next.missing_since = missing_since;
+            StatusWriter::new(&self.client, &nb).write(&next).await;
+        }
+        Ok(())
+    }
+
+    /// The attempt's image names (normalised) that the store does not have.
+    async fn gone(&self, nb: &NodeBuild) -> Result<Vec<String>, StoreError> {
+        let mut gone = Vec::new();
+        for name in nb.spec.build.image_names() {
+            let Ok(reference) = Reference::parse(name) else {
+                continue;
+            };
+            let name = reference.tagged().to_string();
+            if !self.store.exists(&name).await? {
+                gone.push(name);
+            }
+        }
+        Ok(gone)
+    }
+}
+
+/// Of each build's attempts on this node, the succeeded ones of its newest generation: older
+/// generations' images were replaced on purpose, and the controller judges only the newest.
+pub fn newest_succeeded(node_builds: &[std::sync::Arc<NodeBuild>]) -> Vec<std::sync::Arc<NodeBuild>> {
+    let mut newest: HashMap<(String, String), i64> = HashMap::new();
+    for nb in node_builds {
+        let key = (nb.namespace().unwrap_or_default(), nb.spec.image_build.clone());
+        let generation = newest.entry(key).or_insert(nb.spec.generation);
+        *generation = (*generation).max(nb.spec.generation);
+    }
+    node_builds
+        .iter()
+        .filter(|nb| {
+            let key = (nb.namespace().unwrap_or_default(), nb.spec.image_build.clone());
+            newest.get(&key) == Some(&nb.spec.generation)
+                && nb.status.as_ref().and_then(|s| s.phase) == Some(NodeBuildPhase::Succeeded)
+        })
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::api::node_build::{NodeBuildSpec, NodeBuildStatus};
+
+    fn nb(build: &str, generation: i64, attempt: i32, phase: NodeBuildPhase) -> Arc<NodeBuild> {
+        let mut nb = NodeBuild::new(
+            &format!("{build}-{generation}-{attempt}"),
+            NodeBuildSpec {
+                image_build: build.into(),
+                generation,
+                attempt,
+                ..Default::default()
+            },
+        );
+        nb.metadata.namespace = Some("ns".into());
+        nb.status = Some(NodeBuildStatus {
+            phase: Some(phase),
+            ..Default::default()
+        });
+        Arc::new(nb)
+    }
+
+    #[test]
+    fn only_the_newest_generations_successes_are_checked() {
+        let all = [
+            nb("a", 1, 1, NodeBuildPhase::Succeeded),
+            nb("a", 2, 1, NodeBuildPhase::Failed),
+            nb("a", 2, 2, NodeBuildPhase::Succeeded),
+            nb("b", 1, 1, NodeBuildPhase::Succeeded),
+            nb("c", 3, 1, NodeBuildPhase::Running),
+        ];
+        let names: Vec<String> = newest_succeeded(&all).iter().map(|n| n.name_any()).collect();
+        assert_eq!(names, ["a-2-2", "b-1-1"]);
+    }
+}

@@ -1,0 +1,128 @@
+//! Built images over their lifetime: the agent notices when one leaves its node's store (here
+//! `docker rmi`, as the kubelet's image GC or `crictl rmi` would), the build stops being Ready
+//! with reason `ImageMissing` naming the node, and `spec.restore` decides what follows:
+//! `Rebuild` (the default) builds it on that node again, `Never` only reports it. Real
+//! controller and agent, real apiserver, real BuildKit (Docker's).
+
+mod support;
+
+use std::time::Duration;
+
+use kiln::api::ImageBuild;
+use kiln::api::conditions::{self, READY, STALLED};
+use serde_json::json;
+use support::e2e::{Rig, Tuning};
+use tokio::sync::OnceCell;
+
+const BUILD_WAIT: Duration = Duration::from_secs(90);
+const NODE: &str = "presence-a";
+
+async fn rig() -> &'static Rig {
+    static RIG: OnceCell<Rig> = OnceCell::const_new();
+    RIG.get_or_init(|| {
+        let tuning = Tuning {
+            agent: vec!["--presence-interval-seconds=1".into()],
+            ..Default::default()
+        };
+        Rig::start_tuned(&[NODE], tuning)
+    })
+    .await
+}
+
+fn is(b: &ImageBuild, type_: &str) -> bool {
+    b.status
+        .as_ref()
+        .is_some_and(|s| conditions::is_true(&s.conditions, type_))
+}
+
+fn reason(b: &ImageBuild) -> Option<&str> {
+    b.status.as_ref()?.reason.as_deref()
+}
+
+fn attempt(b: &ImageBuild) -> Option<i32> {
+    b.status.as_ref()?.nodes.first()?.attempt
+}
+
+/// Applies a build of `image` holding `marker.txt`, and waits until it is Ready.
+async fn built(rig: &Rig, ns: &str, name: &str, image: &str, restore: Option<&str>) -> ImageBuild {
+    let url = rig.context(&format!("{ns}-{name}"), &[("marker.txt", name.as_bytes())]);
+    let mut spec = json!({"image": image, "source": {"http": {"url": url}},
+        "dockerfileInline": "FROM kiln-test/busybox:latest\nCOPY marker.txt /marker.txt\n"});
+    if let Some(r) = restore {
+        spec["restore"] = json!(r);
+    }
+    let build = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild",
+        "metadata": {"name": name, "namespace": ns}, "spec": spec});
+    rig.server.apply_manifests(&build.to_string());
+    rig.wait_for(ns, name, BUILD_WAIT, "Ready", |b| is(b, READY)).await
+}
+
+fn remove(rig: &Rig, image: &str) {
+    let (ok, _, err) = rig.docker.docker(&["rmi", image]);
+    assert!(ok, "docker rmi {image}: {err}");
+}
+
+#[tokio::test]
+async fn a_lost_image_is_built_again_on_its_node() {
+    let rig = rig().await;
+    let ns = rig.server.namespace(&rig.client().await, "restore").await;
+    let image = format!("kiln.local/{ns}/app:v1");
+    let before = built(rig, &ns, "app", &image, None).await;
+    let digest = before.status.and_then(|s| s.digest).expect("status.digest");
+    assert_eq!(rig.docker.image_id(&image).as_ref(), Some(&digest));
+
+    remove(rig, &image);
+    let restored = rig
+        .wait_for(&ns, "app", BUILD_WAIT, "Ready again, by a second attempt", |b| {
+            is(b, READY) && attempt(b) == Some(2)
+        })
+        .await;
+    let status = restored.status.expect("status");
+    let node = status.nodes.first().expect("a node");
+    assert_eq!(node.name, NODE, "rebuilt where it was lost");
+    assert!(node.missing_since.is_none(), "{node:?}");
+    assert_eq!(rig.docker.image_file(&image, "marker.txt"), Some(b"app".to_vec()));
+    assert_eq!(
+        rig.docker.image_id(&image),
+        status.digest,
+        "status.digest is the restored image"
+    );
+    assert_eq!(
+        status.digest.as_ref(),
+        Some(&digest),
+        "rebuilt from cache: the same image"
+    );
+    assert_eq!(status.failed_attempts, None, "a lost image is no failed attempt");
+}
+
+#[tokio::test]
+async fn with_restore_never_a_lost_image_is_reported_and_stays_lost() {
+    let rig = rig().await;
+    let ns = rig.server.namespace(&rig.client().await, "never").await;
+    let image = format!("kiln.local/{ns}/app:v1");
+    built(rig, &ns, "app", &image, Some("Never")).await;
+
+    remove(rig, &image);
+    let lost = rig
+        .wait_for(&ns, "app", BUILD_WAIT, "Stalled/ImageMissing", |b| {
+            is(b, STALLED) && reason(b) == Some("ImageMissing")
+        })
+        .await;
+    assert!(!is(&lost, READY));
+    let status = lost.status.expect("status");
+    let message = status.message.clone().unwrap_or_default();
+    assert!(message.contains(NODE) && message.contains("restore"), "{message}");
+    assert!(
+        status.nodes.first().is_some_and(|n| n.missing_since.is_some()),
+        "{:?}",
+        status.nodes
+    );
+
+    // A few checks later: still reported, nothing rebuilt.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let builds: kube::Api<ImageBuild> = kube::Api::namespaced(rig.client().await, &ns);
+    let later = builds.get("app").await.expect("get");
+    assert_eq!(reason(&later), Some("ImageMissing"));
+    assert_eq!(rig.node_builds(&ns, "app").await.len(), 1, "no second attempt");
+    assert!(rig.docker.image_id(&image).is_none(), "still gone");
+}
