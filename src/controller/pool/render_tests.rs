@@ -163,24 +163,28 @@ fn rendering_is_deterministic_and_config_changes_roll_the_pods() {
     );
 }
 
+/// The agent container's index and arguments.
+fn agent_of(ds: &Value) -> (usize, Vec<String>) {
+    let containers = ds["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers");
+    let agent = containers
+        .iter()
+        .position(|c| c["name"] == "agent")
+        .expect("agent container");
+    let args = containers[agent]["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect();
+    (agent, args)
+}
+
 #[test]
 fn run_network_reaches_the_agent_and_host_is_entitled_in_buildkitd() {
-    let agent_args = |ds: &Value| -> Vec<String> {
-        let containers = ds["spec"]["template"]["spec"]["containers"]
-            .as_array()
-            .expect("containers");
-        let agent = containers
-            .iter()
-            .find(|c| c["name"] == "agent")
-            .expect("agent container");
-        agent["args"]
-            .as_array()
-            .expect("args")
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect()
-    };
+    let agent_args = |ds: &Value| agent_of(ds).1;
     let with = |n: Option<RunNetwork>| {
         pool(BuilderPoolSpec {
             run_network: n,
@@ -383,21 +387,9 @@ fn containerd_agents_get_the_runtime_socket_to_check_image_presence() {
         (RuntimeKind::K3s, "/run/k3s/containerd/containerd.sock"),
     ] {
         let (ds, _) = render_for(&pool(BuilderPoolSpec::default()), kind);
-        let containers = ds["spec"]["template"]["spec"]["containers"]
-            .as_array()
-            .expect("containers");
-        let agent = containers
-            .iter()
-            .position(|c| c["name"] == "agent")
-            .expect("an agent container");
-        let args: Vec<&str> = containers[agent]["args"]
-            .as_array()
-            .expect("args")
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
+        let (agent, args) = agent_of(&ds);
         assert!(
-            args.contains(&format!("--containerd-socket={socket}").as_str()),
+            args.contains(&format!("--containerd-socket={socket}")),
             "{kind:?}: {args:?}"
         );
         assert!(
