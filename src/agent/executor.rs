@@ -632,7 +632,10 @@ impl StatusWriter {
         loop {
             let e = match self.patch(status).await {
                 Ok(()) => return,
-                Err(kube::Error::Api(s)) if s.code == 404 => {
+                // Only the object's own NotFound means it is gone. Right after an apiserver
+                // restart, kiln's API is not served yet and every request gets a bare
+                // "404 page not found": giving up then lost outcomes (seen in the chaos harness).
+                Err(kube::Error::Api(s)) if s.code == 404 && s.reason == "NotFound" => {
                     debug!(node_build = %self.name, "the attempt is gone; its outcome is not written");
                     return;
                 }
