@@ -57,6 +57,25 @@ async fn built(rig: &Rig, ns: &str, name: &str, image: &str, restore: Option<&st
     rig.wait_for(ns, name, BUILD_WAIT, "Ready", |b| is(b, READY)).await
 }
 
+/// `kiln images -A -o json` as the admin, parsed; the row of build `ns/name`.
+fn image_row(rig: &Rig, ns: &str, name: &str) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["images", "-A", "-o", "json", "--node", NODE])
+        .env("KUBECONFIG", rig.server.kubeconfig())
+        .output()
+        .expect("run kiln images");
+    assert!(
+        out.status.success(),
+        "kiln images: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("kiln images -o json parses");
+    let build = format!("{ns}/{name}");
+    rows.into_iter()
+        .find(|r| r["build"] == build.as_str())
+        .unwrap_or_else(|| panic!("no row for {build}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
 fn remove(rig: &Rig, image: &str) {
     let (ok, _, err) = rig.docker.docker(&["rmi", image]);
     assert!(ok, "docker rmi {image}: {err}");
@@ -102,6 +121,19 @@ async fn with_restore_never_a_lost_image_is_reported_and_stays_lost() {
     let image = format!("kiln.local/{ns}/app:v1");
     built(rig, &ns, "app", &image, Some("Never")).await;
 
+    // `kiln images` lists it on its node, with the pod there that uses it.
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web", "namespace": ns},
+        "spec": {"nodeName": NODE, "containers": [{"name": "web", "image": image}]}}))
+    .expect("pod");
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(rig.client().await, &ns);
+    pods.create(&Default::default(), &pod).await.expect("create pod");
+    let row = image_row(rig, &ns, "app");
+    assert_eq!(row["node"], NODE);
+    assert_eq!(row["names"][0], image.as_str());
+    assert_eq!(row["present"], true);
+    assert_eq!(row["pods"], json!([format!("{ns}/web")]), "{row}");
+
     remove(rig, &image);
     let lost = rig
         .wait_for(&ns, "app", BUILD_WAIT, "Stalled/ImageMissing", |b| {
@@ -125,4 +157,7 @@ async fn with_restore_never_a_lost_image_is_reported_and_stays_lost() {
     assert_eq!(reason(&later), Some("ImageMissing"));
     assert_eq!(rig.node_builds(&ns, "app").await.len(), 1, "no second attempt");
     assert!(rig.docker.image_id(&image).is_none(), "still gone");
+    let row = image_row(rig, &ns, "app");
+    assert_eq!(row["present"], false, "{row}");
+    assert!(row["missingSince"].is_string(), "{row}");
 }

@@ -49,6 +49,35 @@ pub fn used_elsewhere(namespace: &str, images: &[&str], pods: &[Pod]) -> Option<
         })
 }
 
+/// The live pods bound to `node` that use one of `images` by tag (normalised), or `digest` by
+/// digest, as `namespace/name`, sorted.
+pub fn users(images: &[&str], digest: Option<&str>, node: &str, pods: &[Pod]) -> Vec<String> {
+    let wanted: Vec<String> = images
+        .iter()
+        .filter_map(|i| Subject::parse(i).ok())
+        .map(|s| s.normalised().to_owned())
+        .collect();
+    let uses = |image: &str| match image.split_once('@') {
+        Some((_, d)) => digest == Some(d),
+        None => tag_reference(image).is_some_and(|n| wanted.contains(&n)),
+    };
+    let mut found: Vec<String> = pods
+        .iter()
+        .filter(|p| !finished(p))
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+        .filter(|p| p.spec.as_ref().is_some_and(|s| pod_images(s).any(uses)))
+        .map(|p| {
+            format!(
+                "{}/{}",
+                p.metadata.namespace.as_deref().unwrap_or_default(),
+                p.metadata.name.as_deref().unwrap_or_default()
+            )
+        })
+        .collect();
+    found.sort();
+    found
+}
+
 /// Succeeded and Failed pods run nothing again.
 fn finished(pod: &Pod) -> bool {
     matches!(
@@ -148,6 +177,28 @@ mod tests {
         let digest = "sha256:0123456789012345678901234567890123456789012345678901234567890123";
         let pods = [running("team-b", "web", &format!("kiln.local/team-a/web:dev@{digest}"))];
         assert!(used_elsewhere("team-a", &["kiln.local/team-a/web:dev"], &pods).is_none());
+    }
+
+    #[test]
+    fn users_are_the_live_pods_on_the_node_by_tag_or_digest() {
+        let digest = "sha256:0123456789012345678901234567890123456789012345678901234567890123";
+        let on = |node: &str, mut p: Pod| {
+            if let Some(s) = p.spec.as_mut() {
+                s.node_name = Some(node.into());
+            }
+            p
+        };
+        let pods = [
+            on("n1", running("b", "by-tag", "kiln.local/a/web:dev")),
+            on("n1", running("c", "by-digest", &format!("kiln.local/a/web@{digest}"))),
+            on("n2", running("b", "elsewhere", "kiln.local/a/web:dev")),
+            on("n1", running("b", "other", "kiln.local/a/api:dev")),
+        ];
+        assert_eq!(
+            users(&["kiln.local/a/web:dev"], Some(digest), "n1", &pods),
+            ["b/by-tag", "c/by-digest"]
+        );
+        assert!(users(&["kiln.local/a/web:dev"], None, "n3", &pods).is_empty());
     }
 
     #[test]

@@ -27,12 +27,9 @@ pub(super) struct Args {
 
 pub(super) fn run(args: Args) -> u8 {
     super::block_on(async move {
-        let conn = match args.kube.connect().await {
+        let conn = match args.kube.connect_or_exit().await {
             Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::INVALID;
-            }
+            Err(code) => return code,
         };
         let api: Api<ImageBuild> = Api::namespaced(conn.client, &conn.namespace);
         let builds = match &args.name {
@@ -81,7 +78,7 @@ fn row_json(b: &ImageBuild) -> serde_json::Value {
 
 fn print_table(builds: &[ImageBuild]) {
     let now = Timestamp::now();
-    let rows: Vec<[String; 6]> = builds
+    let rows: Vec<Vec<String>> = builds
         .iter()
         .map(|b| {
             let s = b.status.clone().unwrap_or_default();
@@ -91,7 +88,7 @@ fn print_table(builds: &[ImageBuild]) {
                 .as_ref()
                 .map(|t| age(now.duration_since(t.0).as_secs()))
                 .unwrap_or_default();
-            [
+            vec![
                 b.name_any(),
                 b.spec.recipe.image.clone(),
                 s.phase.map(|p| format!("{p:?}")).unwrap_or_else(|| "Pending".into()),
@@ -101,17 +98,7 @@ fn print_table(builds: &[ImageBuild]) {
             ]
         })
         .collect();
-    let header = ["NAME", "IMAGE", "PHASE", "NODES", "DIGEST", "AGE"].map(String::from);
-    let mut widths = header.clone().map(|h| h.len());
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
-        }
-    }
-    for r in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", line.join("   ").trim_end());
-    }
+    super::table::print(&["NAME", "IMAGE", "PHASE", "NODES", "DIGEST", "AGE"], &rows);
 }
 
 /// `45s`, `3m`, `5h`, `2d`, as kubectl shows ages.

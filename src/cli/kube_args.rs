@@ -32,6 +32,15 @@ pub struct Connection {
 }
 
 impl KubeArgs {
+    /// [`KubeArgs::connect`] for a command: on failure prints the error and gives the exit code
+    /// for bad flags or configuration.
+    pub async fn connect_or_exit(&self) -> Result<Connection, u8> {
+        self.connect().await.map_err(|e| {
+            eprintln!("error: {e}");
+            super::exit::INVALID
+        })
+    }
+
     /// Connects as kubectl would with these flags. The error says what to check.
     pub async fn connect(&self) -> Result<Connection, String> {
         let options = KubeConfigOptions {

@@ -33,12 +33,9 @@ pub(super) struct Args {
 
 pub(super) fn run(args: Args) -> u8 {
     super::block_on(async move {
-        let conn = match args.kube.connect().await {
+        let conn = match args.kube.connect_or_exit().await {
             Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::INVALID;
-            }
+            Err(code) => return code,
         };
         let agents = match AgentClient::new(&conn.config, conn.client.clone(), args.via) {
             Ok(a) => a,

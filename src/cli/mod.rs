@@ -12,10 +12,12 @@ mod controller;
 mod crds;
 mod generate;
 mod get;
+pub mod images;
 mod install;
 pub mod kube_args;
 mod logs;
 mod manifests;
+mod table;
 mod validate;
 
 /// `kiln --version`: the crate version and the git revision it was built from.
@@ -63,6 +65,8 @@ enum Command {
     Build(build::Args),
     /// List ImageBuilds: phase, node(s), digest, age.
     Get(get::Args),
+    /// List the images kiln built, per node: build, digest, still present, pods using them.
+    Images(images::Args),
     /// Print a build's log from the node(s) it ran on (`-f` to follow).
     Logs(logs::Args),
 }
@@ -97,6 +101,7 @@ impl Cli {
             }
             Command::Build(args) => build::run(args),
             Command::Get(args) => get::run(args),
+            Command::Images(args) => images::run(args),
             Command::Logs(args) => logs::run(args),
         };
         ExitCode::from(code)

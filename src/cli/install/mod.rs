@@ -86,12 +86,9 @@ pub(super) fn run(args: Args) -> u8 {
         return print_all(&install);
     }
     super::block_on(async move {
-        let conn = match args.kube.connect().await {
+        let conn = match args.kube.connect_or_exit().await {
             Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::INVALID;
-            }
+            Err(code) => return code,
         };
         let dry = args.dry_run == Some(DryRun::Server);
         if let Err(e) = apply_all(&conn.client, &install, dry).await {
