@@ -279,26 +279,7 @@ where
         .modify(crate::watch::trim)
         .reflect(writer)
         .applied_objects();
-    Controller::for_stream(objects, reader).trigger_backoff(NoPause)
-}
-
-/// The controller-wide pause after a trigger watch's error: none. Every trigger watch already
-/// backs off on its own errors (`default_backoff`); kube's default also paused *all* of a
-/// controller's watches on any one's error, growing with each. After an apiserver restart each
-/// watch fails once or twice (`410 Expired`, `404` while kiln's API is not served yet), and
-/// those pauses added up to minutes without reconciles (the chaos harness: 43–186 s).
-struct NoPause;
-
-impl Iterator for NoPause {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        Some(Duration::ZERO)
-    }
-}
-
-impl kube::runtime::utils::Backoff for NoPause {
-    fn reset(&mut self) {}
+    Controller::for_stream(objects, reader)
 }
 
 /// How every controller watch lists ([`crate::watch::config`]).
