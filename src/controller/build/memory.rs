@@ -39,8 +39,10 @@ fn node_build_key(nb: &NodeBuild) -> String {
     format!("{}/{}", nb.namespace().unwrap_or_default(), nb.name_any())
 }
 
-/// Records a NodeBuild this process created (for the dispatch-latency metric, and so
-/// [`just_created`] knows it).
+/// Records a NodeBuild this process is about to create (for the dispatch-latency metric, and so
+/// [`just_created`] and [`assigned_load`] count it). Called before the create's request, with
+/// no await since the decision: concurrent reconciles then see the node as busier at once; a
+/// burst of them otherwise all took the node that looked idlest and overfilled it.
 pub(super) fn remember_created(ctx: &Context, nb: &NodeBuild) {
     let Ok(mut t) = ctx.memory.lock() else { return };
     let now = std::time::Instant::now();
@@ -49,6 +51,14 @@ pub(super) fn remember_created(ctx: &Context, nb: &NodeBuild) {
     t.dispatched
         .retain(|_, (_, at)| now.duration_since(*at) < EXPECT_CREATED);
     t.dispatched.insert(node_build_key(nb), (nb.clone(), now));
+}
+
+/// Undoes [`remember_created`] for an attempt whose create failed.
+pub(super) fn forget_created(ctx: &Context, nb: &NodeBuild) {
+    let Ok(mut t) = ctx.memory.lock() else { return };
+    let key = node_build_key(nb);
+    t.created.remove(&key);
+    t.dispatched.remove(&key);
 }
 
 /// True if this process created `nb` moments ago.

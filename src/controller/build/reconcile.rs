@@ -20,8 +20,8 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use super::memory::{
-    assigned_load, finalizer_added, just_created, just_created_attempts, known_for, observe_timings, remember_created,
-    remember_finalizer, remember_written, remembered_status,
+    assigned_load, finalizer_added, forget_created, just_created, just_created_attempts, known_for, observe_timings,
+    remember_created, remember_finalizer, remember_written, remembered_status,
 };
 use super::plan::{self, Observed, Plan};
 use super::schedule::Candidate;
@@ -182,28 +182,23 @@ async fn apply(ctx: &Context, builds: &Api<ImageBuild>, build: &ImageBuild, plan
         plan.status.phase,
         Some(crate::api::image_build::BuildPhase::Succeeded | crate::api::image_build::BuildPhase::Failed)
     );
-    let needs_secrets = grants::reads_secrets(&build.spec.recipe);
-    if needs_secrets && !plan.create.is_empty() {
-        grants::ensure(ctx, build).await?;
+    // Attempts created by an earlier reconcile that the watch cache does not show yet are
+    // skipped; the rest are counted on their nodes now, before the first await.
+    let to_create: Vec<&NodeBuild> = plan.create.iter().filter(|nb| !just_created(ctx, nb)).collect();
+    for nb in &to_create {
+        remember_created(ctx, nb);
     }
-    for nb in &plan.create {
-        if just_created(ctx, nb) {
-            // Created by an earlier reconcile, and the watch cache has not caught up yet.
-            continue;
+    let needs_secrets = grants::reads_secrets(&build.spec.recipe);
+    let created = create_attempts(ctx, &node_builds, build, &to_create, needs_secrets).await;
+    if let Err(failed_from) = &created {
+        for nb in &to_create[failed_from.0..] {
+            forget_created(ctx, nb);
         }
-        match node_builds.create(&PostParams::default(), nb).await {
-            Ok(_) => {
-                remember_created(ctx, nb);
-                info!(build = %build.name_any(), node_build = %nb.name_any(), node = %nb.spec.node_name, "dispatched")
-            }
-            Err(kube::Error::Api(s)) if s.is_already_exists() => {}
-            Err(kube::Error::Api(s)) if namespace_terminating(&s) => {
-                // The namespace is being deleted, this ImageBuild with it: nothing to start.
-                debug!(build = %build.name_any(), "namespace terminating; not dispatching");
-                return Ok(Action::await_change());
-            }
-            Err(e) => return Err(Error::kube("create NodeBuild")(e)),
-        }
+    }
+    match created {
+        Ok(()) => {}
+        Err((_, None)) => return Ok(Action::await_change()),
+        Err((_, Some(e))) => return Err(e),
     }
     for name in &plan.cancel {
         cancel(&node_builds, name).await?;
@@ -246,6 +241,34 @@ async fn apply(ctx: &Context, builds: &Api<ImageBuild>, build: &ImageBuild, plan
         return Ok(Action::await_change());
     }
     Ok(requeue.map(Action::requeue).unwrap_or_else(Action::await_change))
+}
+
+/// Creates the attempts in order. On failure, returns the index of the first one not created,
+/// and the error (none when the namespace is being deleted: nothing to start, no error).
+async fn create_attempts(
+    ctx: &Context,
+    node_builds: &Api<NodeBuild>,
+    build: &ImageBuild,
+    attempts: &[&NodeBuild],
+    needs_secrets: bool,
+) -> Result<(), (usize, Option<Error>)> {
+    if needs_secrets && !attempts.is_empty() {
+        grants::ensure(ctx, build).await.map_err(|e| (0, Some(e)))?;
+    }
+    for (i, nb) in attempts.iter().enumerate() {
+        match node_builds.create(&PostParams::default(), nb).await {
+            Ok(_) => {
+                info!(build = %build.name_any(), node_build = %nb.name_any(), node = %nb.spec.node_name, "dispatched")
+            }
+            Err(kube::Error::Api(s)) if s.is_already_exists() => {}
+            Err(kube::Error::Api(s)) if namespace_terminating(&s) => {
+                debug!(build = %build.name_any(), "namespace terminating; not dispatching");
+                return Err((i, None));
+            }
+            Err(e) => return Err((i, Some(Error::kube("create NodeBuild")(e)))),
+        }
+    }
+    Ok(())
 }
 
 async fn cancel(node_builds: &Api<NodeBuild>, name: &str) -> Result<(), Error> {
