@@ -161,3 +161,113 @@ async fn with_restore_never_a_lost_image_is_reported_and_stays_lost() {
     assert_eq!(row["present"], false, "{row}");
     assert!(row["missingSince"].is_string(), "{row}");
 }
+
+/// The events of `ns` with `reason`, as (type, message).
+async fn events(rig: &Rig, ns: &str, reason: &str) -> Vec<(String, String)> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Event> = kube::Api::namespaced(rig.client().await, ns);
+    api.list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some(reason))
+        .map(|e| (e.type_.unwrap_or_default(), e.message.unwrap_or_default()))
+        .collect()
+}
+
+async fn event(rig: &Rig, ns: &str, reason: &str) -> (String, String) {
+    support::kiln::eventually(BUILD_WAIT, &format!("a {reason} event"), || async {
+        events(rig, ns, reason).await.into_iter().next()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn cleanup_delete_removes_the_image_unless_a_pod_uses_it() {
+    let rig = rig().await;
+    let client = rig.client().await;
+    let ns = rig.server.namespace(&client, "cleanup").await;
+    let builds: kube::Api<ImageBuild> = kube::Api::namespaced(client.clone(), &ns);
+
+    // No pod uses it: deleting the build removes the image from the node.
+    let gone = format!("kiln.local/{ns}/gone:v1");
+    built(rig, &ns, "gone", &gone, None).await;
+    builds
+        .patch(
+            "gone",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"cleanup": "Delete"}})),
+        )
+        .await
+        .expect("set cleanup");
+    rig.wait_for(&ns, "gone", BUILD_WAIT, "Ready at generation 2", |b| {
+        is(b, READY) && b.status.as_ref().and_then(|s| s.observed_generation) == Some(2)
+    })
+    .await;
+    assert!(rig.docker.image_id(&gone).is_some());
+    builds.delete("gone", &Default::default()).await.expect("delete");
+    rig.wait_gone(&ns, "gone", BUILD_WAIT).await;
+    assert!(rig.docker.image_id(&gone).is_none(), "{gone} is still in Docker's store");
+    let (kind, message) = event(rig, &ns, "ImageRemoved").await;
+    assert_eq!(kind, "Normal");
+    assert!(message.contains(&gone) && message.contains(NODE), "{message}");
+
+    // A pod on the node uses it: the image stays, and a Warning says which pod.
+    let used = format!("kiln.local/{ns}/used:v1");
+    let url = rig.context(&format!("{ns}-used"), &[("marker.txt", b"used")]);
+    let build = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild",
+        "metadata": {"name": "used", "namespace": ns},
+        "spec": {"image": used, "source": {"http": {"url": url}}, "cleanup": "Delete",
+                 "dockerfileInline": "FROM kiln-test/busybox:latest\nCOPY marker.txt /marker.txt\n"}});
+    rig.server.apply_manifests(&build.to_string());
+    rig.wait_for(&ns, "used", BUILD_WAIT, "Ready", |b| is(b, READY)).await;
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": {"name": "runner", "namespace": ns},
+        "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": used}]}}))
+    .expect("pod");
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client.clone(), &ns);
+    pods.create(&Default::default(), &pod).await.expect("create pod");
+    builds.delete("used", &Default::default()).await.expect("delete");
+    rig.wait_gone(&ns, "used", BUILD_WAIT).await;
+    assert!(rig.docker.image_id(&used).is_some(), "an image a pod uses was removed");
+    let (kind, message) = event(rig, &ns, "ImageKept").await;
+    assert_eq!(kind, "Warning");
+    assert!(message.contains(&format!("{ns}/runner")), "{message}");
+    assert!(events(rig, &ns, "ImageRemoved").await.len() == 1, "only the first build's image was removed");
+}
+
+#[tokio::test]
+async fn kiln_rmi_removes_an_image_and_the_build_that_keeps_it() {
+    let rig = rig().await;
+    let ns = rig.server.namespace(&rig.client().await, "rmi").await;
+    let image = format!("kiln.local/{ns}/tool:v1");
+    built(rig, &ns, "tool", &image, None).await;
+    let kiln = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(args)
+            .args(["-n", &ns])
+            .env("KUBECONFIG", rig.server.kubeconfig())
+            .output()
+            .expect("run kiln rmi")
+    };
+
+    let out = kiln(&["rmi", &format!("kiln.local/{ns}/other:v1")]);
+    assert_eq!(out.status.code(), Some(2), "an image no build names");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no ImageBuild"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(rig.docker.image_id(&image).is_some(), "nothing changed");
+
+    let out = kiln(&["rmi", &image, "-o", "json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let outcomes: serde_json::Value = serde_json::from_slice(&out.stdout).expect("kiln rmi -o json parses");
+    assert_eq!(outcomes[0]["build"], "tool", "{outcomes}");
+    assert_eq!(outcomes[0]["result"], "ImageRemoved", "{outcomes}");
+    assert!(rig.docker.image_id(&image).is_none(), "{image} is still in Docker's store");
+    assert!(rig.node_builds(&ns, "tool").await.is_empty());
+    let builds: kube::Api<ImageBuild> = kube::Api::namespaced(rig.client().await, &ns);
+    assert!(builds.get_opt("tool").await.expect("get").is_none(), "the build is deleted");
+}

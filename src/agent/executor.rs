@@ -28,6 +28,7 @@ use serde_json::json;
 use tokio::sync::{Mutex, Semaphore, watch};
 use tracing::{debug, info, warn};
 
+use super::cleanup::Remover;
 use super::contexts::{ContextDigest, ContextStore, Wanted};
 use super::logs::LogStore;
 use super::policy::PolicyGuard;
@@ -87,6 +88,8 @@ pub struct Executor {
     /// writer the watch fills it with until [`Executor::run`] takes it.
     cache: Store<NodeBuild>,
     cache_writer: std::sync::Mutex<Option<Writer<NodeBuild>>>,
+    /// Removes the images of deleted builds that ask for it (`spec.removeImage`).
+    remover: Arc<Remover>,
 }
 
 impl Executor {
@@ -107,6 +110,7 @@ impl Executor {
             cache,
             cache_writer: std::sync::Mutex::new(Some(writer)),
             policy: PolicyGuard::new(client.clone(), &settings.pool, &settings.node),
+            remover: Remover::new(client.clone(), &settings.node, settings.image_store.clone()),
             client,
             settings,
             state,
@@ -166,6 +170,7 @@ impl Executor {
     }
 
     async fn observe(self: Arc<Self>, nb: NodeBuild) {
+        self.remover.observe(&nb);
         let key = (nb.namespace().unwrap_or_default(), nb.name_any());
         let status = nb.status.clone().unwrap_or_default();
         if status.phase.is_some_and(NodeBuildPhase::is_finished) || self.has_ended(&nb) {
@@ -628,7 +633,7 @@ impl StatusWriter {
     /// to [`OUTCOME_RETRY`]) until it lands or the attempt is gone. Seen in the chaos harness:
     /// right after an apiserver restart, its authorizer refuses requests (403) for a few
     /// seconds; an outcome lost then left the attempt `Running` until something else noticed.
-    async fn write_outcome(&self, status: &NodeBuildStatus) {
+    pub(super) async fn write_outcome(&self, status: &NodeBuildStatus) {
         let started = Instant::now();
         let mut pause = Duration::from_millis(200);
         let mut failures = 0u32;

@@ -3,6 +3,7 @@
 //! NodeBuilds on the local BuildKit, receives uploaded contexts and serves them to BuildKit,
 //! and serves build logs.
 
+pub mod cleanup;
 pub mod contexts;
 pub mod executor;
 pub mod heartbeat;

@@ -110,8 +110,7 @@ impl PolicyGuard {
         {
             return Err((REASON, format!("{reason}; refused by the agent, nothing was built")));
         }
-        let pods = self
-            .live_pods()
+        let pods = live_pods(&self.client, &self.node)
             .await
             .map_err(|e| unavailable(format!("cannot list the pods of node {}: {e}", self.node)))?;
         match pod_images::used_elsewhere(namespace, &names, &pods) {
@@ -125,15 +124,12 @@ impl PolicyGuard {
             )),
         }
     }
+}
 
-    /// The pods bound to this node that have not finished, from the apiserver's watch cache.
-    async fn live_pods(&self) -> Result<Vec<Pod>, kube::Error> {
-        let pods: Api<Pod> = Api::all(self.client.clone());
-        let fields = format!(
-            "spec.nodeName={},status.phase!=Succeeded,status.phase!=Failed",
-            self.node
-        );
-        let list = pods.list(&ListParams::default().fields(&fields).match_any()).await?;
-        Ok(list.items)
-    }
+/// The pods bound to `node` that have not finished, from the apiserver's watch cache.
+pub(super) async fn live_pods(client: &Client, node: &str) -> Result<Vec<Pod>, kube::Error> {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let fields = format!("spec.nodeName={node},status.phase!=Succeeded,status.phase!=Failed");
+    let list = pods.list(&ListParams::default().fields(&fields).match_any()).await?;
+    Ok(list.items)
 }

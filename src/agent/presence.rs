@@ -4,7 +4,6 @@
 //! write per change, none while nothing changes. The controller then reports or restores the
 //! loss (`spec.restore`).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -14,7 +13,7 @@ use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
 use super::executor::StatusWriter;
-use crate::api::node_build::{NodeBuild, NodeBuildPhase};
+use crate::api::node_build::{NodeBuild, newest_succeeded};
 use crate::api::reference::Reference;
 use crate::store::{ImageStore, StoreError};
 
@@ -54,8 +53,12 @@ impl Presence {
     /// One pass over the newest generation's succeeded attempts of every build on this node.
     async fn check(&self) -> Result<(), StoreError> {
         for nb in newest_succeeded(&self.node_builds.state()) {
+            // Being removed on purpose (`cleanup: Delete`): its answer must not be overwritten.
+            if nb.spec.remove_image {
+                continue;
+            }
             let Some(status) = nb.status.as_ref() else { continue };
-            let gone = self.gone(&nb).await?;
+            let gone = self.gone(nb).await?;
             let missing_since = match (&status.missing_since, gone.first()) {
                 (None, Some(name)) => {
                     info!(namespace = %nb.namespace().unwrap_or_default(), node_build = %nb.name_any(), image = %name, "a built image is gone from the node's store");
@@ -69,7 +72,7 @@ impl Presence {
             };
             let mut next = status.clone();
             next.missing_since = missing_since;
-            StatusWriter::new(&self.client, &nb).write(&next).await;
+            StatusWriter::new(&self.client, nb).write(&next).await;
         }
         Ok(())
     }
@@ -90,32 +93,12 @@ impl Presence {
     }
 }
 
-/// Of each build's attempts on this node, the succeeded ones of its newest generation: older
-/// generations' images were replaced on purpose, and the controller judges only the newest.
-pub fn newest_succeeded(node_builds: &[std::sync::Arc<NodeBuild>]) -> Vec<std::sync::Arc<NodeBuild>> {
-    let mut newest: HashMap<(String, String), i64> = HashMap::new();
-    for nb in node_builds {
-        let key = (nb.namespace().unwrap_or_default(), nb.spec.image_build.clone());
-        let generation = newest.entry(key).or_insert(nb.spec.generation);
-        *generation = (*generation).max(nb.spec.generation);
-    }
-    node_builds
-        .iter()
-        .filter(|nb| {
-            let key = (nb.namespace().unwrap_or_default(), nb.spec.image_build.clone());
-            newest.get(&key) == Some(&nb.spec.generation)
-                && nb.status.as_ref().and_then(|s| s.phase) == Some(NodeBuildPhase::Succeeded)
-        })
-        .cloned()
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::api::node_build::{NodeBuildSpec, NodeBuildStatus};
+    use crate::api::node_build::{NodeBuildPhase, NodeBuildSpec, NodeBuildStatus};
 
     fn nb(build: &str, generation: i64, attempt: i32, phase: NodeBuildPhase) -> Arc<NodeBuild> {
         let mut nb = NodeBuild::new(

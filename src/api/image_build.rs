@@ -70,7 +70,29 @@ pub struct ImageBuildSpec {
     /// `ImageMissing`). The agents check their stores every `--presence-interval-seconds`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore: Option<Restore>,
+
+    /// What happens to the built image when this ImageBuild is deleted: `Keep` (the default)
+    /// leaves it in the nodes' stores; `Delete` has each node's agent remove it, unless a live
+    /// pod on that node uses it (then it stays, and an `ImageKept` event names the pod). The
+    /// annotation `kiln.dev/cleanup: Delete` asks the same without editing the spec (`kiln rmi`
+    /// uses it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup: Option<Cleanup>,
 }
+
+/// What happens to a build's image when the build is deleted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Cleanup {
+    /// Leave it in the nodes' stores.
+    #[default]
+    Keep,
+    /// Remove it from the nodes it was built on, unless a pod uses it.
+    Delete,
+}
+
+/// Annotation that asks for `cleanup: Delete` at deletion without changing the spec (a spec
+/// change is a new generation, and so a new build).
+pub const CLEANUP_ANNOTATION: &str = "kiln.dev/cleanup";
 
 /// What happens to a build whose image left a node's store.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -116,6 +138,18 @@ impl ImageBuildSpec {
             .as_ref()
             .and_then(|p| p.pool.as_deref())
             .unwrap_or(DEFAULT_POOL)
+    }
+
+    /// Whether deleting `build` removes its image from the nodes: `spec.cleanup: Delete`, or
+    /// the [`CLEANUP_ANNOTATION`] set to `Delete`.
+    pub fn removes_images_on_delete(build: &ImageBuild) -> bool {
+        build.spec.cleanup == Some(Cleanup::Delete)
+            || build
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(CLEANUP_ANNOTATION))
+                .is_some_and(|v| v == "Delete")
     }
 
     /// Retries allowed after the first attempt.

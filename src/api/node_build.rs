@@ -5,6 +5,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::borrow::Borrow;
 
 use super::image_build::{DigestKind, Progress, SourceStatus};
 use super::recipe::BuildRecipe;
@@ -59,6 +60,11 @@ pub struct NodeBuildSpec {
     /// Set by the controller to ask the agent to stop this attempt.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel: bool,
+    /// Set by the controller when the ImageBuild is deleted with `cleanup: Delete`: the agent
+    /// removes this attempt's image from the node's store, unless a live pod uses it, and
+    /// reports what it did in `status.imageRemoval`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove_image: bool,
     /// What to build, resolved from the ImageBuild.
     pub build: BuildRecipe,
 }
@@ -150,4 +156,49 @@ pub struct NodeBuildStatus {
     /// A human-readable explanation, e.g. the failed step and its last log lines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// What the agent did when asked to remove the image (`spec.removeImage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_removal: Option<ImageRemoval>,
+}
+
+/// The agent's answer to `spec.removeImage`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageRemoval {
+    /// `Removed` (or already gone), `Kept` (a pod or container uses it), or `Failed`.
+    pub outcome: RemovalOutcome,
+    /// What was removed or kept, and why.
+    pub message: String,
+}
+
+/// How a removal ended.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum RemovalOutcome {
+    /// The image's names are gone from the node's store (or were already).
+    #[default]
+    Removed,
+    /// A live pod or a container on the node uses it, so it stays.
+    Kept,
+    /// The store could not be asked, or refused.
+    Failed,
+}
+
+/// Of each build's attempts among `node_builds`, the succeeded ones of its newest generation:
+/// older generations' images were replaced on purpose, and only the newest is judged.
+pub fn newest_succeeded<T: std::borrow::Borrow<NodeBuild>>(node_builds: &[T]) -> Vec<&T> {
+    use kube::ResourceExt;
+    let key = |nb: &NodeBuild| (nb.namespace().unwrap_or_default(), nb.spec.image_build.clone());
+    let mut newest: std::collections::HashMap<(String, String), i64> = std::collections::HashMap::new();
+    for nb in node_builds.iter().map(Borrow::borrow) {
+        let generation = newest.entry(key(nb)).or_insert(nb.spec.generation);
+        *generation = (*generation).max(nb.spec.generation);
+    }
+    node_builds
+        .iter()
+        .filter(|t| {
+            let nb: &NodeBuild = (*t).borrow();
+            newest.get(&key(nb)) == Some(&nb.spec.generation)
+                && nb.status.as_ref().and_then(|s| s.phase) == Some(NodeBuildPhase::Succeeded)
+        })
+        .collect()
 }

@@ -13,6 +13,7 @@ mod crds;
 mod generate;
 mod get;
 pub mod images;
+pub mod rmi;
 mod install;
 pub mod kube_args;
 mod logs;
@@ -67,6 +68,9 @@ enum Command {
     Get(get::Args),
     /// List the images kiln built, per node: build, digest, still present, pods using them.
     Images(images::Args),
+    /// Remove images kiln built from the nodes: deletes the ImageBuilds that name them, with
+    /// image cleanup (a node keeps an image a live pod there uses, and says so).
+    Rmi(rmi::Args),
     /// Print a build's log from the node(s) it ran on (`-f` to follow).
     Logs(logs::Args),
 }
@@ -102,6 +106,7 @@ impl Cli {
             Command::Build(args) => build::run(args),
             Command::Get(args) => get::run(args),
             Command::Images(args) => images::run(args),
+            Command::Rmi(args) => rmi::run(args),
             Command::Logs(args) => logs::run(args),
         };
         ExitCode::from(code)

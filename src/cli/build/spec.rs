@@ -137,6 +137,8 @@ pub fn image_build(wanted: &Wanted, name: &str, namespace: &str) -> ImageBuild {
             ttl_seconds_after_finished: Some(wanted.ttl_seconds),
             // The default (Rebuild) restores from the context the agent keeps (24 h).
             restore: None,
+            // A build's image outlives the ImageBuild its TTL deletes: the pods run it.
+            cleanup: None,
         },
         status: None,
     }

@@ -305,6 +305,7 @@ fn node_build(scope: &Scope<'_>, node: &str, attempt: i32, deadline: Option<Time
             attempt,
             deadline: deadline.map(Time),
             cancel: false,
+            remove_image: false,
             build: build.spec.recipe.clone(),
         },
         status: None,

@@ -14,4 +14,5 @@ pub mod plan;
 mod plan_tests;
 pub mod policy;
 pub mod reconcile;
+pub mod removal;
 pub mod schedule;

@@ -25,10 +25,10 @@ use super::memory::{
 };
 use super::plan::{self, Observed, Plan};
 use super::schedule::Candidate;
-use super::{grants, pacing, policy};
+use super::{grants, pacing, policy, removal};
 use crate::api::conditions::{self, Desired, READY, STALLED, Status};
 use crate::api::heartbeat::Heartbeat;
-use crate::api::image_build::{BuildPhase, ImageBuild};
+use crate::api::image_build::{BuildPhase, ImageBuild, ImageBuildSpec};
 use crate::api::image_policy::Decision;
 use crate::api::node_build::{NodeBuild, NodeBuildPhase};
 use crate::api::validation;
@@ -333,6 +333,11 @@ async fn cleanup(
     if !unfinished.is_empty() {
         warn!(build = %build.name_any(), "agents did not confirm cancellation within {CANCEL_GRACE:?}; deleting anyway");
     }
+    if ImageBuildSpec::removes_images_on_delete(build)
+        && let Some(wait) = remove_images(ctx, &api, build, node_builds, waited).await?
+    {
+        return Ok(wait);
+    }
     for nb in node_builds {
         match api.delete(&nb.name_any(), &DeleteParams::background()).await {
             Ok(_) | Err(kube::Error::Api(_)) => {}
@@ -351,6 +356,34 @@ async fn cleanup(
         Ok(_) | Err(kube::Error::Api(_)) => Ok(Action::await_change()),
         Err(e) => Err(Error::kube("remove finalizer")(e)),
     }
+}
+
+/// `cleanup: Delete`: asks the agents to remove the image, and waits for their answers (at
+/// most [`removal::REMOVAL_GRACE`] from the deletion request); then one event per node.
+async fn remove_images(
+    ctx: &Context,
+    api: &Api<NodeBuild>,
+    build: &ImageBuild,
+    node_builds: &[NodeBuild],
+    waited: f64,
+) -> Result<Option<Action>, Error> {
+    let removals = removal::judge(node_builds);
+    for name in &removals.ask {
+        let patch = json!({"spec": {"removeImage": true}});
+        match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) | Err(kube::Error::Api(_)) => {}
+            Err(e) => return Err(Error::kube("ask an agent to remove an image")(e)),
+        }
+    }
+    let pending = !removals.ask.is_empty() || !removals.waiting.is_empty();
+    if pending && waited < removal::REMOVAL_GRACE.as_secs_f64() {
+        return Ok(Some(Action::requeue(Duration::from_secs(1))));
+    }
+    let late = removals.waiting.iter().map(|(_, node)| removal::unanswered(node));
+    for (warning, reason, note) in removals.events.iter().cloned().chain(late) {
+        publish(ctx, build, warning, reason, &note).await;
+    }
+    Ok(None)
 }
 
 /// This ImageBuild's NodeBuilds, from the watch cache (see `controller::build_controller`).
