@@ -154,3 +154,65 @@ async fn a_private_repository_builds_with_the_sources_secret() {
     assert_eq!(status.reason.as_deref(), Some("GitAccessDenied"), "{status:?}");
     assert!(status.message.unwrap_or_default().contains("secretRef"));
 }
+
+/// `source.git.poll`: the agent asks the remote every interval (here a private one, with the
+/// source's token, so the agents' Secret grant outlives the first build), and a moved branch
+/// is built on the same node within the same generation.
+#[tokio::test]
+async fn a_polled_branch_builds_each_new_commit_on_its_node() {
+    let rig = Rig::start(&["git-a", "git-b"]).await;
+    let client = rig.client().await;
+    let ns = rig.server.namespace(&client, "git-poll").await;
+    let git = GitServer::start();
+    let ids = git.create_repo("app", &[&[("version.txt", "one\n")]], "v1");
+    let url = format!("{}/app.git", git.serve_http(Some("poll-token")));
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/basic-auth",
+        "metadata": {"name": "git-cred", "namespace": ns},
+        "stringData": {"username": "kiln", "password": "poll-token"}});
+    rig.server.apply_manifests(&secret.to_string());
+    let image = format!("kiln.local/{ns}/polled:main");
+    let source = json!({"url": url, "ref": "main", "secretRef": {"name": "git-cred"},
+                        "poll": {"intervalSeconds": 5}});
+    apply(&rig, &ns, "polled", &image, source, 1);
+    let built = rig
+        .wait_for(&ns, "polled", BUILD_WAIT, "Ready", |b| is(b, READY, 1))
+        .await;
+    assert_eq!(revision(&built).as_ref(), Some(&ids[0]));
+    let node = built
+        .status
+        .as_ref()
+        .and_then(|s| s.nodes.first())
+        .map(|n| n.name.clone());
+
+    // Nothing moves: no new attempt.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(
+        rig.node_builds(&ns, "polled").await.len(),
+        1,
+        "an unmoved ref builds nothing"
+    );
+
+    let moved = git.commit("app", &[("version.txt", "two\n")]);
+    let started = std::time::Instant::now();
+    let rebuilt = rig
+        .wait_for(&ns, "polled", BUILD_WAIT, "Ready at the new commit", |b| {
+            is(b, READY, 1) && revision(b).as_ref() == Some(&moved)
+        })
+        .await;
+    println!(
+        "moved branch built and Ready {:.1} s after the commit (interval 5 s)",
+        started.elapsed().as_secs_f64()
+    );
+    let status = rebuilt.status.expect("status");
+    assert_eq!(
+        status.nodes.first().map(|n| n.name.clone()),
+        node,
+        "built where the image was"
+    );
+    assert_eq!(status.failed_attempts, None, "a moved ref is no failed attempt");
+    assert_eq!(rig.docker.image_file(&image, "version.txt"), Some(b"two\n".to_vec()));
+    assert_eq!(label(&rig, &image, "org.opencontainers.image.revision"), moved);
+    let attempts = rig.node_builds(&ns, "polled").await;
+    assert_eq!(attempts.len(), 2, "one more attempt, same generation");
+    assert!(attempts.iter().all(|nb| nb.spec.generation == 1));
+}

@@ -207,7 +207,10 @@ async fn cleanup_delete_removes_the_image_unless_a_pod_uses_it() {
     assert!(rig.docker.image_id(&gone).is_some());
     builds.delete("gone", &Default::default()).await.expect("delete");
     rig.wait_gone(&ns, "gone", BUILD_WAIT).await;
-    assert!(rig.docker.image_id(&gone).is_none(), "{gone} is still in Docker's store");
+    assert!(
+        rig.docker.image_id(&gone).is_none(),
+        "{gone} is still in Docker's store"
+    );
     let (kind, message) = event(rig, &ns, "ImageRemoved").await;
     assert_eq!(kind, "Normal");
     assert!(message.contains(&gone) && message.contains(NODE), "{message}");
@@ -233,7 +236,10 @@ async fn cleanup_delete_removes_the_image_unless_a_pod_uses_it() {
     let (kind, message) = event(rig, &ns, "ImageKept").await;
     assert_eq!(kind, "Warning");
     assert!(message.contains(&format!("{ns}/runner")), "{message}");
-    assert!(events(rig, &ns, "ImageRemoved").await.len() == 1, "only the first build's image was removed");
+    assert!(
+        events(rig, &ns, "ImageRemoved").await.len() == 1,
+        "only the first build's image was removed"
+    );
 }
 
 #[tokio::test]
@@ -266,8 +272,14 @@ async fn kiln_rmi_removes_an_image_and_the_build_that_keeps_it() {
     let outcomes: serde_json::Value = serde_json::from_slice(&out.stdout).expect("kiln rmi -o json parses");
     assert_eq!(outcomes[0]["build"], "tool", "{outcomes}");
     assert_eq!(outcomes[0]["result"], "ImageRemoved", "{outcomes}");
-    assert!(rig.docker.image_id(&image).is_none(), "{image} is still in Docker's store");
+    assert!(
+        rig.docker.image_id(&image).is_none(),
+        "{image} is still in Docker's store"
+    );
     assert!(rig.node_builds(&ns, "tool").await.is_empty());
     let builds: kube::Api<ImageBuild> = kube::Api::namespaced(rig.client().await, &ns);
-    assert!(builds.get_opt("tool").await.expect("get").is_none(), "the build is deleted");
+    assert!(
+        builds.get_opt("tool").await.expect("get").is_none(),
+        "the build is deleted"
+    );
 }

@@ -487,6 +487,7 @@ impl Executor {
             debug!(namespace = %ns, commit = %commit, "git source resolved");
             status.source = Some(SourceStatus {
                 revision: Some(commit.clone()),
+                latest: None,
             });
         }
         let network = self.settings.network;

@@ -9,6 +9,7 @@ pub mod executor;
 pub mod heartbeat;
 pub mod logs;
 pub mod policy;
+pub mod poll;
 pub mod presence;
 pub mod request;
 pub mod revision;
@@ -159,6 +160,13 @@ pub async fn run(client: kube::Client, settings: Settings) -> Result<(), Error> 
         logs,
         contexts,
         contexts_url,
+    );
+    tokio::spawn(
+        poll::Poller {
+            node_builds: executor.node_builds(),
+            client: client.clone(),
+        }
+        .run(),
     );
     match settings.image_store.clone() {
         Some(store) if settings.simulated.is_none() => {

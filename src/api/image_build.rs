@@ -292,6 +292,10 @@ pub struct SourceStatus {
     /// which the agent cannot ask (BuildKit fetches them by ref).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
+    /// The commit the ref names now, when the agent polling it (`source.git.poll`) found it
+    /// moved past `revision`: the controller then builds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest: Option<String>,
 }
 
 /// Build progress in steps.

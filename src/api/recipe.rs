@@ -138,6 +138,21 @@ pub struct GitSource {
     /// (`kubernetes.io/basic-auth`: key `password` is used as the token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<LocalObjectReference>,
+    /// Build again when the ref moves: the agents holding the build's image ask the remote
+    /// every `intervalSeconds` which commit the ref names, and a new commit is built on their
+    /// nodes under the same image name (the tag then names the new commit's image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll: Option<GitPoll>,
+}
+
+/// How often to ask a git remote whether the ref moved.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GitPoll {
+    /// Seconds between two questions to the remote (at least 5; a minute or more is kind to
+    /// shared git hosts).
+    #[schemars(range(min = 5))]
+    pub interval_seconds: i64,
 }
 
 /// An http(s) tarball as the build context.

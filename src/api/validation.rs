@@ -184,6 +184,12 @@ fn source(s: &BuildSource, at: &str, errs: &mut Collector) {
                     "use https://…, git://…, ssh://… or git@host:path, and put the ref in `ref`, not after '#'",
                 );
             }
+            if g.poll.as_ref().is_some_and(|p| p.interval_seconds < 5) {
+                errs.add(
+                    format!("{at}.git.poll.intervalSeconds"),
+                    "must be at least 5 (a minute or more is kind to shared git hosts)",
+                );
+            }
             if let Some(sub) = &g.sub_path
                 && !is_relative_inside(sub)
             {
@@ -381,6 +387,23 @@ mod tests {
             ..Default::default()
         });
         assert!(errors(&spec).has("spec.source.git.subPath"));
+    }
+
+    #[test]
+    fn rejects_polling_more_often_than_every_5_seconds() {
+        let mut spec = valid();
+        spec.recipe.source = BuildSource::Git(GitSource {
+            url: "https://example.com/r.git".into(),
+            poll: Some(crate::api::recipe::GitPoll { interval_seconds: 1 }),
+            ..Default::default()
+        });
+        assert!(errors(&spec).has("spec.source.git.poll.intervalSeconds"));
+        spec.recipe.source = BuildSource::Git(GitSource {
+            url: "https://example.com/r.git".into(),
+            poll: Some(crate::api::recipe::GitPoll { interval_seconds: 60 }),
+            ..Default::default()
+        });
+        assert_eq!(image_build(&spec), Ok(()));
     }
 
     /// Found by fuzzing (fuzz/corpus/build_paths/seed-07): a blank Dockerfile path was admitted,

@@ -13,11 +13,11 @@ mod crds;
 mod generate;
 mod get;
 pub mod images;
-pub mod rmi;
 mod install;
 pub mod kube_args;
 mod logs;
 mod manifests;
+pub mod rmi;
 mod table;
 mod validate;
 

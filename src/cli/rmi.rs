@@ -56,7 +56,12 @@ pub fn owners<'a>(builds: &'a [ImageBuild], images: &[String]) -> Vec<&'a ImageB
     let wanted: Vec<String> = images.iter().filter_map(|i| norm(i)).collect();
     builds
         .iter()
-        .filter(|b| b.spec.recipe.image_names().any(|n| norm(n).is_some_and(|n| wanted.contains(&n))))
+        .filter(|b| {
+            b.spec
+                .recipe
+                .image_names()
+                .any(|n| norm(n).is_some_and(|n| wanted.contains(&n)))
+        })
         .collect()
 }
 
@@ -201,7 +206,11 @@ mod tests {
 
     #[test]
     fn owners_match_every_name_normalised() {
-        let builds = [build("a", "app:dev"), build("b", "kiln.local/b:1"), build("c", "app:prod")];
+        let builds = [
+            build("a", "app:dev"),
+            build("b", "kiln.local/b:1"),
+            build("c", "app:prod"),
+        ];
         let names = |w: &[&str]| {
             let w: Vec<String> = w.iter().map(|s| (*s).to_owned()).collect();
             owners(&builds, &w).iter().map(|b| b.name_any()).collect::<Vec<_>>()

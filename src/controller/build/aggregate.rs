@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use super::dispatch::{SlotState, UNSCHEDULABLE_RECHECK, until};
-use super::judge::{Attempt, IMAGE_MISSING, Outcome, Slots};
+use super::judge::{Attempt, Outcome, Slots, is_renewal};
 use super::plan::{Event, Next, Plan, Scope};
 use crate::api::conditions::{self, Desired, READY, RECONCILING, STALLED, Status};
 use crate::api::image_build::{BuildPhase, DigestKind, ImageBuild, ImageBuildStatus, NodeResult};
@@ -149,10 +149,10 @@ fn results(scope: &Scope<'_>, attempts: &[Attempt<'_>], slots: &Slots<'_, '_>, p
         .filter(|a| matches!(a.outcome, Outcome::Active { .. }))
         .filter_map(|a| a.nb.status.as_ref()?.progress.clone())
         .min_by_key(|p| (p.completed, p.total));
-    // An image lost after it was built is no failed attempt.
+    // An image lost or outdated after it was built is no failed attempt.
     let failed = attempts
         .iter()
-        .filter(|a| matches!(&a.outcome, Outcome::Failed { reason, .. } if reason != IMAGE_MISSING))
+        .filter(|a| matches!(&a.outcome, Outcome::Failed { .. }) && !is_renewal(&a.outcome))
         .count();
     let failed_attempts = i32::try_from(failed).unwrap_or(i32::MAX);
     let start_time = attempts
@@ -222,7 +222,7 @@ fn node_result(a: &Attempt<'_>) -> NodeResult {
         Outcome::Failed { reason, message, .. } if reason == "NodeLost" => {
             (Some(NodeBuildPhase::Failed), Some(message.clone()))
         }
-        Outcome::Failed { reason, message, .. } if reason == IMAGE_MISSING => (s.phase, Some(message.clone())),
+        Outcome::Failed { message, .. } if is_renewal(&a.outcome) => (s.phase, Some(message.clone())),
         _ => (s.phase.or(Some(NodeBuildPhase::Queued)), s.message.clone()),
     };
     NodeResult {

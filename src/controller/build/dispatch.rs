@@ -11,7 +11,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Resource;
 use kube::api::ObjectMeta;
 
-use super::judge::{Attempt, IMAGE_MISSING, Outcome, Slots, name};
+use super::judge::{Attempt, Outcome, Slots, is_renewal, name};
 use super::naming::{CACHE_KEY_LABEL, GENERATION_LABEL, cache_key, node_build_name};
 use super::plan::{Event, Next, Observed, Plan, Scope};
 use super::schedule::{Unschedulable, choose};
@@ -86,7 +86,7 @@ pub(super) fn advance_slots(
         // restore months later gets its own time.
         let lost = attempts
             .iter()
-            .rposition(|a| is_missing(&a.outcome))
+            .rposition(|a| is_renewal(&a.outcome))
             .map_or(0, |i| i + 1);
         let nbs: Vec<&NodeBuild> = attempts[lost..].iter().map(|a| a.nb).collect();
         let deadline = deadline_of(scope, &nbs);
@@ -155,10 +155,10 @@ fn after_failure(
     };
     let build = scope.build;
     let limit = build.spec.backoff_limit();
-    // A lost image is no failure of the build: it does not use up `backoffLimit`.
+    // A lost or outdated image is no failure of the build: it does not use up `backoffLimit`.
     let failures = attempts
         .iter()
-        .filter(|a| matches!(a.outcome, Outcome::Failed { .. }) && !is_missing(&a.outcome))
+        .filter(|a| matches!(a.outcome, Outcome::Failed { .. }) && !is_renewal(&a.outcome))
         .count();
     let failures = i32::try_from(failures).unwrap_or(i32::MAX);
     if *permanent || failures > limit {
@@ -172,7 +172,13 @@ fn after_failure(
             Some((reason.clone(), format!("{message}{why}"))),
         );
     }
-    let due = at.saturating_add(backoff(failures)).unwrap_or(*at);
+    // A renewal is no failure to back off from: it goes at once.
+    let renewal = is_renewal(&last.outcome);
+    let due = if renewal {
+        *at
+    } else {
+        at.saturating_add(backoff(failures)).unwrap_or(*at)
+    };
     if scope.now < due {
         next.requeue.push(until(scope.now, due));
         let note = format!(
@@ -182,11 +188,11 @@ fn after_failure(
         return (Some(BuildPhase::Pending), Some(("Retrying".into(), note)));
     }
     let placement = build.spec.placement.clone().unwrap_or_default();
-    // A restore goes where the image was lost: that node's pods expect it there.
+    // A restore or a new revision goes where the image was: that node's pods expect it there.
     let pinned = slot
         .clone()
         .or(placement.node_name.clone())
-        .or_else(|| (reason == IMAGE_MISSING).then(|| last.nb.spec.node_name.clone()));
+        .or_else(|| renewal.then(|| last.nb.spec.node_name.clone()));
     let avoid: Vec<String> = if reason == "NodeLost" {
         vec![last.nb.spec.node_name.clone()]
     } else {
@@ -211,13 +217,21 @@ fn after_failure(
         Ok(nodes) => {
             let attempt = last.nb.spec.attempt + 1;
             for node in nodes {
-                plan.events.push(Event {
-                    warning: true,
-                    reason: "Retrying",
-                    note: format!(
-                        "attempt {} failed ({reason}); attempt {attempt} on node {node}",
-                        last.nb.spec.attempt
-                    ),
+                plan.events.push(if renewal {
+                    Event {
+                        warning: false,
+                        reason: "Rebuilding",
+                        note: format!("{message} ({reason}): attempt {attempt}"),
+                    }
+                } else {
+                    Event {
+                        warning: true,
+                        reason: "Retrying",
+                        note: format!(
+                            "attempt {} failed ({reason}); attempt {attempt} on node {node}",
+                            last.nb.spec.attempt
+                        ),
+                    }
                 });
                 plan.create.push(node_build(scope, &node, attempt, deadline));
             }
@@ -225,10 +239,6 @@ fn after_failure(
         Err(why) => next.unschedulable = Some(why),
     }
     (Some(BuildPhase::Pending), None)
-}
-
-fn is_missing(outcome: &Outcome) -> bool {
-    matches!(outcome, Outcome::Failed { reason, .. } if reason == IMAGE_MISSING)
 }
 
 /// When a slot's time is up: `timeoutSeconds` from its first attempt (now, for a first

@@ -21,6 +21,12 @@ pub fn reads_secrets(recipe: &BuildRecipe) -> bool {
         || matches!(&recipe.source, BuildSource::Git(g) if g.secret_ref.is_some())
 }
 
+/// True if the agents keep reading the recipe's git Secret after the build finished: they
+/// poll the remote (`source.git.poll`) with its token, so the grant stays until deletion.
+pub fn polls_with_secret(recipe: &BuildRecipe) -> bool {
+    matches!(&recipe.source, BuildSource::Git(g) if g.secret_ref.is_some() && g.poll.is_some())
+}
+
 /// The grant's name for `build`.
 fn name(build: &ImageBuild) -> String {
     format!("kiln-secrets-{}", build.name_any())

@@ -29,6 +29,15 @@ const PERMANENT: &[&str] = &[
 
 /// The reason of a succeeded attempt whose image its agent found gone from the node's store.
 pub const IMAGE_MISSING: &str = "ImageMissing";
+/// The reason of a finished attempt whose git ref has moved since (`source.git.poll`).
+pub const NEW_REVISION: &str = "NewRevision";
+
+/// Whether an attempt's image is outdated rather than failed (lost from the store, or built
+/// from a commit its ref no longer names): rebuilt on its node, not counted against
+/// `backoffLimit` or in `failedAttempts`, and `timeoutSeconds` counts afresh.
+pub(super) fn is_renewal(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Failed { reason, .. } if reason == IMAGE_MISSING || reason == NEW_REVISION)
+}
 
 /// How an attempt stands, as the controller judges it.
 #[derive(Clone, Debug, PartialEq)]
@@ -112,6 +121,9 @@ pub(super) fn slots<'s, 'a>(attempts: &'s [Attempt<'a>], all_nodes: bool) -> Slo
 fn judge(nb: &NodeBuild, heartbeat: Option<&Heartbeat>, now: Timestamp, restore: Restore) -> Outcome {
     let status = nb.status.clone().unwrap_or_default();
     let at = status.completion_time.as_ref().map(|t| t.0).unwrap_or(now);
+    if let Some(outcome) = moved(nb, at) {
+        return outcome;
+    }
     match status.phase {
         Some(NodeBuildPhase::Succeeded) => match &status.missing_since {
             None => Outcome::Succeeded,
@@ -168,6 +180,37 @@ fn missing(nb: &NodeBuild, since: Timestamp, restore: Restore) -> Outcome {
         at: since,
         permanent: restore == Restore::Never,
     }
+}
+
+/// A finished attempt (succeeded, or failed at its commit) whose ref its agent found moved to
+/// another commit since: the new commit is built on that node.
+fn moved(nb: &NodeBuild, at: Timestamp) -> Option<Outcome> {
+    let status = nb.status.as_ref()?;
+    if !matches!(status.phase, Some(NodeBuildPhase::Succeeded | NodeBuildPhase::Failed)) {
+        return None;
+    }
+    let source = status.source.as_ref()?;
+    let (built, latest) = (source.revision.as_deref()?, source.latest.as_deref()?);
+    if built == latest {
+        return None;
+    }
+    let short = |c: &str| c.chars().take(12).collect::<String>();
+    let reference = match &nb.spec.build.source {
+        crate::api::recipe::BuildSource::Git(g) => g.reference.clone().unwrap_or_else(|| "HEAD".into()),
+        _ => "the ref".into(),
+    };
+    Some(Outcome::Failed {
+        reason: NEW_REVISION.into(),
+        message: format!(
+            "{reference} moved to {} (attempt {} built {}); building it on node {}",
+            short(latest),
+            nb.spec.attempt,
+            short(built),
+            nb.spec.node_name
+        ),
+        at,
+        permanent: false,
+    })
 }
 
 /// The NodeBuild's name.

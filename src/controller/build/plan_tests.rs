@@ -443,3 +443,44 @@ fn an_attempt_waiting_for_its_upload_says_so_and_a_missing_upload_is_not_retried
     assert!(conditions::is_true(&p.status.conditions, STALLED));
     assert_eq!(p.status.reason.as_deref(), Some("UploadTimeout"));
 }
+
+#[test]
+fn a_moved_git_ref_is_built_again_on_the_same_node_without_counting_as_a_failure() {
+    use crate::api::image_build::SourceStatus;
+    let b = build(|s| s.backoff_limit = Some(0));
+    let beats = [beat("n1", 0), beat("n2", 0)];
+    let mut nb = plan_at(&b, &[], &beats, 1).create.remove(0);
+    let node = nb.spec.node_name.clone();
+    nb = reported(nb, 1, NodeBuildPhase::Succeeded, None, Some(5));
+    let moved = |nb: &mut NodeBuild, latest: Option<&str>| {
+        if let Some(s) = nb.status.as_mut() {
+            s.source = Some(SourceStatus {
+                revision: Some("a".repeat(40)),
+                latest: latest.map(str::to_owned),
+            });
+        }
+    };
+    moved(&mut nb, Some(&"a".repeat(40)));
+    let same = plan_at(&b, std::slice::from_ref(&nb), &beats, 6);
+    assert!(same.create.is_empty(), "the ref still names the built commit");
+    assert_eq!(same.status.phase, Some(BuildPhase::Succeeded));
+
+    moved(&mut nb, Some(&"b".repeat(40)));
+    let p = plan_at(&b, std::slice::from_ref(&nb), &beats, 6);
+    assert_eq!(p.create.len(), 1, "the new commit is built");
+    assert_eq!(p.create[0].spec.node_name, node, "where the image is");
+    assert_eq!(p.create[0].spec.attempt, 2);
+    assert_eq!(p.status.failed_attempts, None, "backoffLimit 0 is not used up");
+    assert!(!conditions::is_true(&p.status.conditions, STALLED));
+    let event = p
+        .events
+        .iter()
+        .find(|e| e.reason == "Rebuilding")
+        .expect("a Rebuilding event");
+    assert!(!event.warning && event.note.contains("bbbbbbbbbbbb"), "{event:?}");
+
+    let second = reported(p.create[0].clone(), 7, NodeBuildPhase::Succeeded, None, Some(9));
+    let done = plan_at(&b, &[nb, second], &beats, 10);
+    assert_eq!(done.status.phase, Some(BuildPhase::Succeeded));
+    assert!(done.create.is_empty());
+}

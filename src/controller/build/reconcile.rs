@@ -206,7 +206,7 @@ async fn apply(ctx: &Context, builds: &Api<ImageBuild>, build: &ImageBuild, plan
     for event in &plan.events {
         publish(ctx, build, event.warning, event.reason, &event.note).await;
     }
-    if needs_secrets && finished && plan.create.is_empty() {
+    if needs_secrets && finished && plan.create.is_empty() && !grants::polls_with_secret(&build.spec.recipe) {
         grants::revoke(ctx, build).await?;
     }
     if finished && build.status.as_ref().and_then(|s| s.phase) != plan.status.phase {
