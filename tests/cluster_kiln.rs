@@ -162,6 +162,10 @@ async fn kiln_builds_in_the_cluster_and_a_pod_runs_the_image() {
         );
     }
 
+    if let Some(docker_host) = env("KILN_CLUSTER_DOCKER_HOST") {
+        image_lost_and_restored(&cluster, &ns, &tag, &node, &marker, &docker_host);
+    }
+
     // The same recipe again, as fresh objects: every step cached, the time a Tilt loop sees.
     let mut cached: Vec<Duration> = (1..=3)
         .map(|i| {
@@ -322,6 +326,48 @@ async fn kiln_builds_in_the_cluster_and_a_pod_runs_the_image() {
     eprintln!(
         "pool deleted → DaemonSet and builder pods gone in {:?}",
         deleted.elapsed()
+    );
+}
+
+/// The image leaves the node's Docker store, as the kubelet's image GC or `docker rmi` would:
+/// a Pod that needs it (imagePullPolicy Never) cannot start; the builder notices (its presence
+/// check, every 30 s by default), kiln builds it on that node again, and the same Pod spec runs.
+fn image_lost_and_restored(
+    cluster: &cluster::Cluster,
+    ns: &str,
+    tag: &str,
+    node: &str,
+    marker: &str,
+    docker_host: &str,
+) {
+    let removed = Instant::now();
+    process::run("docker", &["-H", docker_host, "rmi", "-f", tag]);
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "run-lost", "namespace": ns},
+        "spec": {"restartPolicy": "Never", "nodeName": node,
+                 "containers": [{"name": "run-lost", "image": tag, "imagePullPolicy": "Never"}]}});
+    cluster.apply(&pod.to_string());
+    cluster.wait_for(
+        ns,
+        "pod/run-lost",
+        "jsonpath={.status.containerStatuses[0].state.waiting.reason}=ErrImageNeverPull",
+        WAIT,
+    );
+    eventually("the build to be restored (Ready, attempt 2)", WAIT, || {
+        let b = get_json(cluster, &["-n", ns, "get", "imagebuild", "marker"]);
+        let node_result = &b["status"]["nodes"][0];
+        let ready = b["status"]["conditions"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+        (ready && node_result["attempt"] == 2 && node_result["name"] == node).then_some(())
+    });
+    let restored = removed.elapsed();
+    // The kubelet retries the image with backoff (10 s, 20 s, 40 s, …): the same Pod starts.
+    cluster.wait_for(ns, "pod/run-lost", "jsonpath={.status.phase}=Succeeded", WAIT);
+    let logs = cluster.kubectl_ok(&["-n", ns, "logs", "run-lost"]);
+    assert_eq!(logs.trim(), marker, "the restored image runs");
+    eprintln!(
+        "image removed from the node → kiln restored it (Ready again) in {restored:?}; the waiting Pod (imagePullPolicy Never) ran it after {:?}",
+        removed.elapsed()
     );
 }
 

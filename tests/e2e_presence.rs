@@ -220,10 +220,19 @@ async fn cleanup_delete_removes_the_image_unless_a_pod_uses_it() {
     let url = rig.context(&format!("{ns}-used"), &[("marker.txt", b"used")]);
     let build = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild",
         "metadata": {"name": "used", "namespace": ns},
-        "spec": {"image": used, "source": {"http": {"url": url}}, "cleanup": "Delete",
+        "spec": {"image": used, "source": {"http": {"url": url}}, "cleanup": "Delete", "pin": true,
                  "dockerfileInline": "FROM kiln-test/busybox:latest\nCOPY marker.txt /marker.txt\n"}});
     rig.server.apply_manifests(&build.to_string());
-    rig.wait_for(&ns, "used", BUILD_WAIT, "Ready", |b| is(b, READY)).await;
+    let ready = rig.wait_for(&ns, "used", BUILD_WAIT, "Ready", |b| is(b, READY)).await;
+    // Docker's store cannot pin: the node's result says so instead of pretending.
+    let pin = ready
+        .status
+        .as_ref()
+        .and_then(|s| s.nodes.first())
+        .and_then(|n| n.pin.clone());
+    let pin = pin.expect("status.nodes[].pin for spec.pin");
+    assert_eq!(pin.state, kiln::api::node_build::PinState::Unsupported, "{pin:?}");
+    assert!(pin.message.contains("Docker"), "{pin:?}");
     let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
         "metadata": {"name": "runner", "namespace": ns},
         "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": used}]}}))

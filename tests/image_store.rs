@@ -5,7 +5,7 @@ mod support;
 
 use std::process::Command;
 
-use kiln::store::{ImageStore, Removal, StoreError};
+use kiln::store::{ImageStore, Pinning, Removal, StoreError};
 use support::docker::{BUSYBOX, DockerDaemon};
 
 #[tokio::test]
@@ -90,4 +90,87 @@ async fn containerd_says_which_images_it_has_and_removes_a_name() {
     };
     let err = nowhere.exists(name).await.expect_err("no socket");
     assert!(err.to_string().contains("/nonexistent/containerd.sock"), "{err}");
+}
+
+/// `ctr images ls` of `namespace`, as text.
+fn ctr_images(socket: &std::path::Path, namespace: &str) -> String {
+    let out = Command::new("ctr")
+        .args(["--address", &socket.display().to_string(), "--namespace", namespace])
+        .args(["images", "ls"])
+        .output()
+        .expect("run ctr");
+    assert!(
+        out.status.success(),
+        "ctr images ls: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn pinning_labels_the_image_in_containerd_and_says_whether_it_holds() {
+    let docker = DockerDaemon::shared();
+    let socket = docker.containerd_socket();
+    let namespace = format!("kiln-pin-{}", std::process::id());
+    let archive = std::env::temp_dir().join(format!("{namespace}.tar"));
+    let (ok, _, err) = docker.docker(&["save", "-o", &archive.display().to_string(), BUSYBOX]);
+    assert!(ok, "docker save: {err}");
+    let import = Command::new("ctr")
+        .args(["--address", &socket.display().to_string(), "--namespace", &namespace])
+        .args(["images", "import", "--no-unpack", &archive.display().to_string()])
+        .output()
+        .expect("run ctr");
+    let _ = std::fs::remove_file(&archive);
+    assert!(
+        import.status.success(),
+        "ctr import: {}",
+        String::from_utf8_lossy(&import.stderr)
+    );
+    let name = "docker.io/kiln-test/busybox:latest";
+    assert!(!ctr_images(&socket, &namespace).contains("io.cri-containerd.pinned"));
+
+    let store = ImageStore::Containerd {
+        socket: socket.clone(),
+        namespace: namespace.clone(),
+    };
+    let answer = store.pin(name).await.expect("pin");
+    let listed = ctr_images(&socket, &namespace);
+    let row = listed.lines().find(|l| l.starts_with(name)).unwrap_or_default();
+    assert!(
+        row.contains("io.cri-containerd.pinned=pinned"),
+        "the label is on the image: {listed}"
+    );
+    assert!(
+        store.exists(name).await.expect("ask"),
+        "the image is unchanged otherwise"
+    );
+    // Whether it holds depends on this machine's containerd: 1.7+ honours the label.
+    let version = Command::new("containerd")
+        .arg("--version")
+        .output()
+        .expect("containerd --version");
+    let version = String::from_utf8_lossy(&version.stdout).into_owned();
+    let honours = version
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| kiln::store::version_at_least(v, (1, 7)))
+        .expect("containerd's version");
+    println!("containerd {}: {answer:?}", version.trim());
+    match answer {
+        Pinning::Labelled { runtime } => assert!(honours && runtime.starts_with("containerd"), "{version}: {runtime}"),
+        Pinning::Unsupported(why) => assert!(!honours && why.contains("1.7"), "{version}: {why}"),
+    }
+
+    let err = store
+        .pin("docker.io/kiln-test/none:v1")
+        .await
+        .expect_err("no such image");
+    assert!(err.to_string().contains("none:v1"), "{err}");
+    assert_eq!(store.remove(name).await.expect("clean up"), Removal::Removed);
+
+    let docker_store = ImageStore::Docker(docker.socket().to_owned());
+    match docker_store.pin(BUSYBOX).await.expect("ask Docker") {
+        Pinning::Unsupported(why) => assert!(why.contains("Docker"), "{why}"),
+        other => panic!("Docker's store cannot pin: {other:?}"),
+    }
 }

@@ -14,7 +14,6 @@ use super::executor::StatusWriter;
 use super::policy::live_pods;
 use crate::api::node_build::{ImageRemoval, NodeBuild, RemovalOutcome};
 use crate::api::pod_images;
-use crate::api::reference::Reference;
 use crate::store::{ImageStore, Removal, StoreError};
 
 /// Removes images when asked, one task per attempt.
@@ -65,7 +64,7 @@ impl Remover {
                 self.node
             ));
         };
-        let names = normalised_names(nb);
+        let names = nb.spec.build.normalised_names();
         let digest = nb.status.as_ref().and_then(|s| s.digest.as_deref());
         let pods = match live_pods(&self.client, &self.node).await {
             Ok(pods) => pods,
@@ -92,16 +91,6 @@ impl Remover {
         }
         remove_all(store, &names, &self.node).await
     }
-}
-
-/// The attempt's image names, normalised (`docker.io/library/x:tag`).
-fn normalised_names(nb: &NodeBuild) -> Vec<String> {
-    nb.spec
-        .build
-        .image_names()
-        .filter_map(|n| Reference::parse(n).ok())
-        .map(|r| r.tagged().to_string())
-        .collect()
 }
 
 /// Removes every name; the first refusal decides the answer (the names removed before it are

@@ -274,7 +274,12 @@ impl Executor {
         self.state.running.fetch_sub(1, Ordering::Relaxed);
         // Close the gate first: an intermediate write still in flight lands before the final one.
         progress.close().await;
-        if let Some(done) = outcome {
+        if let Some(mut done) = outcome {
+            if nb.spec.pin && done.phase == Some(NodeBuildPhase::Succeeded) {
+                let names = nb.spec.build.normalised_names();
+                let store = self.settings.image_store.as_ref();
+                done.pin = Some(super::pin::pin(&self.client, &self.settings.node, store, &names).await);
+            }
             self.write_target(&nb).write_outcome(&done).await;
             self.mark_ended(&nb);
         }

@@ -8,6 +8,7 @@ pub mod contexts;
 pub mod executor;
 pub mod heartbeat;
 pub mod logs;
+pub mod pin;
 pub mod policy;
 pub mod poll;
 pub mod presence;

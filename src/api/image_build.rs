@@ -78,6 +78,13 @@ pub struct ImageBuildSpec {
     /// uses it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleanup: Option<Cleanup>,
+
+    /// Protect the image from the kubelet's image garbage collection where the node can: the
+    /// CRI label `io.cri-containerd.pinned=pinned`, honoured by containerd 1.7+ with a kubelet
+    /// 1.29+. `status.nodes[].pin` says per node whether it holds (`Pinned`) or cannot
+    /// (`Unsupported`, e.g. Docker's store or an older containerd or kubelet).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pin: bool,
 }
 
 /// What happens to a build's image when the build is deleted.
@@ -279,6 +286,9 @@ pub struct NodeResult {
     /// When the agent found this node's image gone from its store (unset while it is there).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing_since: Option<Time>,
+    /// Whether the image is pinned on this node (`spec.pin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<super::node_build::PinResult>,
     /// Why the attempt ended as it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

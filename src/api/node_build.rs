@@ -65,6 +65,10 @@ pub struct NodeBuildSpec {
     /// reports what it did in `status.imageRemoval`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub remove_image: bool,
+    /// Protect the built image from the kubelet's image garbage collection where the node's
+    /// runtime can (the ImageBuild's `spec.pin`); the agent reports in `status.pin`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pin: bool,
     /// What to build, resolved from the ImageBuild.
     pub build: BuildRecipe,
 }
@@ -156,9 +160,37 @@ pub struct NodeBuildStatus {
     /// A human-readable explanation, e.g. the failed step and its last log lines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Whether the image is protected from the kubelet's image garbage collection
+    /// (`spec.pin`), and why not where it cannot be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<PinResult>,
     /// What the agent did when asked to remove the image (`spec.removeImage`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_removal: Option<ImageRemoval>,
+}
+
+/// Whether a built image is pinned on its node.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PinResult {
+    /// `Pinned` (the runtime and the kubelet keep it), `Unsupported` (they cannot: the message
+    /// says which and from which version they can), or `Failed`.
+    pub state: PinState,
+    /// What was done, and the versions that decide it.
+    pub message: String,
+}
+
+/// How pinning ended.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum PinState {
+    /// Labelled, and honoured by the node's containerd and kubelet.
+    Pinned,
+    /// The node's runtime or kubelet does not honour pins: the image garbage collector may
+    /// still remove it (`restore: Rebuild` then builds it again).
+    #[default]
+    Unsupported,
+    /// The label could not be set.
+    Failed,
 }
 
 /// The agent's answer to `spec.removeImage`.

@@ -84,6 +84,15 @@ impl BuildRecipe {
     pub fn image_names(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.image.as_str()).chain(self.additional_tags.iter().map(String::as_str))
     }
+
+    /// The image names as stores know them (`app:dev` is `docker.io/library/app:dev`);
+    /// names that do not parse are left out (validation refuses them first).
+    pub fn normalised_names(&self) -> Vec<String> {
+        self.image_names()
+            .filter_map(|n| super::reference::Reference::parse(n).ok())
+            .map(|r| r.tagged().to_string())
+            .collect()
+    }
 }
 
 fn build_secrets(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {

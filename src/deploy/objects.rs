@@ -151,6 +151,8 @@ fn agent_rbac(s: &dyn Source) -> Vec<Value> {
             rule(&["kiln.dev"], &["builderpools"], &["get", "list", "watch"]),
             rule(&[""], &["namespaces"], &["get"]),
             rule(&[""], &["pods"], &["list"]),
+            // Its node's kubelet version: whether a pinned image is really kept (agent/pin.rs).
+            rule(&[""], &["nodes"], &["get"]),
         ]}),
         binding(s, "ClusterRoleBinding", "ClusterRole", "agent", "agent"),
         // Bound only per namespace and per build, by the controller.

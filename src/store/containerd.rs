@@ -1,6 +1,7 @@
 //! containerd's image store through its images service (`containerd.services.images.v1`), in
-//! one namespace (the `containerd-namespace` header). Only the two calls kiln needs, with their
-//! messages written out here (no containerd protos are vendored): `Get` and `Delete`.
+//! one namespace (the `containerd-namespace` header). Only the calls kiln needs, with their
+//! messages written out here (no containerd protos are vendored): images `Get`, `Delete` and
+//! `Update` (one label), and the version service's `Version`.
 
 use std::path::{Path, PathBuf};
 
@@ -26,12 +27,50 @@ struct DeleteImageRequest {
     sync: bool,
 }
 
+/// `Image`, as far as an update of its labels needs it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Image {
+    #[prost(string, tag = "1")]
+    name: String,
+    #[prost(map = "string, string", tag = "2")]
+    labels: std::collections::HashMap<String, String>,
+}
+
+/// `google.protobuf.FieldMask`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct FieldMask {
+    #[prost(string, repeated, tag = "1")]
+    paths: Vec<String>,
+}
+
+/// `UpdateImageRequest`: only the fields the mask names change.
+#[derive(Clone, PartialEq, prost::Message)]
+struct UpdateImageRequest {
+    #[prost(message, optional, tag = "1")]
+    image: Option<Image>,
+    #[prost(message, optional, tag = "2")]
+    update_mask: Option<FieldMask>,
+}
+
+/// `VersionResponse`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct VersionResponse {
+    #[prost(string, tag = "1")]
+    version: String,
+}
+
 /// Any answer whose fields kiln does not read (`GetImageResponse`, `Empty`).
 #[derive(Clone, PartialEq, prost::Message)]
 struct Ignored {}
 
 const GET: &str = "/containerd.services.images.v1.Images/Get";
 const DELETE: &str = "/containerd.services.images.v1.Images/Delete";
+const UPDATE: &str = "/containerd.services.images.v1.Images/Update";
+const VERSION: &str = "/containerd.services.version.v1.Version/Version";
+
+/// The CRI label that keeps an image from the kubelet's image garbage collection (containerd
+/// 1.7+, kubelet 1.29+), and its value.
+pub const PINNED_LABEL: (&str, &str) = ("io.cri-containerd.pinned", "pinned");
 
 fn unreachable(socket: &Path, e: impl std::fmt::Display) -> StoreError {
     StoreError::Unreachable {
@@ -64,10 +103,16 @@ async fn channel(socket: &Path) -> Result<Channel, StoreError> {
         .map_err(|e| unreachable(socket, chain(&e)))
 }
 
-/// One unary call in `namespace`; `Ok(false)` when containerd answers NotFound.
-async fn call<M>(socket: &Path, namespace: &str, method: &'static str, message: M) -> Result<bool, StoreError>
+/// One unary call in `namespace`; `Ok(None)` when containerd answers NotFound.
+async fn call_for<M, R>(
+    socket: &Path,
+    namespace: &str,
+    method: &'static str,
+    message: M,
+) -> Result<Option<R>, StoreError>
 where
     M: prost::Message + Send + Sync + 'static,
+    R: prost::Message + Default + Send + Sync + 'static,
 {
     let mut grpc = tonic::client::Grpc::new(channel(socket).await?);
     grpc.ready().await.map_err(|e| unreachable(socket, e))?;
@@ -76,16 +121,26 @@ where
         .parse()
         .map_err(|_| StoreError::Refused(format!("namespace {namespace:?} is not a valid header value")))?;
     request.metadata_mut().insert("containerd-namespace", value);
-    let codec = tonic_prost::ProstCodec::<M, Ignored>::default();
+    let codec = tonic_prost::ProstCodec::<M, R>::default();
     match grpc
         .unary(request, http::uri::PathAndQuery::from_static(method), codec)
         .await
     {
-        Ok(_) => Ok(true),
-        Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
+        Ok(response) => Ok(Some(response.into_inner())),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
         Err(s) if s.code() == tonic::Code::Unavailable => Err(unreachable(socket, s.message())),
         Err(s) => Err(StoreError::Refused(format!("{:?}: {}", s.code(), s.message()))),
     }
+}
+
+/// One unary call whose answer is not read; `Ok(false)` when containerd answers NotFound.
+async fn call<M>(socket: &Path, namespace: &str, method: &'static str, message: M) -> Result<bool, StoreError>
+where
+    M: prost::Message + Send + Sync + 'static,
+{
+    Ok(call_for::<M, Ignored>(socket, namespace, method, message)
+        .await?
+        .is_some())
 }
 
 /// Whether containerd has an image named `name` in `namespace`.
@@ -103,4 +158,26 @@ pub async fn remove(socket: &Path, namespace: &str, name: &str) -> Result<Remova
     };
     let found = call(socket, namespace, DELETE, request).await?;
     Ok(if found { Removal::Removed } else { Removal::Absent })
+}
+
+/// Sets the CRI pinned label on the image `name` in `namespace`; `Ok(false)` if there is no
+/// such image.
+pub async fn pin(socket: &Path, namespace: &str, name: &str) -> Result<bool, StoreError> {
+    let (key, value) = PINNED_LABEL;
+    let request = UpdateImageRequest {
+        image: Some(Image {
+            name: name.to_owned(),
+            labels: [(key.to_owned(), value.to_owned())].into(),
+        }),
+        update_mask: Some(FieldMask {
+            paths: vec![format!("labels.{key}")],
+        }),
+    };
+    call(socket, namespace, UPDATE, request).await
+}
+
+/// containerd's version, e.g. `1.6.20~ds1` or `v1.7.24`.
+pub async fn version(socket: &Path) -> Result<String, StoreError> {
+    let answer: Option<VersionResponse> = call_for(socket, "default", VERSION, Ignored {}).await?;
+    Ok(answer.map(|v| v.version).unwrap_or_default())
 }

@@ -44,6 +44,30 @@ pub enum Removal {
     Absent,
 }
 
+/// What pinning did at the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pinning {
+    /// Labelled, and the runtime honours the label (the kubelet must too: 1.29+).
+    Labelled {
+        /// The runtime and its version.
+        runtime: String,
+    },
+    /// The store cannot keep the image from garbage collection; why.
+    Unsupported(String),
+}
+
+/// Whether a version like `v1.29.3`, `1.6.20~ds1` or `1.7.0-rc.1` is at least `min`
+/// (major, minor); `None` when it cannot be read.
+pub fn version_at_least(version: &str, min: (u32, u32)) -> Option<bool> {
+    let mut parts = version.trim_start_matches('v').split('.');
+    let mut number = || -> Option<u32> {
+        let digits: String = parts.next()?.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    };
+    let (major, minor) = (number()?, number()?);
+    Some((major, minor) >= min)
+}
+
 /// Where a node keeps its images.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ImageStore {
@@ -67,11 +91,49 @@ impl ImageStore {
         }
     }
 
+    /// Protects `name` from the kubelet's image garbage collection where this store can:
+    /// containerd takes the CRI pinned label (honoured from 1.7 on: see [`Pinning`]); Docker's
+    /// store has no such thing.
+    pub async fn pin(&self, name: &str) -> Result<Pinning, StoreError> {
+        match self {
+            ImageStore::Docker(_) => Ok(Pinning::Unsupported("Docker's image store has no pinning".to_owned())),
+            ImageStore::Containerd { socket, namespace } => {
+                if !containerd::pin(socket, namespace, name).await? {
+                    return Err(StoreError::Refused(format!("no image {name} to pin")));
+                }
+                let version = containerd::version(socket).await?;
+                Ok(match version_at_least(&version, (1, 7)) {
+                    Some(true) => Pinning::Labelled {
+                        runtime: format!("containerd {version}"),
+                    },
+                    _ => Pinning::Unsupported(format!(
+                        "labelled io.cri-containerd.pinned=pinned, but containerd {version} ignores the label (1.7 and later honour it)"
+                    )),
+                })
+            }
+        }
+    }
+
     /// Removes the name `name` (the image goes with its last name).
     pub async fn remove(&self, name: &str) -> Result<Removal, StoreError> {
         match self {
             ImageStore::Docker(socket) => docker::remove(socket, name).await,
             ImageStore::Containerd { socket, namespace } => containerd::remove(socket, namespace, name).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::version_at_least;
+
+    #[test]
+    fn versions_compare_by_major_and_minor() {
+        assert_eq!(version_at_least("1.6.20~ds1", (1, 7)), Some(false));
+        assert_eq!(version_at_least("v1.7.0-rc.1", (1, 7)), Some(true));
+        assert_eq!(version_at_least("2.0.0", (1, 7)), Some(true));
+        assert_eq!(version_at_least("v1.20.2", (1, 29)), Some(false));
+        assert_eq!(version_at_least("v1.29.0", (1, 29)), Some(true));
+        assert_eq!(version_at_least("dev", (1, 7)), None);
     }
 }

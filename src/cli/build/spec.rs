@@ -139,6 +139,7 @@ pub fn image_build(wanted: &Wanted, name: &str, namespace: &str) -> ImageBuild {
             restore: None,
             // A build's image outlives the ImageBuild its TTL deletes: the pods run it.
             cleanup: None,
+            pin: false,
         },
         status: None,
     }

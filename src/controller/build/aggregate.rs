@@ -234,6 +234,7 @@ fn node_result(a: &Attempt<'_>) -> NodeResult {
         start_time: s.start_time.clone(),
         completion_time: s.completion_time.clone(),
         missing_since: s.missing_since.clone(),
+        pin: s.pin.clone(),
         message,
     }
 }

@@ -316,6 +316,7 @@ fn node_build(scope: &Scope<'_>, node: &str, attempt: i32, deadline: Option<Time
             deadline: deadline.map(Time),
             cancel: false,
             remove_image: false,
+            pin: build.spec.pin,
             build: build.spec.recipe.clone(),
         },
         status: None,
