@@ -8,6 +8,10 @@ use std::process::Command;
 use kiln::store::{ImageStore, Pinning, Removal, StoreError};
 use support::docker::{BUSYBOX, DockerDaemon};
 
+/// `ctr import` of the same content into two namespaces at once can fail on containerd's
+/// ingest lock: the tests that import take turns.
+static IMPORTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn docker_says_which_images_it_has_and_removes_a_name() {
     let docker = DockerDaemon::shared();
@@ -48,6 +52,7 @@ async fn docker_says_which_images_it_has_and_removes_a_name() {
 
 #[tokio::test]
 async fn containerd_says_which_images_it_has_and_removes_a_name() {
+    let _turn = IMPORTS.lock().await;
     let docker = DockerDaemon::shared();
     let socket = docker.containerd_socket();
     let namespace = format!("kiln-store-{}", std::process::id());
@@ -109,6 +114,7 @@ fn ctr_images(socket: &std::path::Path, namespace: &str) -> String {
 
 #[tokio::test]
 async fn pinning_labels_the_image_in_containerd_and_says_whether_it_holds() {
+    let _turn = IMPORTS.lock().await;
     let docker = DockerDaemon::shared();
     let socket = docker.containerd_socket();
     let namespace = format!("kiln-pin-{}", std::process::id());
@@ -172,5 +178,73 @@ async fn pinning_labels_the_image_in_containerd_and_says_whether_it_holds() {
     match docker_store.pin(BUSYBOX).await.expect("ask Docker") {
         Pinning::Unsupported(why) => assert!(why.contains("Docker"), "{why}"),
         other => panic!("Docker's store cannot pin: {other:?}"),
+    }
+}
+
+/// The stores' removal events: Docker's `/events` and containerd's `/images/delete`.
+#[tokio::test]
+async fn removals_are_reported_by_the_stores_event_streams() {
+    let _turn = IMPORTS.lock().await;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let docker = DockerDaemon::shared();
+    let socket = docker.containerd_socket();
+    let namespace = format!("kiln-events-{}", std::process::id());
+    let stores = [
+        ("docker", ImageStore::Docker(docker.socket().to_owned())),
+        (
+            "containerd",
+            ImageStore::Containerd {
+                socket: socket.clone(),
+                namespace: namespace.clone(),
+            },
+        ),
+    ];
+    for (what, store) in stores {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counter = seen.clone();
+        let follower = tokio::spawn(async move {
+            let count = move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+            };
+            store.follow_removals(&count).await
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let name = format!("kiln.local/store-events/{what}:v1");
+        if what == "docker" {
+            let (ok, _, err) = docker.docker(&["tag", BUSYBOX, &name]);
+            assert!(ok, "docker tag: {err}");
+            let (ok, _, err) = docker.docker(&["rmi", &name]);
+            assert!(ok, "docker rmi: {err}");
+        } else {
+            let ctr = |args: &[&str]| {
+                let out = Command::new("ctr")
+                    .args(["--address", &socket.display().to_string(), "--namespace", &namespace])
+                    .args(args)
+                    .output()
+                    .expect("run ctr");
+                assert!(
+                    out.status.success(),
+                    "ctr {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            };
+            let archive = std::env::temp_dir().join(format!("{namespace}.tar"));
+            let (ok, _, err) = docker.docker(&["save", "-o", &archive.display().to_string(), BUSYBOX]);
+            assert!(ok, "docker save: {err}");
+            ctr(&["images", "import", "--no-unpack", &archive.display().to_string()]);
+            let _ = std::fs::remove_file(&archive);
+            ctr(&["images", "rm", "docker.io/kiln-test/busybox:latest"]);
+        }
+        support::kiln::eventually(
+            std::time::Duration::from_secs(10),
+            &format!("{what}'s removal event"),
+            || {
+                let n = seen.load(Ordering::SeqCst);
+                async move { (n > 0).then_some(()) }
+            },
+        )
+        .await;
+        follower.abort();
     }
 }

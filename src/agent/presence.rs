@@ -1,21 +1,47 @@
-//! Whether the images this node's builds made are still in its store. Every interval the agent
-//! asks the store about each name of the newest generation's succeeded attempts, and writes a
-//! change (`status.missingSince` set, or cleared when the name is back) to that attempt: one
-//! write per change, none while nothing changes. The controller then reports or restores the
-//! loss (`spec.restore`).
+//! Whether the images this node's builds made are still in its store. Soon after the store
+//! reports a removal (Docker's `/events`, containerd's `/images/delete`), and every interval as
+//! a backstop, the agent asks the store about each name of the newest generation's succeeded
+//! attempts, and writes a change (`status.missingSince` set, or cleared when the name is back)
+//! to that attempt: one write per change, none while nothing changes. The controller then
+//! reports or restores the loss (`spec.restore`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use super::executor::StatusWriter;
 use crate::api::node_build::{NodeBuild, newest_succeeded};
 use crate::api::reference::Reference;
 use crate::store::{ImageStore, StoreError};
+
+/// How long a check waits after a removal event, for the rest of a burst.
+const SETTLE: Duration = Duration::from_millis(300);
+/// How long before following the store's events again after the stream broke.
+const RECONNECT: Duration = Duration::from_secs(5);
+
+/// Follows the store's removal events, reconnecting, and wakes the check on each. Says once
+/// when the store has no events to follow (the periodic check still runs), and once when it
+/// does again.
+async fn follow_removals(store: ImageStore, wake: Arc<Notify>) {
+    let mut failing = false;
+    loop {
+        let notify = || wake.notify_one();
+        let followed = store.follow_removals(&notify).await;
+        if let Err(e) = followed
+            && !failing
+        {
+            warn!(error = %e, "cannot follow the image store's events; removals are found by the periodic check");
+            failing = true;
+        }
+        tokio::time::sleep(RECONNECT).await;
+    }
+}
 
 /// Checks this node's store against its attempts, forever.
 pub struct Presence {
@@ -30,11 +56,20 @@ pub struct Presence {
 }
 
 impl Presence {
-    /// Checks every interval; says once when the store cannot be asked, and again once it can.
+    /// Checks every interval, and soon after the store reports a removal; says once when the
+    /// store cannot be asked, and again once it can.
     pub async fn run(self) {
+        let wake = Arc::new(Notify::new());
+        tokio::spawn(follow_removals(self.store.clone(), wake.clone()));
         let mut failing = false;
         loop {
-            tokio::time::sleep(self.interval).await;
+            tokio::select! {
+                () = tokio::time::sleep(self.interval) => {}
+                () = wake.notified() => {
+                    // One check for a burst of removals (an image's names go one by one).
+                    tokio::time::sleep(SETTLE).await;
+                }
+            }
             match self.check().await {
                 Ok(()) if failing => {
                     info!("the image store answers again; image presence is checked");

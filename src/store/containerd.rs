@@ -1,7 +1,8 @@
 //! containerd's image store through its images service (`containerd.services.images.v1`), in
 //! one namespace (the `containerd-namespace` header). Only the calls kiln needs, with their
 //! messages written out here (no containerd protos are vendored): images `Get`, `Delete` and
-//! `Update` (one label), and the version service's `Version`.
+//! `Update` (one label), the version service's `Version`, and the events service's
+//! `Subscribe` to image deletions.
 
 use std::path::{Path, PathBuf};
 
@@ -67,6 +68,21 @@ const GET: &str = "/containerd.services.images.v1.Images/Get";
 const DELETE: &str = "/containerd.services.images.v1.Images/Delete";
 const UPDATE: &str = "/containerd.services.images.v1.Images/Update";
 const VERSION: &str = "/containerd.services.version.v1.Version/Version";
+const SUBSCRIBE: &str = "/containerd.services.events.v1.Events/Subscribe";
+
+/// `SubscribeRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SubscribeRequest {
+    #[prost(string, repeated, tag = "1")]
+    filters: Vec<String>,
+}
+
+/// `Envelope`, as far as kiln reads it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Envelope {
+    #[prost(string, tag = "2")]
+    namespace: String,
+}
 
 /// The CRI label that keeps an image from the kubelet's image garbage collection (containerd
 /// 1.7+, kubelet 1.29+), and its value.
@@ -180,4 +196,32 @@ pub async fn pin(socket: &Path, namespace: &str, name: &str) -> Result<bool, Sto
 pub async fn version(socket: &Path) -> Result<String, StoreError> {
     let answer: Option<VersionResponse> = call_for(socket, "default", VERSION, Ignored {}).await?;
     Ok(answer.map(|v| v.version).unwrap_or_default())
+}
+
+/// Calls `removed` on every image deletion in `namespace` that containerd publishes, until the
+/// stream ends (an error: containerd went away).
+pub async fn follow_removals(
+    socket: &Path,
+    namespace: &str,
+    removed: &(dyn Fn() + Send + Sync),
+) -> Result<(), StoreError> {
+    let mut grpc = tonic::client::Grpc::new(channel(socket).await?);
+    grpc.ready().await.map_err(|e| unreachable(socket, e))?;
+    let request = tonic::Request::new(SubscribeRequest {
+        filters: vec![r#"topic=="/images/delete""#.to_owned()],
+    });
+    let codec = tonic_prost::ProstCodec::<SubscribeRequest, Envelope>::default();
+    let mut events = grpc
+        .server_streaming(request, http::uri::PathAndQuery::from_static(SUBSCRIBE), codec)
+        .await
+        .map_err(|s| unreachable(socket, s.message()))?
+        .into_inner();
+    loop {
+        match events.message().await {
+            Ok(Some(envelope)) if envelope.namespace == namespace => removed(),
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(unreachable(socket, "the event stream ended")),
+            Err(s) => return Err(unreachable(socket, s.message())),
+        }
+    }
 }

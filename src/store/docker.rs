@@ -1,5 +1,5 @@
 //! Docker's image store through its API socket: `GET /images/{name}/json`, `DELETE
-//! /images/{name}`.
+//! /images/{name}`, and `GET /events` filtered to image deletions and untags.
 
 use std::path::Path;
 
@@ -73,4 +73,38 @@ pub async fn remove(socket: &Path, name: &str) -> Result<Removal, StoreError> {
         }),
         other => Err(StoreError::Refused(format!("HTTP {other}: {}", message(&body)))),
     }
+}
+
+/// Docker's `/events` filter `{"type":["image"],"event":["delete","untag"]}`, URL-encoded.
+const REMOVALS: &str =
+    "/events?filters=%7B%22type%22%3A%5B%22image%22%5D%2C%22event%22%3A%5B%22delete%22%2C%22untag%22%5D%7D";
+
+/// Calls `removed` on every image deletion or untag Docker reports, until the stream ends
+/// (an error: Docker went away).
+pub async fn follow_removals(socket: &Path, removed: &(dyn Fn() + Send + Sync)) -> Result<(), StoreError> {
+    let stream = UnixStream::connect(socket).await.map_err(|e| unreachable(socket, e))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| unreachable(socket, e))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let request = http::Request::builder()
+        .uri(REMOVALS)
+        .header(http::header::HOST, "docker")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| StoreError::Refused(e.to_string()))?;
+    let response = sender.send_request(request).await.map_err(|e| unreachable(socket, e))?;
+    if !response.status().is_success() {
+        return Err(StoreError::Refused(format!("HTTP {} from /events", response.status())));
+    }
+    let mut body = response.into_body();
+    // Each event is one JSON object; which name it was does not matter: the check asks again.
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| unreachable(socket, e))?;
+        if frame.data_ref().is_some_and(|d| !d.is_empty()) {
+            removed();
+        }
+    }
+    Err(unreachable(socket, "the event stream ended"))
 }

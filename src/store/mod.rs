@@ -114,6 +114,17 @@ impl ImageStore {
         }
     }
 
+    /// Calls `removed` whenever the store reports an image removal (Docker's `/events`,
+    /// containerd's `/images/delete`), until the stream breaks; the caller reconnects.
+    pub async fn follow_removals(&self, removed: &(dyn Fn() + Send + Sync)) -> Result<(), StoreError> {
+        match self {
+            ImageStore::Docker(socket) => docker::follow_removals(socket, removed).await,
+            ImageStore::Containerd { socket, namespace } => {
+                containerd::follow_removals(socket, namespace, removed).await
+            }
+        }
+    }
+
     /// Removes the name `name` (the image goes with its last name).
     pub async fn remove(&self, name: &str) -> Result<Removal, StoreError> {
         match self {
