@@ -12,6 +12,37 @@ use support::docker::{BUSYBOX, DockerDaemon};
 /// ingest lock: the tests that import take turns.
 static IMPORTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The name the busybox test image has in containerd once imported.
+const IMPORTED: &str = "docker.io/kiln-test/busybox:latest";
+
+/// `ctr` against `socket` in `namespace`; its output.
+fn ctr(socket: &std::path::Path, namespace: &str, args: &[&str]) -> String {
+    let out = Command::new("ctr")
+        .args(["--address", &socket.display().to_string(), "--namespace", namespace])
+        .args(args)
+        .output()
+        .expect("run ctr");
+    assert!(
+        out.status.success(),
+        "ctr {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Copies the test busybox image from Docker into containerd's `namespace` ([`IMPORTED`]).
+fn import_busybox(docker: &DockerDaemon, socket: &std::path::Path, namespace: &str) {
+    let archive = std::env::temp_dir().join(format!("{namespace}.tar"));
+    let (ok, _, err) = docker.docker(&["save", "-o", &archive.display().to_string(), BUSYBOX]);
+    assert!(ok, "docker save: {err}");
+    ctr(
+        socket,
+        namespace,
+        &["images", "import", "--no-unpack", &archive.display().to_string()],
+    );
+    let _ = std::fs::remove_file(&archive);
+}
+
 #[tokio::test]
 async fn docker_says_which_images_it_has_and_removes_a_name() {
     let docker = DockerDaemon::shared();
@@ -56,21 +87,8 @@ async fn containerd_says_which_images_it_has_and_removes_a_name() {
     let docker = DockerDaemon::shared();
     let socket = docker.containerd_socket();
     let namespace = format!("kiln-store-{}", std::process::id());
-    let archive = std::env::temp_dir().join(format!("{namespace}.tar"));
-    let (ok, _, err) = docker.docker(&["save", "-o", &archive.display().to_string(), BUSYBOX]);
-    assert!(ok, "docker save: {err}");
-    let import = Command::new("ctr")
-        .args(["--address", &socket.display().to_string(), "--namespace", &namespace])
-        .args(["images", "import", "--no-unpack", &archive.display().to_string()])
-        .output()
-        .expect("run ctr");
-    let _ = std::fs::remove_file(&archive);
-    assert!(
-        import.status.success(),
-        "ctr import: {}",
-        String::from_utf8_lossy(&import.stderr)
-    );
-    let name = "docker.io/kiln-test/busybox:latest";
+    import_busybox(docker, &socket, &namespace);
+    let name = IMPORTED;
 
     let store = ImageStore::Containerd {
         socket: socket.clone(),
@@ -97,50 +115,22 @@ async fn containerd_says_which_images_it_has_and_removes_a_name() {
     assert!(err.to_string().contains("/nonexistent/containerd.sock"), "{err}");
 }
 
-/// `ctr images ls` of `namespace`, as text.
-fn ctr_images(socket: &std::path::Path, namespace: &str) -> String {
-    let out = Command::new("ctr")
-        .args(["--address", &socket.display().to_string(), "--namespace", namespace])
-        .args(["images", "ls"])
-        .output()
-        .expect("run ctr");
-    assert!(
-        out.status.success(),
-        "ctr images ls: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[tokio::test]
 async fn pinning_labels_the_image_in_containerd_and_says_whether_it_holds() {
     let _turn = IMPORTS.lock().await;
     let docker = DockerDaemon::shared();
     let socket = docker.containerd_socket();
     let namespace = format!("kiln-pin-{}", std::process::id());
-    let archive = std::env::temp_dir().join(format!("{namespace}.tar"));
-    let (ok, _, err) = docker.docker(&["save", "-o", &archive.display().to_string(), BUSYBOX]);
-    assert!(ok, "docker save: {err}");
-    let import = Command::new("ctr")
-        .args(["--address", &socket.display().to_string(), "--namespace", &namespace])
-        .args(["images", "import", "--no-unpack", &archive.display().to_string()])
-        .output()
-        .expect("run ctr");
-    let _ = std::fs::remove_file(&archive);
-    assert!(
-        import.status.success(),
-        "ctr import: {}",
-        String::from_utf8_lossy(&import.stderr)
-    );
-    let name = "docker.io/kiln-test/busybox:latest";
-    assert!(!ctr_images(&socket, &namespace).contains("io.cri-containerd.pinned"));
+    import_busybox(docker, &socket, &namespace);
+    let name = IMPORTED;
+    assert!(!ctr(&socket, &namespace, &["images", "ls"]).contains("io.cri-containerd.pinned"));
 
     let store = ImageStore::Containerd {
         socket: socket.clone(),
         namespace: namespace.clone(),
     };
     let answer = store.pin(name).await.expect("pin");
-    let listed = ctr_images(&socket, &namespace);
+    let listed = ctr(&socket, &namespace, &["images", "ls"]);
     let row = listed.lines().find(|l| l.starts_with(name)).unwrap_or_default();
     assert!(
         row.contains("io.cri-containerd.pinned=pinned"),
@@ -217,24 +207,8 @@ async fn removals_are_reported_by_the_stores_event_streams() {
             let (ok, _, err) = docker.docker(&["rmi", &name]);
             assert!(ok, "docker rmi: {err}");
         } else {
-            let ctr = |args: &[&str]| {
-                let out = Command::new("ctr")
-                    .args(["--address", &socket.display().to_string(), "--namespace", &namespace])
-                    .args(args)
-                    .output()
-                    .expect("run ctr");
-                assert!(
-                    out.status.success(),
-                    "ctr {args:?}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            };
-            let archive = std::env::temp_dir().join(format!("{namespace}.tar"));
-            let (ok, _, err) = docker.docker(&["save", "-o", &archive.display().to_string(), BUSYBOX]);
-            assert!(ok, "docker save: {err}");
-            ctr(&["images", "import", "--no-unpack", &archive.display().to_string()]);
-            let _ = std::fs::remove_file(&archive);
-            ctr(&["images", "rm", "docker.io/kiln-test/busybox:latest"]);
+            import_busybox(docker, &socket, &namespace);
+            ctr(&socket, &namespace, &["images", "rm", IMPORTED]);
         }
         support::kiln::eventually(
             std::time::Duration::from_secs(10),

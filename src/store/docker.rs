@@ -17,8 +17,12 @@ fn unreachable(socket: &Path, e: impl std::fmt::Display) -> StoreError {
     }
 }
 
-/// One request on a fresh connection: the status and the body.
-async fn request(socket: &Path, method: http::Method, path: &str) -> Result<(http::StatusCode, String), StoreError> {
+/// Sends one request on a fresh connection; the response, its body still to read.
+async fn send(
+    socket: &Path,
+    method: http::Method,
+    path: &str,
+) -> Result<http::Response<hyper::body::Incoming>, StoreError> {
     let stream = UnixStream::connect(socket).await.map_err(|e| unreachable(socket, e))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -32,7 +36,12 @@ async fn request(socket: &Path, method: http::Method, path: &str) -> Result<(htt
         .header(http::header::HOST, "docker")
         .body(Empty::<Bytes>::new())
         .map_err(|e| StoreError::Refused(e.to_string()))?;
-    let response = sender.send_request(request).await.map_err(|e| unreachable(socket, e))?;
+    sender.send_request(request).await.map_err(|e| unreachable(socket, e))
+}
+
+/// One request on a fresh connection: the status and the body.
+async fn request(socket: &Path, method: http::Method, path: &str) -> Result<(http::StatusCode, String), StoreError> {
+    let response = send(socket, method, path).await?;
     let status = response.status();
     let body = response
         .into_body()
@@ -82,19 +91,7 @@ const REMOVALS: &str =
 /// Calls `removed` on every image deletion or untag Docker reports, until the stream ends
 /// (an error: Docker went away).
 pub async fn follow_removals(socket: &Path, removed: &(dyn Fn() + Send + Sync)) -> Result<(), StoreError> {
-    let stream = UnixStream::connect(socket).await.map_err(|e| unreachable(socket, e))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| unreachable(socket, e))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let request = http::Request::builder()
-        .uri(REMOVALS)
-        .header(http::header::HOST, "docker")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| StoreError::Refused(e.to_string()))?;
-    let response = sender.send_request(request).await.map_err(|e| unreachable(socket, e))?;
+    let response = send(socket, http::Method::GET, REMOVALS).await?;
     if !response.status().is_success() {
         return Err(StoreError::Refused(format!("HTTP {} from /events", response.status())));
     }
