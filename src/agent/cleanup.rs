@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
-use super::executor::StatusWriter;
 use super::policy::live_pods;
+use super::status::StatusWriter;
 use crate::api::node_build::{ImageRemoval, NodeBuild, RemovalOutcome};
 use crate::api::pod_images;
 use crate::store::{ImageStore, Removal, StoreError};

@@ -16,6 +16,7 @@ pub mod request;
 pub mod revision;
 pub mod server;
 pub mod simulated;
+pub mod status;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

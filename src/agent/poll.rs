@@ -12,8 +12,8 @@ use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
-use super::executor::StatusWriter;
 use super::revision;
+use super::status::StatusWriter;
 use crate::api::node_build::{NodeBuild, NodeBuildPhase};
 use crate::api::recipe::BuildSource;
 

@@ -15,7 +15,7 @@ use kube::{Client, ResourceExt};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
-use super::executor::StatusWriter;
+use super::status::StatusWriter;
 use crate::api::node_build::{NodeBuild, newest_succeeded};
 use crate::api::reference::Reference;
 use crate::store::{ImageStore, StoreError};

@@ -1,8 +1,10 @@
 //! ImageBuild reconcile: read → validate → decide (`plan`) → apply → status.
 //!
-//! Only this file talks to the apiserver. Creating a NodeBuild is the dispatch; names are
-//! deterministic, so `AlreadyExists` means an earlier reconcile (or controller) already did it.
-//! A finalizer makes deletion cancel running attempts and wait (bounded) for their agents.
+//! This file does the reconcile's I/O (with `grants` for Secret access, and `deletion` for the
+//! finalizer's work); the decision is pure (`plan`). Creating a NodeBuild is the dispatch;
+//! names are deterministic, so `AlreadyExists` means an earlier reconcile (or controller)
+//! already did it. A finalizer makes deletion cancel running attempts, wait (bounded) for
+//! their agents, and remove images with `cleanup: Delete` (`deletion.rs`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,18 +21,19 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
+use super::deletion::cleanup;
 use super::memory::{
     assigned_load, finalizer_added, forget_created, just_created, just_created_attempts, known_for, observe_timings,
     remember_created, remember_finalizer, remember_written, remembered_status,
 };
 use super::plan::{self, Observed, Plan};
 use super::schedule::Candidate;
-use super::{grants, pacing, policy, removal};
+use super::{grants, pacing, policy};
 use crate::api::conditions::{self, Desired, READY, STALLED, Status};
 use crate::api::heartbeat::Heartbeat;
-use crate::api::image_build::{BuildPhase, ImageBuild, ImageBuildSpec};
+use crate::api::image_build::{BuildPhase, ImageBuild};
 use crate::api::image_policy::Decision;
-use crate::api::node_build::{NodeBuild, NodeBuildPhase};
+use crate::api::node_build::NodeBuild;
 use crate::api::validation;
 use crate::controller::{Context, Error, STATUS_FIELD_MANAGER};
 
@@ -271,7 +274,7 @@ async fn create_attempts(
     Ok(())
 }
 
-async fn cancel(node_builds: &Api<NodeBuild>, name: &str) -> Result<(), Error> {
+pub(super) async fn cancel(node_builds: &Api<NodeBuild>, name: &str) -> Result<(), Error> {
     let patch = json!({"spec": {"cancel": true}});
     match node_builds
         .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -280,110 +283,6 @@ async fn cancel(node_builds: &Api<NodeBuild>, name: &str) -> Result<(), Error> {
         Ok(_) | Err(kube::Error::Api(_)) => Ok(()),
         Err(e) => Err(Error::kube("cancel NodeBuild")(e)),
     }
-}
-
-/// Deletion: cancel unfinished attempts, wait for the agents (bounded), delete the attempts,
-/// then release the finalizer.
-async fn cleanup(
-    ctx: &Context,
-    builds: &Api<ImageBuild>,
-    build: &ImageBuild,
-    node_builds: &[NodeBuild],
-) -> Result<Action, Error> {
-    if !build.finalizers().iter().any(|f| f == FINALIZER) {
-        return Ok(Action::await_change());
-    }
-    let ns = build.namespace().unwrap_or_default();
-    let api: Api<NodeBuild> = Api::namespaced(ctx.client.clone(), &ns);
-    let unfinished: Vec<&NodeBuild> = node_builds
-        .iter()
-        .filter(|nb| {
-            !nb.status
-                .as_ref()
-                .and_then(|s| s.phase)
-                .is_some_and(NodeBuildPhase::is_finished)
-        })
-        .collect();
-    let waited = build
-        .meta()
-        .deletion_timestamp
-        .as_ref()
-        .map(|t| Timestamp::now().duration_since(t.0).as_secs_f64())
-        .unwrap_or_default();
-    if !unfinished.is_empty() && waited < CANCEL_GRACE.as_secs_f64() {
-        for nb in &unfinished {
-            if !nb.spec.cancel {
-                cancel(&api, &nb.name_any()).await?;
-                publish(
-                    ctx,
-                    build,
-                    false,
-                    "Cancelled",
-                    &format!(
-                        "cancelling {} on node {} (ImageBuild deleted)",
-                        nb.name_any(),
-                        nb.spec.node_name
-                    ),
-                )
-                .await;
-            }
-        }
-        return Ok(Action::requeue(Duration::from_secs(1)));
-    }
-    if !unfinished.is_empty() {
-        warn!(build = %build.name_any(), "agents did not confirm cancellation within {CANCEL_GRACE:?}; deleting anyway");
-    }
-    if ImageBuildSpec::removes_images_on_delete(build)
-        && let Some(wait) = remove_images(ctx, &api, build, node_builds, waited).await?
-    {
-        return Ok(wait);
-    }
-    for nb in node_builds {
-        match api.delete(&nb.name_any(), &DeleteParams::background()).await {
-            Ok(_) | Err(kube::Error::Api(_)) => {}
-            Err(e) => return Err(Error::kube("delete NodeBuild")(e)),
-        }
-    }
-    if grants::reads_secrets(&build.spec.recipe) {
-        grants::revoke(ctx, build).await?;
-    }
-    let remaining: Vec<String> = build.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
-    let patch = json!({"metadata": {"finalizers": remaining, "resourceVersion": build.resource_version()}});
-    match builds
-        .patch(&build.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) | Err(kube::Error::Api(_)) => Ok(Action::await_change()),
-        Err(e) => Err(Error::kube("remove finalizer")(e)),
-    }
-}
-
-/// `cleanup: Delete`: asks the agents to remove the image, and waits for their answers (at
-/// most [`removal::REMOVAL_GRACE`] from the deletion request); then one event per node.
-async fn remove_images(
-    ctx: &Context,
-    api: &Api<NodeBuild>,
-    build: &ImageBuild,
-    node_builds: &[NodeBuild],
-    waited: f64,
-) -> Result<Option<Action>, Error> {
-    let removals = removal::judge(node_builds);
-    for name in &removals.ask {
-        let patch = json!({"spec": {"removeImage": true}});
-        match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-            Ok(_) | Err(kube::Error::Api(_)) => {}
-            Err(e) => return Err(Error::kube("ask an agent to remove an image")(e)),
-        }
-    }
-    let pending = !removals.ask.is_empty() || !removals.waiting.is_empty();
-    if pending && waited < removal::REMOVAL_GRACE.as_secs_f64() {
-        return Ok(Some(Action::requeue(Duration::from_secs(1))));
-    }
-    let late = removals.waiting.iter().map(|(_, node)| removal::unanswered(node));
-    for (warning, reason, note) in removals.events.iter().cloned().chain(late) {
-        publish(ctx, build, warning, reason, &note).await;
-    }
-    Ok(None)
 }
 
 /// This ImageBuild's NodeBuilds, from the watch cache (see `controller::build_controller`).
@@ -497,7 +396,7 @@ async fn write_status(
     Ok(())
 }
 
-async fn publish(ctx: &Context, build: &ImageBuild, warning: bool, reason: &str, note: &str) {
+pub(super) async fn publish(ctx: &Context, build: &ImageBuild, warning: bool, reason: &str, note: &str) {
     let event = KubeEvent {
         type_: if warning { EventType::Warning } else { EventType::Normal },
         reason: reason.to_owned(),

@@ -4,13 +4,15 @@
 //! context is uploaded (`kiln build`) first waits for those bytes, reporting `WaitingForUpload`
 //! and where to send them, without taking a slot. Each unfinished one runs once a build slot is
 //! free (`--max-concurrent-builds`; only those that have to wait report `Queued`, with their
-//! position). A build is reported `Running` only once it has run for `--progress-delay-ms`, and
-//! its progress at most about once a second after that; the outcome always (retried until it
-//! lands), never overtaken by an intermediate write. So a cached build costs one status write. Solves share one kept
-//! BuildKit connection. Cancellation (`spec.cancel`, deletion, or the deadline) cancels the
-//! BuildKit solve.
-//! An attempt left `Running` by an earlier agent instance is failed with `AgentRestarted`, so
-//! the controller retries it instead of waiting forever.
+//! position), as the steps in [`solve`]. A build is reported `Running` only once it has run for
+//! `--progress-delay-ms`, and its progress at most about once a second after that; the outcome
+//! always (retried until it lands), never overtaken by an intermediate write
+//! ([`super::status`]). So a cached build costs one status write; a pinned one (`spec.pin`)
+//! carries its pin in that same write. Solves share one kept BuildKit connection. Cancellation
+//! (`spec.cancel`, deletion, or the deadline) cancels the BuildKit solve. An attempt left
+//! `Running` by an earlier agent instance is failed with `AgentRestarted`, so the controller
+//! retries it instead of waiting forever. Finished attempts asked to remove their image
+//! (`spec.removeImage`) go to [`super::cleanup`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,37 +22,29 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use serde_json::json;
 use tokio::sync::{Mutex, Semaphore, watch};
 use tracing::{debug, info, warn};
+
+mod solve;
 
 use super::cleanup::Remover;
 use super::contexts::{ContextDigest, ContextStore, Wanted};
 use super::logs::LogStore;
 use super::policy::PolicyGuard;
-use super::request::{Refusal, build_request, reason_of};
-use super::revision;
+use super::status::{Progressive, StatusWriter};
 use super::{Settings, State};
-use crate::api::image_build::{DigestKind as ApiDigestKind, Progress, SourceStatus};
 use crate::api::node_build::{NODE_LABEL, NodeBuild, NodeBuildPhase, NodeBuildStatus, POOL_LABEL, WAITING_FOR_UPLOAD};
-use crate::api::recipe::{BuildRecipe, BuildSource};
-use crate::buildkit::{
-    BuildHandle, BuildRequest, Client as BuildKit, DigestKind, Error as BuildKitError, GIT_AUTH_TOKEN, PlainRenderer,
-    ProgressEvent,
-};
+use crate::api::recipe::BuildSource;
+use crate::buildkit::Client as BuildKit;
 
-/// Field manager of the agent's status writes.
-pub const STATUS_FIELD_MANAGER: &str = "kiln-agent";
 /// How long an ended attempt is remembered: longer than any watch lag or re-list.
 const ENDED_MEMORY: Duration = Duration::from_secs(3600);
 /// Minimum time between two progress writes of one build.
 const THROTTLE: Duration = Duration::from_secs(1);
-/// How long an attempt's outcome write is retried before the agent gives up on it.
-const OUTCOME_RETRY: Duration = Duration::from_secs(600);
 
 /// Why a running build is being stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -307,204 +301,6 @@ impl Executor {
         permit
     }
 
-    /// Runs one build; returns the final status to write (none when the NodeBuild is gone).
-    async fn build(
-        &self,
-        nb: &NodeBuild,
-        status: &mut NodeBuildStatus,
-        stop: &mut watch::Receiver<Stop>,
-        progress: &Progressive,
-    ) -> Option<NodeBuildStatus> {
-        let ns = nb.namespace().unwrap_or_default();
-        let name = nb.name_any();
-        status.phase = Some(NodeBuildPhase::Running);
-        status.queue_position = None;
-        status.reason = None;
-        status.message = None;
-        status.start_time = Some(Time(Timestamp::now()));
-
-        // The policy first: a refused attempt reads no Secret and asks no git remote.
-        let request = match self.policy.check(&ns, &nb.spec.build).await {
-            Ok(()) => self.prepare(&ns, &nb.spec.build, status).await,
-            Err(refused) => Err(refused),
-        };
-        let request = match request {
-            Ok(r) => r,
-            Err((reason, message)) => {
-                info!(namespace = %ns, node_build = %name, reason, "build refused before it started");
-                return Some(finished(
-                    &self.settings,
-                    NodeBuildPhase::Failed,
-                    reason,
-                    &message,
-                    status,
-                ));
-            }
-        };
-        if let Some(dir) = &self.settings.buildkit_tmp
-            && let Err(e) = std::fs::create_dir_all(dir)
-        {
-            let message = format!(
-                "buildkitd's temporary directory {} is missing and cannot be created ({e}); check the pool's stateDir on this node",
-                dir.display()
-            );
-            return Some(finished(
-                &self.settings,
-                NodeBuildPhase::Failed,
-                "BuildKitUnavailable",
-                &message,
-                status,
-            ));
-        }
-        // `Running` is reported only if the solve is still going after the progress delay,
-        // counted from here: the checks before it (policy, the node's pods, a git ref) take
-        // longer on a busy apiserver, and counting them turned cached builds' single outcome
-        // write into two (the scale smoke's write budget).
-        progress.report_later(self.settings.progress_delay, status.clone());
-        let started = Instant::now();
-        debug!(node_build = %name, "starting the solve");
-        let solve = match &self.settings.simulated {
-            Some(simulated) => Ok(simulated.solve(&format!("{ns}/{name}"), request.export.names.clone())),
-            None => self.start_solve(request).await,
-        };
-        let mut handle = match solve {
-            Ok(h) => h,
-            Err(e) => {
-                return Some(finished(
-                    &self.settings,
-                    NodeBuildPhase::Failed,
-                    reason_of(&e),
-                    &e.to_string(),
-                    status,
-                ));
-            }
-        };
-        info!(namespace = %ns, node_build = %name, "build started");
-        let mut log = self.logs.create(&ns, &name);
-        let mut plain = PlainRenderer::new();
-        let mut last_write = Instant::now();
-        let deadline = nb.spec.deadline.as_ref().map(|d| {
-            let left = d.0.duration_since(Timestamp::now());
-            tokio::time::Instant::now() + Duration::try_from(left).unwrap_or_default()
-        });
-        let sleep_until = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => futures::future::pending().await,
-            }
-        };
-        tokio::pin!(sleep_until);
-        let stopped: Option<(&'static str, String)> = loop {
-            tokio::select! {
-                event = handle.next_event() => match event {
-                    Some(event) => {
-                        log.write_lines(&plain.render(&event));
-                        if let ProgressEvent::Progress(summary) = &event {
-                            status.progress = Some(Progress {
-                                completed: i32::try_from(summary.completed).unwrap_or(i32::MAX),
-                                total: i32::try_from(summary.total).unwrap_or(i32::MAX),
-                                cached: Some(i32::try_from(summary.cached).unwrap_or(i32::MAX)),
-                                current: summary.current.clone(),
-                            });
-                            if started.elapsed() >= self.settings.progress_delay && last_write.elapsed() >= THROTTLE {
-                                progress.report(status).await;
-                                last_write = Instant::now();
-                            }
-                        }
-                    }
-                    None => break None,
-                },
-                why = stopped(stop) => {
-                    break Some(if why == Stop::Deleted { ("Deleted", String::new()) } else { ("Cancelled", "cancelled on request".to_owned()) });
-                }
-                () = &mut sleep_until => break Some(("DeadlineExceeded", "the attempt reached its deadline (timeoutSeconds) and was cancelled".to_owned())),
-            }
-        };
-        let result = match &stopped {
-            Some(_) => handle.cancel().await,
-            None => handle.wait().await,
-        };
-        let done = match (stopped, result) {
-            (_, Ok(out)) => {
-                info!(node_build = %name, digest = %out.digest, "build succeeded");
-                let mut s = finished(
-                    &self.settings,
-                    NodeBuildPhase::Succeeded,
-                    "Succeeded",
-                    &format!("built {}", out.image_names.join(", ")),
-                    status,
-                );
-                s.digest = Some(out.digest.clone());
-                s.digest_kind = Some(match out.digest_kind {
-                    DigestKind::Manifest => ApiDigestKind::Manifest,
-                    DigestKind::ImageId => ApiDigestKind::ImageID,
-                });
-                s.config_digest = out.config_digest.clone();
-                s.progress = Some(Progress {
-                    completed: i32::try_from(out.summary.completed).unwrap_or(i32::MAX),
-                    total: i32::try_from(out.summary.total).unwrap_or(i32::MAX),
-                    cached: Some(i32::try_from(out.summary.cached).unwrap_or(i32::MAX)),
-                    current: None,
-                });
-                s
-            }
-            (Some(("Deleted", _)), Err(_)) => return None,
-            (Some((reason, message)), Err(_)) => {
-                info!(node_build = %name, reason, "build stopped");
-                let phase = if reason == "DeadlineExceeded" {
-                    NodeBuildPhase::Failed
-                } else {
-                    NodeBuildPhase::Cancelled
-                };
-                finished(&self.settings, phase, reason, &message, status)
-            }
-            (None, Err(e)) => {
-                info!(node_build = %name, error = %e, "build failed");
-                finished(
-                    &self.settings,
-                    NodeBuildPhase::Failed,
-                    reason_of(&e),
-                    &e.to_string(),
-                    status,
-                )
-            }
-        };
-        log.write_lines(&[format!(
-            "[kiln] {}: {}",
-            done.reason.clone().unwrap_or_default(),
-            done.message.clone().unwrap_or_default()
-        )]);
-        Some(done)
-    }
-
-    /// The BuildKit request for `recipe`, a git source resolved to the commit its ref names
-    /// now (recorded in `status`, so the outcome says what was built) and fetched with the
-    /// source's token, if it has one.
-    async fn prepare(
-        &self,
-        ns: &str,
-        recipe: &BuildRecipe,
-        status: &mut NodeBuildStatus,
-    ) -> Result<BuildRequest, Refusal> {
-        let token = revision::token(&self.client, ns, recipe).await?;
-        let revision = revision::resolve(recipe, token.as_deref()).await?;
-        if let Some(commit) = &revision {
-            debug!(namespace = %ns, commit = %commit, "git source resolved");
-            status.source = Some(SourceStatus {
-                revision: Some(commit.clone()),
-                latest: None,
-            });
-        }
-        let network = self.settings.network;
-        let contexts = &self.contexts_url;
-        let mut request = build_request(&self.client, ns, recipe, network, contexts, revision.as_deref()).await?;
-        if let Some(token) = token {
-            // BuildKit fetches the repository with it; masked like every build secret.
-            request.secrets.insert(GIT_AUTH_TOKEN.to_owned(), token.into_bytes());
-        }
-        Ok(request)
-    }
-
     /// For an uploaded context: holds it (accepted for upload, safe from garbage collection)
     /// and, while it is not on the node, reports `WaitingForUpload` with where to send it and
     /// waits, up to the pool's limit. `Err` when the attempt ended meanwhile (status written).
@@ -590,141 +386,6 @@ impl Executor {
 
     fn write_target(&self, nb: &NodeBuild) -> StatusWriter {
         StatusWriter::new(&self.client, nb)
-    }
-
-    /// Starts a solve on the node's BuildKit over the kept connection, connecting (again) when
-    /// there is none or it broke: connecting and asking BuildKit for its workers is done once,
-    /// not per build.
-    async fn start_solve(&self, request: BuildRequest) -> Result<BuildHandle, BuildKitError> {
-        let kept = self.buildkit.lock().await.clone();
-        if let Some(client) = kept {
-            match client.build(request.clone()).await {
-                Err(BuildKitError::Unreachable { .. }) => {
-                    info!("the BuildKit connection broke; reconnecting");
-                }
-                other => return other,
-            }
-        }
-        let client = BuildKit::connect(&self.settings.buildkit, self.settings.tls.clone()).await?;
-        *self.buildkit.lock().await = Some(client.clone());
-        client.build(request).await
-    }
-}
-
-/// Writes one NodeBuild's status (server-side apply under the agent's field manager).
-#[derive(Clone)]
-pub(super) struct StatusWriter {
-    api: Api<NodeBuild>,
-    name: String,
-}
-
-impl StatusWriter {
-    /// A writer of `nb`'s status, as the agent (server-side apply, field manager
-    /// [`STATUS_FIELD_MANAGER`]).
-    pub(super) fn new(client: &Client, nb: &NodeBuild) -> Self {
-        Self {
-            api: Api::namespaced(client.clone(), &nb.namespace().unwrap_or_default()),
-            name: nb.name_any(),
-        }
-    }
-
-    /// An intermediate report: lost if it fails (a later one, or the outcome, follows).
-    pub(super) async fn write(&self, status: &NodeBuildStatus) {
-        if let Err(e) = self.patch(status).await {
-            warn!(node_build = %self.name, error = %e, "cannot write NodeBuild status");
-        }
-    }
-
-    /// The outcome: nothing else would ever report it, so it is retried (with backoff, for up
-    /// to [`OUTCOME_RETRY`]) until it lands or the attempt is gone. Seen in the chaos harness:
-    /// right after an apiserver restart, its authorizer refuses requests (403) for a few
-    /// seconds; an outcome lost then left the attempt `Running` until something else noticed.
-    pub(super) async fn write_outcome(&self, status: &NodeBuildStatus) {
-        let started = Instant::now();
-        let mut pause = Duration::from_millis(200);
-        let mut failures = 0u32;
-        loop {
-            let e = match self.patch(status).await {
-                Ok(()) => return,
-                // Only the object's own NotFound means it is gone. Right after an apiserver
-                // restart, kiln's API is not served yet and every request gets a bare
-                // "404 page not found": giving up then lost outcomes (seen in the chaos harness).
-                Err(kube::Error::Api(s)) if s.code == 404 && s.reason == "NotFound" => {
-                    debug!(node_build = %self.name, "the attempt is gone; its outcome is not written");
-                    return;
-                }
-                Err(kube::Error::Api(s)) if s.code == 422 => {
-                    warn!(node_build = %self.name, error = %s.message, "the apiserver refuses this outcome");
-                    return;
-                }
-                Err(e) => e,
-            };
-            failures += 1;
-            if started.elapsed() >= OUTCOME_RETRY {
-                warn!(node_build = %self.name, error = %e, failures, "giving up writing the outcome");
-                return;
-            }
-            if failures == 1 || failures.is_multiple_of(10) {
-                warn!(node_build = %self.name, error = %e, failures, "cannot write the outcome yet; retrying");
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
-        }
-    }
-
-    async fn patch(&self, status: &NodeBuildStatus) -> Result<(), kube::Error> {
-        let patch = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "NodeBuild", "status": status});
-        self.api
-            .patch_status(
-                &self.name,
-                &PatchParams::apply(STATUS_FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await?;
-        debug!(node_build = %self.name, phase = ?status.phase, "status written");
-        Ok(())
-    }
-}
-
-/// The intermediate reports of one running attempt (`Running`, progress). They never land
-/// after its final status: [`Progressive::close`] waits for one in flight and stops later ones.
-struct Progressive {
-    writer: StatusWriter,
-    /// True once closed; held across each intermediate write.
-    closed: Arc<Mutex<bool>>,
-}
-
-impl Progressive {
-    fn new(writer: StatusWriter) -> Self {
-        Self {
-            writer,
-            closed: Arc::default(),
-        }
-    }
-
-    /// Writes `status` after `delay`, unless closed by then.
-    fn report_later(&self, delay: Duration, status: NodeBuildStatus) {
-        let (writer, closed) = (self.writer.clone(), self.closed.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let closed = closed.lock().await;
-            if !*closed {
-                writer.write(&status).await;
-            }
-        });
-    }
-
-    /// Writes `status` now, unless closed.
-    async fn report(&self, status: &NodeBuildStatus) {
-        let closed = self.closed.lock().await;
-        if !*closed {
-            self.writer.write(status).await;
-        }
-    }
-
-    /// No intermediate report after this returns.
-    async fn close(&self) {
-        *self.closed.lock().await = true;
     }
 }
 
