@@ -133,6 +133,12 @@ async fn with_restore_never_a_lost_image_is_reported_and_stays_lost() {
     assert_eq!(row["names"][0], image.as_str());
     assert_eq!(row["present"], true);
     assert_eq!(row["pods"], json!([format!("{ns}/web")]), "{row}");
+    let size = rig
+        .docker
+        .docker(&["image", "inspect", "--format", "{{.Size}}", &image])
+        .1;
+    assert_eq!(row["size"].to_string(), size.trim(), "the size Docker reports: {row}");
+    assert_eq!(row["pinned"], serde_json::Value::Null, "not asked to pin: {row}");
 
     remove(rig, &image);
     let lost = rig

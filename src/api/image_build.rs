@@ -286,6 +286,9 @@ pub struct NodeResult {
     /// When the agent found this node's image gone from its store (unset while it is there).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing_since: Option<Time>,
+    /// The image's size on this node, in bytes, as its store reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<i64>,
     /// Whether the image is pinned on this node (`spec.pin`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin: Option<super::node_build::PinResult>,

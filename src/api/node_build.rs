@@ -160,6 +160,10 @@ pub struct NodeBuildStatus {
     /// A human-readable explanation, e.g. the failed step and its last log lines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The built image's size in bytes, as the node's store reports it (Docker: unpacked;
+    /// containerd: its manifest's config and compressed layers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_size: Option<i64>,
     /// Whether the image is protected from the kubelet's image garbage collection
     /// (`spec.pin`), and why not where it cannot be.
     #[serde(default, skip_serializing_if = "Option::is_none")]

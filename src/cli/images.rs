@@ -1,5 +1,6 @@
-//! `kiln images`: the images kiln built, per node: which build made them, their digest,
-//! whether the node still has them (as its agent last found), and which pods there use them.
+//! `kiln images`: the images kiln built, per node: which build made them, their digest and
+//! size, whether the node still has them (as its agent last found), whether they are pinned,
+//! and which pods there use them.
 //! A table, `-o wide` (every name and the full digest), or `-o json` for scripts.
 
 use k8s_openapi::api::core::v1::Pod;
@@ -59,6 +60,10 @@ pub struct ImageRow {
     pub missing_since: Option<String>,
     /// Live pods on that node using it, `namespace/name`; `None` when pods cannot be read.
     pub pods: Option<Vec<String>>,
+    /// Its size in bytes, as the node's store reported it after the build.
+    pub size: Option<i64>,
+    /// `Pinned`, `Unsupported` or `Failed` for builds with `spec.pin`; `None` without.
+    pub pinned: Option<crate::api::node_build::PinState>,
 }
 
 /// The rows: each succeeded node result of each build, optionally on one node, sorted by node
@@ -84,6 +89,8 @@ pub fn rows(builds: &[ImageBuild], pods: Option<&[Pod]>, node: Option<&str>) -> 
                         digest: n.digest,
                         present: n.missing_since.is_none(),
                         missing_since: n.missing_since.map(|t| t.0.to_string()),
+                        size: n.image_size,
+                        pinned: n.pin.map(|p| p.state),
                     }
                 })
                 .collect::<Vec<_>>()
@@ -160,10 +167,12 @@ fn print_table(rows: &[ImageRow], wide: bool) {
                 } else {
                     short(&r.digest)
                 },
+                r.size.map_or_else(|| "?".to_owned(), human_size),
                 match &r.missing_since {
                     None => "yes".to_owned(),
                     Some(t) => format!("missing since {t}"),
                 },
+                r.pinned.map_or_else(|| "-".to_owned(), |p| format!("{p:?}")),
                 r.pods.as_ref().map_or_else(
                     || "?".to_owned(),
                     |p| if p.is_empty() { "-".into() } else { p.join(",") },
@@ -171,7 +180,24 @@ fn print_table(rows: &[ImageRow], wide: bool) {
             ]
         })
         .collect();
-    super::table::print(&["NODE", "IMAGE", "BUILD", "DIGEST", "PRESENT", "PODS"], &lines);
+    super::table::print(
+        &["NODE", "IMAGE", "BUILD", "DIGEST", "SIZE", "PRESENT", "PINNED", "PODS"],
+        &lines,
+    );
+}
+
+/// `12.3MiB`, `512KiB`, `100B`.
+fn human_size(bytes: i64) -> String {
+    let b = bytes as f64;
+    if bytes >= 1 << 30 {
+        format!("{:.1}GiB", b / f64::from(1u32 << 30))
+    } else if bytes >= 1 << 20 {
+        format!("{:.1}MiB", b / f64::from(1u32 << 20))
+    } else if bytes >= 1 << 10 {
+        format!("{}KiB", bytes >> 10)
+    } else {
+        format!("{bytes}B")
+    }
 }
 
 #[cfg(test)]
@@ -197,7 +223,8 @@ mod tests {
                 "web",
                 "kiln.local/a/web:1",
                 json!([
-                {"name": "n2", "phase": "Succeeded", "digest": "sha256:22"},
+                {"name": "n2", "phase": "Succeeded", "digest": "sha256:22", "imageSize": 5_000_000,
+                 "pin": {"state": "Unsupported", "message": "Docker's image store has no pinning"}},
                 {"name": "n1", "phase": "Succeeded", "digest": "sha256:11", "missingSince": "2026-12-03T10:00:00Z"},
                 {"name": "n3", "phase": "Failed"}]),
             ),
@@ -228,5 +255,20 @@ mod tests {
         let on_n2 = rows(&builds, None, Some("n2"));
         assert_eq!(on_n2.len(), 1);
         assert_eq!(on_n2[0].pods, None, "unknown without the right to list pods");
+        assert_eq!(on_n2[0].size, Some(5_000_000));
+        assert_eq!(on_n2[0].pinned, Some(crate::api::node_build::PinState::Unsupported));
+        assert_eq!(
+            (all[0].size, all[0].pinned),
+            (None, None),
+            "unknown size, not asked to pin"
+        );
+    }
+
+    #[test]
+    fn sizes_read_like_docker_images() {
+        assert_eq!(human_size(100), "100B");
+        assert_eq!(human_size(4096), "4KiB");
+        assert_eq!(human_size(5_000_000), "4.8MiB");
+        assert_eq!(human_size(3 << 30), "3.0GiB");
     }
 }

@@ -1,8 +1,8 @@
 //! containerd's image store through its images service (`containerd.services.images.v1`), in
 //! one namespace (the `containerd-namespace` header). Only the calls kiln needs, with their
 //! messages written out here (no containerd protos are vendored): images `Get`, `Delete` and
-//! `Update` (one label), the version service's `Version`, and the events service's
-//! `Subscribe` to image deletions.
+//! `Update` (one label), the content service's `Read` (manifests, for sizes), the version
+//! service's `Version`, and the events service's `Subscribe` to image deletions.
 
 use std::path::{Path, PathBuf};
 
@@ -53,6 +53,45 @@ struct UpdateImageRequest {
     update_mask: Option<FieldMask>,
 }
 
+/// `Descriptor`, as far as sizes need it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Descriptor {
+    #[prost(string, tag = "1")]
+    media_type: String,
+    #[prost(string, tag = "2")]
+    digest: String,
+    #[prost(int64, tag = "3")]
+    size: i64,
+}
+
+/// `GetImageResponse` with the image's target.
+#[derive(Clone, PartialEq, prost::Message)]
+struct GetImageResponse {
+    #[prost(message, optional, tag = "1")]
+    image: Option<ImageWithTarget>,
+}
+
+/// `Image` with its target descriptor.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ImageWithTarget {
+    #[prost(message, optional, tag = "3")]
+    target: Option<Descriptor>,
+}
+
+/// `ReadContentRequest`: the whole blob.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ReadContentRequest {
+    #[prost(string, tag = "1")]
+    digest: String,
+}
+
+/// `ReadContentResponse`: one chunk.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ReadContentResponse {
+    #[prost(bytes = "vec", tag = "2")]
+    data: Vec<u8>,
+}
+
 /// `VersionResponse`.
 #[derive(Clone, PartialEq, prost::Message)]
 struct VersionResponse {
@@ -69,6 +108,9 @@ const DELETE: &str = "/containerd.services.images.v1.Images/Delete";
 const UPDATE: &str = "/containerd.services.images.v1.Images/Update";
 const VERSION: &str = "/containerd.services.version.v1.Version/Version";
 const SUBSCRIBE: &str = "/containerd.services.events.v1.Events/Subscribe";
+const READ: &str = "/containerd.services.content.v1.Content/Read";
+/// A manifest or index larger than this is not read (real ones are a few KiB).
+const MAX_MANIFEST: usize = 4 << 20;
 
 /// `SubscribeRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -224,4 +266,66 @@ pub async fn follow_removals(
             Err(s) => return Err(unreachable(socket, s.message())),
         }
     }
+}
+
+/// The image's size as its manifest lists it (config plus compressed layers, what a registry
+/// would transfer); for an index, its first manifest's. `Ok(None)` if there is no such image.
+pub async fn size(socket: &Path, namespace: &str, name: &str) -> Result<Option<u64>, StoreError> {
+    let request = GetImageRequest { name: name.to_owned() };
+    let answer: Option<GetImageResponse> = call_for(socket, namespace, GET, request).await?;
+    let Some(mut target) = answer.and_then(|a| a.image).and_then(|i| i.target) else {
+        return Ok(None);
+    };
+    for _ in 0..2 {
+        let blob = read(socket, namespace, &target.digest).await?;
+        let json: serde_json::Value = serde_json::from_slice(&blob)
+            .map_err(|e| StoreError::Refused(format!("manifest {} is not JSON: {e}", target.digest)))?;
+        if let Some(first) = json["manifests"].as_array().and_then(|m| m.first()) {
+            target = Descriptor {
+                media_type: first["mediaType"].as_str().unwrap_or_default().to_owned(),
+                digest: first["digest"].as_str().unwrap_or_default().to_owned(),
+                size: first["size"].as_i64().unwrap_or_default(),
+            };
+            continue;
+        }
+        let sizes = json["layers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(std::iter::once(&json["config"]))
+            .filter_map(|d| d["size"].as_u64());
+        return Ok(Some(sizes.sum()));
+    }
+    Err(StoreError::Refused(format!("image {name}: an index of indexes")))
+}
+
+/// A blob of the content store, whole (bounded by [`MAX_MANIFEST`]).
+async fn read(socket: &Path, namespace: &str, digest: &str) -> Result<Vec<u8>, StoreError> {
+    let mut grpc = tonic::client::Grpc::new(channel(socket).await?);
+    grpc.ready().await.map_err(|e| unreachable(socket, e))?;
+    let mut request = tonic::Request::new(ReadContentRequest {
+        digest: digest.to_owned(),
+    });
+    let value = namespace
+        .parse()
+        .map_err(|_| StoreError::Refused(format!("namespace {namespace:?} is not a valid header value")))?;
+    request.metadata_mut().insert("containerd-namespace", value);
+    let codec = tonic_prost::ProstCodec::<ReadContentRequest, ReadContentResponse>::default();
+    let mut chunks = grpc
+        .server_streaming(request, http::uri::PathAndQuery::from_static(READ), codec)
+        .await
+        .map_err(|s| StoreError::Refused(format!("read {digest}: {:?}: {}", s.code(), s.message())))?
+        .into_inner();
+    let mut blob = Vec::new();
+    while let Some(chunk) = chunks
+        .message()
+        .await
+        .map_err(|s| StoreError::Refused(format!("read {digest}: {}", s.message())))?
+    {
+        blob.extend_from_slice(&chunk.data);
+        if blob.len() > MAX_MANIFEST {
+            return Err(StoreError::Refused(format!("{digest} is larger than a manifest")));
+        }
+    }
+    Ok(blob)
 }

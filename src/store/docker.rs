@@ -70,6 +70,19 @@ pub async fn exists(socket: &Path, name: &str) -> Result<bool, StoreError> {
     }
 }
 
+/// The image's size as Docker reports it (`Size`: its unpacked layers); `Ok(None)` if there is
+/// no such image.
+pub async fn size(socket: &Path, name: &str) -> Result<Option<u64>, StoreError> {
+    let (status, body) = request(socket, http::Method::GET, &format!("/images/{name}/json")).await?;
+    match status {
+        http::StatusCode::OK => Ok(serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["Size"].as_u64())),
+        http::StatusCode::NOT_FOUND => Ok(None),
+        other => Err(StoreError::Refused(format!("HTTP {other}: {}", message(&body)))),
+    }
+}
+
 /// Removes the name `name` from Docker's store.
 pub async fn remove(socket: &Path, name: &str) -> Result<Removal, StoreError> {
     let (status, body) = request(socket, http::Method::DELETE, &format!("/images/{name}")).await?;

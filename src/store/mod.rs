@@ -114,6 +114,15 @@ impl ImageStore {
         }
     }
 
+    /// The image's size in bytes (Docker: unpacked; containerd: what its manifest lists, the
+    /// compressed layers); `Ok(None)` if the store has no such image.
+    pub async fn size(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        match self {
+            ImageStore::Docker(socket) => docker::size(socket, name).await,
+            ImageStore::Containerd { socket, namespace } => containerd::size(socket, namespace, name).await,
+        }
+    }
+
     /// Calls `removed` whenever the store reports an image removal (Docker's `/events`,
     /// containerd's `/images/delete`), until the stream breaks; the caller reconnects.
     pub async fn follow_removals(&self, removed: &(dyn Fn() + Send + Sync)) -> Result<(), StoreError> {

@@ -269,10 +269,8 @@ impl Executor {
         // Close the gate first: an intermediate write still in flight lands before the final one.
         progress.close().await;
         if let Some(mut done) = outcome {
-            if nb.spec.pin && done.phase == Some(NodeBuildPhase::Succeeded) {
-                let names = nb.spec.build.normalised_names();
-                let store = self.settings.image_store.as_ref();
-                done.pin = Some(super::pin::pin(&self.client, &self.settings.node, store, &names).await);
+            if done.phase == Some(NodeBuildPhase::Succeeded) {
+                self.record_image(&nb, &mut done).await;
             }
             self.write_target(&nb).write_outcome(&done).await;
             self.mark_ended(&nb);
@@ -382,6 +380,22 @@ impl Executor {
 
     async fn write(&self, nb: &NodeBuild, status: &NodeBuildStatus) {
         self.write_target(nb).write(status).await;
+    }
+
+    /// What the node's store says about a built image, in its outcome (no write of its own):
+    /// its size, and its pin (`spec.pin`).
+    async fn record_image(&self, nb: &NodeBuild, done: &mut NodeBuildStatus) {
+        let names = nb.spec.build.normalised_names();
+        let store = self.settings.image_store.as_ref();
+        if let (Some(store), Some(name)) = (store, names.first()) {
+            match store.size(name).await {
+                Ok(size) => done.image_size = size.and_then(|s| i64::try_from(s).ok()),
+                Err(e) => debug!(error = %e, "cannot read the built image's size"),
+            }
+        }
+        if nb.spec.pin {
+            done.pin = Some(super::pin::pin(&self.client, &self.settings.node, store, &names).await);
+        }
     }
 
     fn write_target(&self, nb: &NodeBuild) -> StatusWriter {

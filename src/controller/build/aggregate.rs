@@ -235,6 +235,7 @@ fn node_result(a: &Attempt<'_>) -> NodeResult {
         completion_time: s.completion_time.clone(),
         missing_since: s.missing_since.clone(),
         pin: s.pin.clone(),
+        image_size: s.image_size,
         message,
     }
 }
