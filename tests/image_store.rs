@@ -32,7 +32,9 @@ fn ctr(socket: &std::path::Path, namespace: &str, args: &[&str]) -> String {
 
 /// Copies the test busybox image from Docker into containerd's `namespace` ([`IMPORTED`]).
 fn import_busybox(docker: &DockerDaemon, socket: &std::path::Path, namespace: &str) {
-    let archive = std::env::temp_dir().join(format!("{namespace}.tar"));
+    // Its own directory: the tests run at once, and a shared name was overwritten under one.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let archive = dir.path().join("busybox.tar");
     let (ok, _, err) = docker.docker(&["save", "-o", &archive.display().to_string(), BUSYBOX]);
     assert!(ok, "docker save: {err}");
     ctr(
@@ -64,7 +66,8 @@ async fn docker_says_which_images_it_has_and_removes_a_name() {
 
     // An image whose only name a container uses: Docker keeps it and says why.
     let lone = "kiln.local/store-test/lone:v1";
-    let tarball = std::env::temp_dir().join(format!("kiln-store-{}.tar", std::process::id()));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tarball = dir.path().join("lone.tar");
     std::fs::write(&tarball, support::http::tar(&[("f.txt", b"x")])).expect("write tarball");
     let (ok, _, err) = docker.docker(&["import", &tarball.display().to_string(), lone]);
     let _ = std::fs::remove_file(&tarball);
