@@ -99,9 +99,16 @@ async fn containerd_says_which_images_it_has_and_removes_a_name() {
     };
     assert!(store.exists(name).await.expect("ask"), "the imported image is there");
     // Its size as the manifest lists it: the config and the (one) layer, as `ctr` counts too.
-    let size = store.size(name).await.expect("size").expect("an imported image has a size");
+    let size = store
+        .size(name)
+        .await
+        .expect("size")
+        .expect("an imported image has a size");
     let listed = ctr(&socket, &namespace, &["images", "ls"]);
-    assert!(size > 100_000 && size < 20 << 20, "busybox is about a MiB, not {size}: {listed}");
+    assert!(
+        size > 100_000 && size < 20 << 20,
+        "busybox is about a MiB, not {size}: {listed}"
+    );
     assert_eq!(store.size("docker.io/kiln-test/none:v1").await.expect("size"), None);
     let elsewhere = ImageStore::Containerd {
         socket,
