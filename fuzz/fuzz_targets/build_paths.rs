@@ -41,6 +41,7 @@ fn check(dockerfile: &str, sub_path: &str) {
             reference: Some("main".into()),
             sub_path: Some(sub_path.into()),
             secret_ref: None,
+            poll: None,
         }),
         dockerfile: Some(dockerfile.into()),
         ..Default::default()
