@@ -137,11 +137,7 @@ async fn run_round(rig: &Rig, round: u64, fault: Fault, delay: Duration, rng: &m
     inject(rig, fault, rng).await;
     let api: Api<ImageBuild> = Api::namespaced(rig.client().await, &ns);
     for name in &names {
-        let b = rig
-            .wait_for(&ns, name, ROUND_WAIT, "Ready or Stalled", |b| {
-                is_true(b, READY) || is_true(b, STALLED)
-            })
-            .await;
+        let b = finished(rig, &api, &ns, name).await;
         assert!(
             is_true(&b, READY),
             "round {round} ({fault:?}): {ns}/{name} was asked to succeed: {:?}\n{}",
@@ -151,6 +147,29 @@ async fn run_round(rig: &Rig, round: u64, fault: Fault, delay: Duration, rng: &m
     }
     check_invariants(rig, &api, &ns, &names, round, fault).await;
     names
+}
+
+/// Waits for `name` to be Ready or Stalled, for at most [`ROUND_WAIT`]. Meanwhile a controller
+/// that exited is started again, as the kubelet would: after an apiserver outage longer than
+/// its leader Lease the controller stops on purpose (another replica may lead by then).
+async fn finished(rig: &Rig, api: &Api<ImageBuild>, ns: &str, name: &str) -> ImageBuild {
+    let deadline = Instant::now() + ROUND_WAIT;
+    loop {
+        if rig.restart_controller_if_exited() {
+            eprintln!("chaos: the controller had exited (lost its Lease); started again, as the kubelet would");
+        }
+        if let Ok(b) = api.get(name).await
+            && (is_true(&b, READY) || is_true(&b, STALLED))
+        {
+            return b;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {ROUND_WAIT:?} waiting for Ready or Stalled of {ns}/{name}\n{}",
+            rig.diagnostics()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 async fn inject(rig: &Rig, fault: Fault, rng: &mut Rng) {

@@ -123,6 +123,27 @@ impl Rig {
         *self.controller.lock().expect("lock") = Some(c);
     }
 
+    /// Starts the controller again if its process exited, as the kubelet restarts a
+    /// Deployment's container: a controller that loses its leader Lease (an apiserver outage
+    /// longer than the Lease) exits on purpose. True if it was restarted.
+    pub fn restart_controller_if_exited(&self) -> bool {
+        let exited = {
+            let mut slot = self.controller.lock().expect("lock");
+            match slot.as_mut() {
+                Some(c) if !c.process.is_running() => {
+                    c.process.stop();
+                    slot.take();
+                    true
+                }
+                _ => false,
+            }
+        };
+        if exited {
+            self.start_controller();
+        }
+        exited
+    }
+
     /// Kills the controller (SIGKILL, as a crash).
     pub fn kill_controller(&self) {
         if let Some(mut c) = self.controller.lock().expect("lock").take() {
