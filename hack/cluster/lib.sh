@@ -22,6 +22,8 @@ KC_HACK_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 KC_REPO_DIR=$(cd "$KC_HACK_DIR/../.." && pwd)
 
 KC_DIR=${KILN_CLUSTER_DIR:-$KILN_CACHE/cluster}
+# The kubelet evicts and taints its node (disk-pressure) below this much free disk.
+KC_MIN_FREE_DISK=${KILN_CLUSTER_MIN_FREE_DISK:-1Gi}
 KC_RUN=${KILN_CLUSTER_RUN:-/run/kiln-cluster}
 KC_STATE=$KC_DIR/state
 KC_LOGS=$KC_DIR/logs

@@ -74,6 +74,18 @@ check_host() {
     kc_die "no cgroup v2 hierarchy at $KC_CGROUP2: the egress guard (iptables -m cgroup --path) needs it"
   ip addr show | grep -q " $KC_NET\." && ! ip link show "$KC_NODE_BRIDGE" >/dev/null 2>&1 &&
     kc_die "$KC_NET.0.0/16 is already used on this machine; set KILN_CLUSTER_NET to a free 10.x prefix"
+  check_disk
+}
+
+# The kubelet taints its node with disk-pressure below KC_MIN_FREE_DISK, and then no Pod is
+# scheduled: refuse to start with less than twice that, naming the cause.
+check_disk() {
+  local free_kib need_kib
+  mkdir -p "$KC_DIR"
+  free_kib=$(df -Pk "$KC_DIR" | awk 'NR==2 {print $4}')
+  need_kib=$((2 * $(numfmt --from=iec-i "$KC_MIN_FREE_DISK") / 1024))
+  ((free_kib >= need_kib)) ||
+    kc_die "only $((free_kib / 1024)) MiB free under $KC_DIR; the kubelet would taint the node with disk-pressure below $KC_MIN_FREE_DISK: free at least $((need_kib / 1024)) MiB (e.g. cargo clean in old clones)"
   return 0
 }
 
@@ -476,10 +488,13 @@ resolvConf: $KC_STATE/resolv.conf
 # Nothing can be re-pulled: never garbage-collect images.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
+# Absolute floors, not percentages: this node shares a developer's (often large, often
+# nearly full) disk with everything else, and 2 % of 250 GiB is 5 GiB that a CI clone's
+# target/ can take, tainting the node with disk-pressure mid-run (it happened).
 evictionHard:
   memory.available: 100Mi
-  nodefs.available: 2%
-  imagefs.available: 2%
+  nodefs.available: $KC_MIN_FREE_DISK
+  imagefs.available: $KC_MIN_FREE_DISK
   nodefs.inodesFree: 2%
 serializeImagePulls: false
 nodeStatusUpdateFrequency: 4s

@@ -203,17 +203,28 @@ impl Cluster {
         }
     }
 
-    /// Describes the namespace's pods and events, for failure messages.
+    /// Describes the namespace's pods and events and the nodes' taints, for failure messages.
     pub fn diagnose(&self, ns: &str) -> String {
         let out = self.kubectl_output(&["-n", ns, "describe", "pods"], None);
         let events = self.kubectl_output(
             &["-n", ns, "get", "events", "--sort-by=.metadata.creationTimestamp"],
             None,
         );
+        // A node's taints (disk-pressure, not-ready) explain a Pod that is never scheduled.
+        let nodes = self.kubectl_output(
+            &[
+                "get",
+                "nodes",
+                "-o",
+                "custom-columns=NODE:.metadata.name,TAINTS:.spec.taints[*].key",
+            ],
+            None,
+        );
         format!(
-            "--- pods in {ns}:\n{}\n--- events:\n{}",
+            "--- pods in {ns}:\n{}\n--- events:\n{}\n--- nodes:\n{}",
             String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&events.stdout)
+            String::from_utf8_lossy(&events.stdout),
+            String::from_utf8_lossy(&nodes.stdout)
         )
     }
 
