@@ -97,9 +97,20 @@ struct Results {
     idle: Idle,
 }
 
+/// `make bench`'s shape, or a smaller one for a quick look: `KILN_BENCH_NODES` (default 500),
+/// `KILN_BENCH_WAVES` (the waves run's sizes, e.g. `1000,2000`) and `KILN_BENCH_RUNS` (which
+/// runs, e.g. `waves`). A run shaped so writes its results under target/, not bench/.
+fn knob(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
 async fn full() {
+    let nodes = knob("KILN_BENCH_NODES").map_or(500, |n| n.parse().expect("KILN_BENCH_NODES: a number"));
+    let custom = ["KILN_BENCH_NODES", "KILN_BENCH_WAVES", "KILN_BENCH_RUNS"]
+        .iter()
+        .any(|k| knob(k).is_some());
     let shape = Shape {
-        nodes: 500,
+        nodes,
         slots: 2,
         per_build: Duration::from_millis(200),
         ..Shape::default()
@@ -116,7 +127,14 @@ async fn full() {
     let specs = [
         RunSpec {
             name: "waves",
-            waves: vec![100, 250, 500, 1000, 2000, 3000, 3150],
+            waves: knob("KILN_BENCH_WAVES").map_or_else(
+                || vec![100, 250, 500, 1000, 2000, 3000, 3150],
+                |w| {
+                    w.split(',')
+                        .map(|n| n.trim().parse().expect("KILN_BENCH_WAVES: numbers"))
+                        .collect()
+                },
+            ),
             namespaces: 10,
             all_nodes: false,
             timeout: Duration::from_secs(1200),
@@ -136,12 +154,23 @@ async fn full() {
             timeout: Duration::from_secs(600),
         },
     ];
+    let only = knob("KILN_BENCH_RUNS");
     let mut results = Vec::new();
-    for spec in &specs {
+    for spec in specs
+        .iter()
+        .filter(|s| only.as_deref().is_none_or(|o| o.split(',').any(|n| n.trim() == s.name)))
+    {
         let r = runs::run(&h, spec).await;
         eprintln!(
-            "scale: {}: {} builds in {:.0} s, {:.1} builds/s, {:.2} writes per build, {} not Ready",
-            r.name, r.builds, r.seconds, r.builds_per_second, r.writes_per_build, r.not_ready
+            "scale: {}: {} builds in {:.0} s, {:.1} builds/s, {:.2} writes per build, {} not Ready; controller RSS max {:.0} MiB, {:.0} MiB at the end",
+            r.name,
+            r.builds,
+            r.seconds,
+            r.builds_per_second,
+            r.writes_per_build,
+            r.not_ready,
+            r.controller.max_rss_mib,
+            r.controller.end_rss_mib
         );
         results.push(r);
     }
@@ -154,7 +183,11 @@ async fn full() {
         runs: results,
         idle,
     };
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results.json");
+    let path = if custom {
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("scale-results.json")
+    } else {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results.json")
+    };
     std::fs::create_dir_all(path.parent().expect("parent")).expect("bench/");
     std::fs::write(&path, serde_json::to_string_pretty(&out).expect("json")).expect("write results");
     eprintln!("scale: wrote {}", path.display());

@@ -78,6 +78,8 @@ pub struct Usage {
     pub cpu_seconds: f64,
     pub cpu_share_of_one_core: f64,
     pub max_rss_mib: f64,
+    /// RSS when the run ended: what stays, against the peak above.
+    pub end_rss_mib: f64,
 }
 
 /// Everything measured in one run.
@@ -359,11 +361,13 @@ impl UsageProbe {
                 Usage {
                     cpu_seconds: cpu.0,
                     max_rss_mib: rss.0,
+                    end_rss_mib: rss_mib(&controller.to_string()),
                     ..Usage::default()
                 },
                 Usage {
                     cpu_seconds: cpu.1,
                     max_rss_mib: rss.1,
+                    end_rss_mib: rss_mib("self"),
                     ..Usage::default()
                 },
             )

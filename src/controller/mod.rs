@@ -60,6 +60,8 @@ pub struct Context {
     pub heartbeat_leases: reflector::Store<Lease>,
     /// Whether [`Context::heartbeat_leases`] has listed once.
     pub heartbeat_leases_listed: crate::watch::Listed,
+    /// Those Leases parsed, with a shared snapshot per pool ([`build::heartbeats`]).
+    pub heartbeats: std::sync::RwLock<build::heartbeats::Heartbeats>,
     /// The pool controller's own watch caches ([`pool::cache`]).
     pub pool: pool::cache::Caches,
     /// Every BuilderPool, as the build controller's watch keeps it: each build's image-name
@@ -228,6 +230,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         node_build_index: std::sync::RwLock::default(),
         heartbeat_leases_listed: crate::watch::Listed::new(heartbeat_leases.clone(), "heartbeat Lease"),
         heartbeat_leases,
+        heartbeats: std::sync::RwLock::default(),
         pool: pool::cache::Caches::new(pool_nodes, pool_leases, daemonsets),
         pools_listed: crate::watch::Listed::new(pools.clone(), "BuilderPool"),
         pools,
@@ -484,10 +487,18 @@ async fn build_controller(ctx: Arc<Context>, writers: BuildWriters) {
     // `pool::news::Audience::Builds`) wake them: with 1,000 builds waiting and 500 builders
     // renewing every 5 s, waking them on every renewal (or every change in running builds)
     // saturated the controller in the scale run. A waiting build re-checks every 30 s anyway.
+    let parsed = ctx.clone();
     let leases = heartbeat_news(
         watcher(Api::<Lease>::namespaced(client, &ctx.namespace), heartbeats)
             .default_backoff()
             .modify(crate::watch::trim)
+            // Parsed before the cache takes the event: once the cache reads as listed, so do
+            // the parsed heartbeats.
+            .inspect_ok(move |event| {
+                if let Ok(mut beats) = parsed.heartbeats.write() {
+                    beats.apply(event);
+                }
+            })
             .reflect(leases),
         pool::news::Audience::Builds,
     );

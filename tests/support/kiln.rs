@@ -5,6 +5,21 @@ use std::time::{Duration, Instant};
 use super::apiserver::ApiServer;
 use super::process::{Supervised, free_port};
 
+/// The controller's environment. `KILN_HEAPTRACK_RAW=FILE` runs it under heaptrack's preload
+/// library, writing the raw trace to FILE (read with `heaptrack_interpret < FILE | gzip >
+/// x.gz; heaptrack_print x.gz`): how the scale run's memory is profiled (docs/performance.md).
+fn controller_env(kubeconfig: &std::path::Path) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("KUBECONFIG".into(), kubeconfig.display().to_string()),
+        ("RUST_LOG".into(), log_filter()),
+    ];
+    if let Some(raw) = std::env::var_os("KILN_HEAPTRACK_RAW") {
+        env.push(("LD_PRELOAD".into(), "/usr/lib/heaptrack/libheaptrack_preload.so".into()));
+        env.push(("DUMP_HEAPTRACK_OUTPUT".into(), raw.to_string_lossy().into_owned()));
+    }
+    env
+}
+
 /// A running `kiln controller`.
 pub struct ControllerProcess {
     /// The supervised process.
@@ -41,10 +56,7 @@ impl ControllerProcess {
             &format!("kiln controller {identity}"),
             env!("CARGO_BIN_EXE_kiln"),
             &args,
-            &[
-                ("KUBECONFIG".into(), kubeconfig.display().to_string()),
-                ("RUST_LOG".into(), log_filter()),
-            ],
+            &controller_env(kubeconfig),
             &log,
             None,
         );

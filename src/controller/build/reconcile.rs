@@ -45,41 +45,19 @@ pub const CANCEL_GRACE: Duration = Duration::from_secs(30);
 /// How often a build the image policy refused is checked again without any change to its pool.
 const POLICY_RECHECK: Duration = Duration::from_secs(300);
 
-/// Reconciles one ImageBuild.
+/// Reconciles one ImageBuild: attempts → deletion or finalizer → validation → image policy →
+/// decide → apply.
 pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let build = match remembered_status(&ctx, &build) {
-        Some(status) if build.status.as_ref() != Some(&status) => {
-            let mut current = (*build).clone();
-            current.status = Some(status);
-            Arc::new(current)
-        }
-        _ => build,
-    };
+    let build = with_remembered_status(&ctx, build);
     let ns = build.namespace().unwrap_or_default();
     debug!(build = %build.name_any(), generation = build.metadata.generation, "reconciling");
     let builds: Api<ImageBuild> = Api::namespaced(ctx.client.clone(), &ns);
-    let node_builds = owned_node_builds(&ctx, &build).await?;
-    let mut node_builds: Vec<NodeBuild> = node_builds.iter().map(|nb| (**nb).clone()).collect();
-    let pending = just_created_attempts(&ctx, &build, &node_builds);
-    node_builds.extend(pending);
-    observe_timings(&ctx, &node_builds);
+    let node_builds = attempts(&ctx, &build).await?;
     if build.meta().deletion_timestamp.is_some() {
         return cleanup(&ctx, &builds, &build, &node_builds).await;
     }
-    if !build.finalizers().iter().any(|f| f == FINALIZER) && !finalizer_added(&ctx, &build) {
-        let mut finalizers = build.finalizers().to_vec();
-        finalizers.push(FINALIZER.to_owned());
-        let merge = json!({"metadata": {"finalizers": finalizers, "resourceVersion": build.resource_version()}});
-        match builds
-            .patch(&build.name_any(), &PatchParams::default(), &Patch::Merge(&merge))
-            .await
-        {
-            Ok(_) => remember_finalizer(&ctx, &build),
-            // Our copy is stale: the watch brings the current one, and a reconcile with it.
-            Err(kube::Error::Api(s)) if s.code == 409 => return Ok(Action::requeue(Duration::from_millis(200))),
-            Err(e) => return Err(Error::kube("add finalizer")(e)),
-        }
-        debug!(build = %build.name_any(), "finalizer added");
+    if let Some(again) = ensure_finalizer(&ctx, &builds, &build).await? {
+        return Ok(again);
     }
     if let Err(invalid) = validation::image_build(&build.spec) {
         let message = format!("{invalid}; fix the spec (see `kiln validate`)");
@@ -90,7 +68,6 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
         };
         return stall.write(&ctx, &builds, &build).await;
     }
-
     let generation = build.metadata.generation.unwrap_or(1);
     let first_dispatch = !node_builds.iter().any(|nb| nb.spec.generation == generation);
     if first_dispatch && let Decision::Denied { reason, .. } = policy::check(&ctx, &build).await? {
@@ -105,13 +82,77 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
         stall.write(&ctx, &builds, &build).await?;
         return Ok(Action::requeue(POLICY_RECHECK));
     }
+    let (plan, _place) = decide(&ctx, &build, node_builds, first_dispatch).await?;
+    debug!(build = %build.name_any(), "decided");
+    apply(&ctx, &builds, &build, plan).await
+}
 
+/// The build with the status this process last wrote, when the cache has not shown it yet.
+fn with_remembered_status(ctx: &Context, build: Arc<ImageBuild>) -> Arc<ImageBuild> {
+    match remembered_status(ctx, &build) {
+        Some(status) if build.status.as_ref() != Some(&status) => {
+            let mut current = (*build).clone();
+            current.status = Some(status);
+            Arc::new(current)
+        }
+        _ => build,
+    }
+}
+
+/// The build's attempts: those in the cache and those this process created that the cache has
+/// not shown yet.
+async fn attempts(ctx: &Context, build: &ImageBuild) -> Result<Vec<NodeBuild>, Error> {
+    let cached = owned_node_builds(ctx, build).await?;
+    let mut node_builds: Vec<NodeBuild> = cached.iter().map(|nb| (**nb).clone()).collect();
+    let pending = just_created_attempts(ctx, build, &node_builds);
+    node_builds.extend(pending);
+    observe_timings(ctx, &node_builds);
+    Ok(node_builds)
+}
+
+/// Adds the deletion finalizer unless the build has it; `Some` when the reconcile should stop
+/// and come again (the cached copy was stale).
+async fn ensure_finalizer(
+    ctx: &Context,
+    builds: &Api<ImageBuild>,
+    build: &ImageBuild,
+) -> Result<Option<Action>, Error> {
+    if build.finalizers().iter().any(|f| f == FINALIZER) || finalizer_added(ctx, build) {
+        return Ok(None);
+    }
+    let mut finalizers = build.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_owned());
+    let merge = json!({"metadata": {"finalizers": finalizers, "resourceVersion": build.resource_version()}});
+    match builds
+        .patch(&build.name_any(), &PatchParams::default(), &Patch::Merge(&merge))
+        .await
+    {
+        Ok(_) => remember_finalizer(ctx, build),
+        // Our copy is stale: the watch brings the current one, and a reconcile with it.
+        Err(kube::Error::Api(s)) if s.code == 409 => return Ok(Some(Action::requeue(Duration::from_millis(200)))),
+        Err(e) => return Err(Error::kube("add finalizer")(e)),
+    }
+    debug!(build = %build.name_any(), "finalizer added");
+    Ok(None)
+}
+
+/// Observes the builders and decides ([`plan::decide`]). What it reads (the attempts, the
+/// heartbeats, node labels, loads) is dropped when it returns: thousands of reconciles wait on
+/// API calls at once in a burst, and each used to hold its copies while it did (most of the
+/// controller's peak memory in the scale run). With the plan comes the pool's queue place, when
+/// the build may take one: it is held until the attempt is created.
+async fn decide<'c>(
+    ctx: &'c Context,
+    build: &ImageBuild,
+    node_builds: Vec<NodeBuild>,
+    first_dispatch: bool,
+) -> Result<(Plan, Option<tokio::sync::MutexGuard<'c, ()>>), Error> {
     let pool = build.spec.pool().to_owned();
-    let heartbeats = cached_heartbeats(&ctx, &pool).await?;
-    let labels = node_labels(&ctx, &build).await?;
+    let heartbeats = cached_heartbeats(ctx, &pool).await?;
+    let labels = node_labels(ctx, build).await?;
     debug!(build = %build.name_any(), "builders read");
     let affinity = if first_dispatch {
-        affinity(&ctx, &build).await
+        affinity(ctx, build).await
     } else {
         None
     };
@@ -120,23 +161,22 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
         .get(&ObjectRef::new(&pool))
         .and_then(|p| p.spec.max_queued_builds);
     // Under a queue limit, a build that may take a place counts and takes it alone.
-    let _place = if max_queued.is_some() && may_dispatch(&ctx, &build) {
+    let place = if max_queued.is_some() && may_dispatch(ctx, build) {
         Some(ctx.queue_places.lock().await)
     } else {
         None
     };
-    let assigned = if first_dispatch
-        || !build
-            .status
-            .as_ref()
-            .is_some_and(|s| s.phase.is_some_and(|p| p.is_finished()))
-    {
-        assigned_load(&ctx)
+    let finished = build
+        .status
+        .as_ref()
+        .is_some_and(|s| s.phase.is_some_and(|p| p.is_finished()));
+    let assigned = if first_dispatch || !finished {
+        assigned_load(ctx)
     } else {
         BTreeMap::new()
     };
     let observed = Observed {
-        build: &build,
+        build,
         node_builds: node_builds.iter().collect(),
         candidates: heartbeats
             .iter()
@@ -150,9 +190,7 @@ pub async fn reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Acti
         affinity,
         now: Timestamp::now(),
     };
-    let plan = plan::decide(&observed);
-    debug!(build = %build.name_any(), "decided");
-    apply(&ctx, &builds, &build, plan).await
+    Ok((plan::decide(&observed), place))
 }
 
 /// Whether this reconcile may create an attempt: the current generation has not finished and
@@ -302,16 +340,11 @@ async fn owned_node_builds(ctx: &Context, build: &ImageBuild) -> Result<Vec<Arc<
         .collect())
 }
 
-/// The pool's heartbeats, from the watch cache.
-async fn cached_heartbeats(ctx: &Context, pool: &str) -> Result<Vec<Heartbeat>, Error> {
+/// The pool's heartbeats, parsed from the watch cache: a snapshot shared with every other
+/// reconcile of the pool ([`super::heartbeats`]).
+async fn cached_heartbeats(ctx: &Context, pool: &str) -> Result<Arc<[Heartbeat]>, Error> {
     ctx.heartbeat_leases_listed.wait().await.map_err(Error::CacheStopped)?;
-    Ok(ctx
-        .heartbeat_leases
-        .state()
-        .iter()
-        .filter_map(|lease| Heartbeat::from_lease(lease))
-        .filter(|beat| beat.pool == pool)
-        .collect())
+    Ok(super::heartbeats::of_pool(&ctx.heartbeats, pool))
 }
 
 /// Labels of the nodes, by name, when the placement selects on them (one list call); empty
