@@ -323,7 +323,7 @@ pub(super) async fn cancel(node_builds: &Api<NodeBuild>, name: &str) -> Result<(
     }
 }
 
-/// This ImageBuild's NodeBuilds, from the watch cache (see `controller::build_controller`).
+/// This ImageBuild's NodeBuilds, from the watch cache (see `controller::wiring::build_controller`).
 async fn owned_node_builds(ctx: &Context, build: &ImageBuild) -> Result<Vec<Arc<NodeBuild>>, Error> {
     ctx.node_builds_listed.wait().await.map_err(Error::CacheStopped)?;
     let (ns, name, uid) = (build.namespace().unwrap_or_default(), build.name_any(), build.uid());
