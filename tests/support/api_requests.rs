@@ -14,15 +14,22 @@ pub struct Key {
     pub resource: String,
     /// Subresource, e.g. `status`, or empty.
     pub subresource: String,
+    /// The response code when it was not a success (e.g. `409` for a create that found the
+    /// object already there), or empty: such requests still cost the apiserver a call.
+    pub refused: String,
 }
 
 impl std::fmt::Display for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.subresource.is_empty() {
-            write!(f, "{} {}", self.verb, self.resource)
+            write!(f, "{} {}", self.verb, self.resource)?;
         } else {
-            write!(f, "{} {}/{}", self.verb, self.resource, self.subresource)
+            write!(f, "{} {}/{}", self.verb, self.resource, self.subresource)?;
         }
+        if !self.refused.is_empty() {
+            write!(f, " (answered {})", self.refused)?;
+        }
+        Ok(())
     }
 }
 
@@ -36,7 +43,7 @@ impl Key {
     }
 }
 
-/// A snapshot of every request counter, summed over response codes and scopes.
+/// A snapshot of every request counter, summed over scopes and over success codes.
 #[derive(Clone, Debug, Default)]
 pub struct Requests(pub BTreeMap<Key, u64>);
 
@@ -69,6 +76,10 @@ impl Requests {
                 verb: label("verb"),
                 resource: label("resource"),
                 subresource: label("subresource"),
+                // Long-running requests (watches) may carry code 0.
+                refused: Some(label("code"))
+                    .filter(|c| !c.starts_with('2') && c != "0")
+                    .unwrap_or_default(),
             };
             let n: f64 = value.trim().parse().unwrap_or(0.0);
             *out.entry(key).or_insert(0) += n as u64;
