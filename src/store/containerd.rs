@@ -161,6 +161,23 @@ async fn channel(socket: &Path) -> Result<Channel, StoreError> {
         .map_err(|e| unreachable(socket, chain(&e)))
 }
 
+/// A gRPC client on the socket, ready for a call.
+async fn ready(socket: &Path) -> Result<tonic::client::Grpc<Channel>, StoreError> {
+    let mut grpc = tonic::client::Grpc::new(channel(socket).await?);
+    grpc.ready().await.map_err(|e| unreachable(socket, e))?;
+    Ok(grpc)
+}
+
+/// `message` as a request scoped to `namespace` (containerd's `containerd-namespace` header).
+fn in_namespace<M>(message: M, namespace: &str) -> Result<tonic::Request<M>, StoreError> {
+    let mut request = tonic::Request::new(message);
+    let value = namespace
+        .parse()
+        .map_err(|_| StoreError::Refused(format!("namespace {namespace:?} is not a valid header value")))?;
+    request.metadata_mut().insert("containerd-namespace", value);
+    Ok(request)
+}
+
 /// One unary call in `namespace`; `Ok(None)` when containerd answers NotFound.
 async fn call_for<M, R>(
     socket: &Path,
@@ -172,13 +189,8 @@ where
     M: prost::Message + Send + Sync + 'static,
     R: prost::Message + Default + Send + Sync + 'static,
 {
-    let mut grpc = tonic::client::Grpc::new(channel(socket).await?);
-    grpc.ready().await.map_err(|e| unreachable(socket, e))?;
-    let mut request = tonic::Request::new(message);
-    let value = namespace
-        .parse()
-        .map_err(|_| StoreError::Refused(format!("namespace {namespace:?} is not a valid header value")))?;
-    request.metadata_mut().insert("containerd-namespace", value);
+    let mut grpc = ready(socket).await?;
+    let request = in_namespace(message, namespace)?;
     let codec = tonic_prost::ProstCodec::<M, R>::default();
     match grpc
         .unary(request, http::uri::PathAndQuery::from_static(method), codec)
@@ -247,8 +259,7 @@ pub async fn follow_removals(
     namespace: &str,
     removed: &(dyn Fn() + Send + Sync),
 ) -> Result<(), StoreError> {
-    let mut grpc = tonic::client::Grpc::new(channel(socket).await?);
-    grpc.ready().await.map_err(|e| unreachable(socket, e))?;
+    let mut grpc = ready(socket).await?;
     let request = tonic::Request::new(SubscribeRequest {
         filters: vec![r#"topic=="/images/delete""#.to_owned()],
     });
@@ -301,15 +312,13 @@ pub async fn size(socket: &Path, namespace: &str, name: &str) -> Result<Option<u
 
 /// A blob of the content store, whole (bounded by [`MAX_MANIFEST`]).
 async fn read(socket: &Path, namespace: &str, digest: &str) -> Result<Vec<u8>, StoreError> {
-    let mut grpc = tonic::client::Grpc::new(channel(socket).await?);
-    grpc.ready().await.map_err(|e| unreachable(socket, e))?;
-    let mut request = tonic::Request::new(ReadContentRequest {
-        digest: digest.to_owned(),
-    });
-    let value = namespace
-        .parse()
-        .map_err(|_| StoreError::Refused(format!("namespace {namespace:?} is not a valid header value")))?;
-    request.metadata_mut().insert("containerd-namespace", value);
+    let mut grpc = ready(socket).await?;
+    let request = in_namespace(
+        ReadContentRequest {
+            digest: digest.to_owned(),
+        },
+        namespace,
+    )?;
     let codec = tonic_prost::ProstCodec::<ReadContentRequest, ReadContentResponse>::default();
     let mut chunks = grpc
         .server_streaming(request, http::uri::PathAndQuery::from_static(READ), codec)
