@@ -60,6 +60,7 @@ def plots(results):
 
 def report(results):
     base = results["baseline"]["writes_per_second"]
+    shaped = results.get("kiln_shaped_baseline")
     lines = [
         "# Scale report",
         "",
@@ -73,20 +74,34 @@ def report(results):
         "",
         "## Baseline: what the apiserver can write",
         "",
-        f"Small creates and merge patches with the same client, 64 in flight: **{fmt(base)} writes/s**",
-        f"({results['baseline']['writes']} writes in {fmt(results['baseline']['seconds'], ' s', 1)}).",
+        f"With the same client, 64 requests in flight, in the same world ({results['nodes']} agents heartbeating):",
+        "",
+        f"- small creates and merge patches of ConfigMaps: **{fmt(base)} writes/s**",
+        f"  ({results['baseline']['writes']} writes in {fmt(results['baseline']['seconds'], ' s', 1)});",
+    ]
+    if shaped:
+        lines += [
+            f"- kiln-shaped writes, creates of an ImageBuild-sized custom resource and server-side applies of a",
+            f"  finished build's status (kiln's own objects and verbs): **{fmt(shaped['writes_per_second'])} writes/s**",
+            f"  ({shaped['writes']} writes in {fmt(shaped['seconds'], ' s', 1)}).",
+        ]
+    lines += [
         "",
         "## Runs",
         "",
-        "| run | builds | s | builds/s | writes/build | capacity at that rate | kiln / capacity | create→start p50 / p99 (ms) | create→Ready p50 / p99 (ms) | worst start / median | attempts solved twice | not Ready | controller CPU / max RSS | agents CPU / max RSS |",
+        "| run | builds | s | builds/s | writes/build | capacity at that rate (small / kiln-shaped) | kiln / capacity (small / kiln-shaped) | create→start p50 / p99 (ms) | create→Ready p50 / p99 (ms) | worst start / median | attempts solved twice | not Ready | controller CPU / max RSS | agents CPU / max RSS |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["runs"]:
         wpb = r["writes_per_build"] or 1
         capacity = base / wpb
+        shaped_capacity = shaped["writes_per_second"] / wpb if shaped else None
+        def both(f):
+            return f(capacity) + (" / " + f(shaped_capacity) if shaped_capacity else "")
         lines.append(
             f"| {r['name']} | {r['builds']} | {fmt(r['seconds'], '', 1)} | {fmt(r['builds_per_second'], '', 1)} | "
-            f"{fmt(r['writes_per_build'], '', 2)} | {fmt(capacity, '', 1)}/s | {fmt(100 * r['builds_per_second'] / capacity, ' %')} | "
+            f"{fmt(r['writes_per_build'], '', 2)} | {both(lambda c: fmt(c, '', 1) + '/s')} | "
+            f"{both(lambda c: fmt(100 * r['builds_per_second'] / c, ' %'))} | "
             f"{fmt(r['create_to_start_ms']['p50'])} / {fmt(r['create_to_start_ms']['p99'])} | "
             f"{fmt(r['create_to_ready_ms']['p50'])} / {fmt(r['create_to_ready_ms']['p99'])} | "
             f"{fmt(r['max_over_median_start'], '×', 1)} | {r['attempts_solved_more_than_once']} | {r['not_ready']} | "
@@ -95,10 +110,31 @@ def report(results):
         )
     lines += [
         "",
-        "`capacity at that rate` is the baseline's writes/s divided by the run's writes per build: the",
+        "`capacity at that rate` is a baseline's writes/s divided by the run's writes per build: the",
         "builds/s the apiserver could take if kiln added nothing. `worst start / median` compares the",
         "longest wait from creation to the solve's start with the median one (starvation). CPU is the",
         "share of one core over the run; the agents are all in the harness process.",
+        "",
+        "### Where the CPU went",
+        "",
+        "Share of one core over each run (the machine has two), and the apiserver's CPU per write:",
+        "whether the apiserver, not kiln, is the limit. The baseline rows are the baselines above.",
+        "",
+        "| run | controller | agents (harness) | kube-apiserver | etcd | all four | apiserver CPU per write (ms) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    def cpu_row(name, r, writes):
+        shares = [r.get(p, {}).get("cpu_share_of_one_core") for p in ("controller", "agents", "apiserver", "etcd")]
+        if any(v is None for v in shares):
+            return None
+        per_write = 1000 * r["apiserver"]["cpu_seconds"] / writes if writes else None
+        cells = " | ".join(fmt(100 * v, " %") for v in shares)
+        return f"| {name} | {cells} | {fmt(100 * sum(shares), ' %')} | {fmt(per_write, '', 2) if per_write is not None else '–'} |"
+    rows = [cpu_row("baseline (small)", results["baseline"], results["baseline"]["writes"])]
+    if shaped:
+        rows.append(cpu_row("baseline (kiln-shaped)", shaped, shaped["writes"]))
+    rows += [cpu_row(r["name"], r, r["writes_per_build"] * r["builds"]) for r in results["runs"]]
+    lines += [row for row in rows if row] + [
         "",
         "### Waves (latency vs load)",
         "",

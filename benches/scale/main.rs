@@ -12,18 +12,18 @@
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
+mod baseline;
 mod harness;
 mod runs;
 
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, stream};
+use baseline::Baseline;
 use harness::{Harness, Shape};
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kiln::api::ImageBuild;
+use kube::api::{Api, ListParams};
 use runs::{RunSpec, cpu_seconds};
 use serde::Serialize;
-use serde_json::json;
 use support::api_requests::Requests;
 
 #[tokio::main]
@@ -93,6 +93,8 @@ struct Results {
     per_build_ms: u64,
     slots_per_node: i32,
     baseline: Baseline,
+    /// Kiln's own objects and verbs ([`baseline::kiln_shaped`]).
+    kiln_shaped_baseline: Baseline,
     runs: Vec<runs::RunResult>,
     idle: Idle,
 }
@@ -122,8 +124,16 @@ async fn full() {
         h.nodes.len(),
         started.elapsed().as_secs_f64()
     );
-    let baseline = baseline(&h, 2000).await;
-    eprintln!("scale: apiserver baseline {:.0} writes/s", baseline.writes_per_second);
+    let baseline = baseline::small(&h, 2000).await;
+    let shaped = baseline::kiln_shaped(&h, &finished_build(&h).await, 2000).await;
+    for (name, b) in [("small writes", &baseline), ("kiln-shaped writes", &shaped)] {
+        eprintln!(
+            "scale: apiserver baseline, {name}: {:.0} writes/s, apiserver {:.0} % and etcd {:.0} % of a core",
+            b.writes_per_second,
+            100.0 * b.usage.apiserver.cpu_share_of_one_core,
+            100.0 * b.usage.etcd.cpu_share_of_one_core,
+        );
+    }
     let specs = [
         RunSpec {
             name: "waves",
@@ -162,15 +172,19 @@ async fn full() {
     {
         let r = runs::run(&h, spec).await;
         eprintln!(
-            "scale: {}: {} builds in {:.0} s, {:.1} builds/s, {:.2} writes per build, {} not Ready; controller RSS max {:.0} MiB, {:.0} MiB at the end",
+            "scale: {}: {} builds in {:.0} s, {:.1} builds/s, {:.2} writes per build, {} not Ready; controller RSS max {:.0} MiB, {:.0} MiB at the end; CPU (share of a core) controller {:.0} %, agents {:.0} %, apiserver {:.0} %, etcd {:.0} %",
             r.name,
             r.builds,
             r.seconds,
             r.builds_per_second,
             r.writes_per_build,
             r.not_ready,
-            r.controller.max_rss_mib,
-            r.controller.end_rss_mib
+            r.usage.controller.max_rss_mib,
+            r.usage.controller.end_rss_mib,
+            100.0 * r.usage.controller.cpu_share_of_one_core,
+            100.0 * r.usage.agents.cpu_share_of_one_core,
+            100.0 * r.usage.apiserver.cpu_share_of_one_core,
+            100.0 * r.usage.etcd.cpu_share_of_one_core,
         );
         results.push(r);
     }
@@ -180,6 +194,7 @@ async fn full() {
         per_build_ms: shape.per_build.as_millis() as u64,
         slots_per_node: shape.slots,
         baseline,
+        kiln_shaped_baseline: shaped,
         runs: results,
         idle,
     };
@@ -193,40 +208,29 @@ async fn full() {
     eprintln!("scale: wrote {}", path.display());
 }
 
-/// The apiserver's own write capacity with the same client: creates, then merge patches, of
-/// small objects, 64 in flight.
-#[derive(Serialize)]
-struct Baseline {
-    writes: usize,
-    seconds: f64,
-    writes_per_second: f64,
-}
-
-async fn baseline(h: &Harness, n: usize) -> Baseline {
-    let ns = h.server.namespace(&h.admin, "scale-baseline").await;
-    let api: Api<ConfigMap> = Api::namespaced(h.admin.clone(), &ns);
-    let t = Instant::now();
-    stream::iter(0..n)
-        .for_each_concurrent(64, |i| {
-            let api = api.clone();
-            async move {
-                let cm: ConfigMap =
-                    serde_json::from_value(json!({"metadata": {"name": format!("c{i}")}, "data": {"k": "v"}}))
-                        .expect("configmap");
-                let _ = api.create(&PostParams::default(), &cm).await;
-                let patch = json!({"data": {"k": "w"}});
-                let _ = api
-                    .patch(&format!("c{i}"), &PatchParams::default(), &Patch::Merge(&patch))
-                    .await;
-            }
-        })
-        .await;
-    let seconds = t.elapsed().as_secs_f64();
-    Baseline {
-        writes: 2 * n,
-        seconds,
-        writes_per_second: (2 * n) as f64 / seconds,
-    }
+/// A build kiln has just finished, as the apiserver holds it: the payload of the kiln-shaped
+/// baseline.
+async fn finished_build(h: &Harness) -> ImageBuild {
+    let spec = RunSpec {
+        name: "warmup",
+        waves: vec![1],
+        namespaces: 1,
+        all_nodes: false,
+        timeout: Duration::from_secs(120),
+    };
+    let r = runs::run(h, &spec).await;
+    assert_eq!(
+        r.not_ready,
+        0,
+        "the warm-up build is not Ready:\n{}",
+        h.controller.log_tail()
+    );
+    let builds: Api<ImageBuild> = Api::all(h.admin.clone());
+    let list = builds
+        .list(&ListParams::default().labels(&format!("{}=warmup", runs::RUN_LABEL)))
+        .await
+        .expect("list the warm-up build");
+    list.items.into_iter().next().expect("the warm-up build")
 }
 
 /// Idle cost: every build finished, every node ready; what the cluster does in `window`.

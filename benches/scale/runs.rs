@@ -18,7 +18,7 @@ use crate::harness::Harness;
 use crate::support::api_requests::Requests;
 
 /// Label that ties a run's ImageBuilds together.
-const RUN_LABEL: &str = "kiln.dev/scale-run";
+pub const RUN_LABEL: &str = "kiln.dev/scale-run";
 /// Resources whose writes a build causes (leases and pool status follow the clock).
 pub const BUILD_RESOURCES: &[&str] = &["imagebuilds", "nodebuilds", "events", "rolebindings", "secrets"];
 
@@ -102,8 +102,8 @@ pub struct RunResult {
     pub writes_per_build: f64,
     pub requests_per_build: f64,
     pub writes: BTreeMap<String, u64>,
-    pub controller: Usage,
-    pub agents: Usage,
+    #[serde(flatten)]
+    pub usage: Usages,
     /// Seconds from the run's start at which each build was seen Ready (throughput plot).
     pub ready_at_seconds: Vec<f64>,
 }
@@ -113,7 +113,7 @@ pub async fn run(h: &Harness, spec: &RunSpec) -> RunResult {
     let namespaces = make_namespaces(h, spec).await;
     let ready = watch_ready(h, spec.name);
     let requests_before = Requests::read(&h.admin).await;
-    let usage = UsageProbe::start(h.controller.process.pid());
+    let usage = UsageProbe::start(h);
     let started = (Instant::now(), SystemTime::now());
     let mut created: Vec<(String, String, SystemTime)> = Vec::new();
     let mut waves = Vec::new();
@@ -135,10 +135,8 @@ pub async fn run(h: &Harness, spec: &RunSpec) -> RunResult {
     let seconds = started.0.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let requests = Requests::read(&h.admin).await.since(&requests_before);
-    let (controller, agents) = usage.stop(seconds).await;
-    summarize(
-        h, spec, &ready, &created, started.1, seconds, waves, &requests, controller, agents,
-    )
+    let usage = usage.stop(seconds).await;
+    summarize(h, spec, &ready, &created, started.1, seconds, waves, &requests, usage)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -151,8 +149,7 @@ fn summarize(
     seconds: f64,
     waves: Vec<Wave>,
     requests: &Requests,
-    controller: Usage,
-    agents: Usage,
+    usage: Usages,
 ) -> RunResult {
     let (starts, readies) = latencies(h, ready, created);
     let solves = h.simulated.solves();
@@ -197,8 +194,7 @@ fn summarize(
         writes_per_build: writes.total() as f64 / builds,
         requests_per_build: requests.total() as f64 / builds,
         writes: writes.0.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-        controller,
-        agents,
+        usage,
         ready_at_seconds: seen
             .values()
             .filter_map(|t| t.duration_since(t0).ok())
@@ -333,54 +329,74 @@ fn latencies(h: &Harness, ready: &Ready, made: &[(String, String, SystemTime)]) 
     (starts, readies)
 }
 
-/// Samples CPU time and RSS of the controller and of this process (the agents).
-struct UsageProbe {
+/// The processes whose resource use a run reports.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Usages {
+    pub controller: Usage,
+    /// The harness process: the agents, the simulated backend and the measuring client.
+    pub agents: Usage,
+    pub apiserver: Usage,
+    pub etcd: Usage,
+}
+
+/// Samples CPU time and RSS of the controller, this process (the agents), kube-apiserver and
+/// etcd, every 500 ms until stopped.
+pub struct UsageProbe {
     stop: tokio::sync::oneshot::Sender<()>,
-    done: tokio::task::JoinHandle<(Usage, Usage)>,
+    done: tokio::task::JoinHandle<Vec<Usage>>,
 }
 
 impl UsageProbe {
-    fn start(controller: u32) -> UsageProbe {
+    /// Starts sampling the world of `h`.
+    pub fn start(h: &Harness) -> UsageProbe {
+        let (apiserver, etcd) = h.server.pids();
+        let pids: Vec<String> = vec![
+            h.controller.process.pid().to_string(),
+            "self".into(),
+            apiserver.to_string(),
+            etcd.to_string(),
+        ];
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let done = tokio::spawn(async move {
-            let cpu0 = (cpu_seconds(&controller.to_string()), cpu_seconds("self"));
-            let mut rss: (f64, f64) = (0.0, 0.0);
+            let cpu0: Vec<f64> = pids.iter().map(|p| cpu_seconds(p)).collect();
+            let mut max_rss = vec![0.0f64; pids.len()];
             loop {
-                rss.0 = rss.0.max(rss_mib(&controller.to_string()));
-                rss.1 = rss.1.max(rss_mib("self"));
+                for (max, pid) in max_rss.iter_mut().zip(&pids) {
+                    *max = max.max(rss_mib(pid));
+                }
                 tokio::select! {
                     _ = &mut stopped => break,
                     () = tokio::time::sleep(Duration::from_millis(500)) => {}
                 }
             }
-            let cpu = (
-                cpu_seconds(&controller.to_string()) - cpu0.0,
-                cpu_seconds("self") - cpu0.1,
-            );
-            (
-                Usage {
-                    cpu_seconds: cpu.0,
-                    max_rss_mib: rss.0,
-                    end_rss_mib: rss_mib(&controller.to_string()),
+            pids.iter()
+                .zip(cpu0)
+                .zip(max_rss)
+                .map(|((pid, cpu0), max_rss_mib)| Usage {
+                    cpu_seconds: cpu_seconds(pid) - cpu0,
+                    max_rss_mib,
+                    end_rss_mib: rss_mib(pid),
                     ..Usage::default()
-                },
-                Usage {
-                    cpu_seconds: cpu.1,
-                    max_rss_mib: rss.1,
-                    end_rss_mib: rss_mib("self"),
-                    ..Usage::default()
-                },
-            )
+                })
+                .collect()
         });
         UsageProbe { stop, done }
     }
 
-    async fn stop(self, seconds: f64) -> (Usage, Usage) {
+    /// Stops sampling; shares of a core are over `seconds`.
+    pub async fn stop(self, seconds: f64) -> Usages {
         let _ = self.stop.send(());
-        let (mut c, mut a) = self.done.await.unwrap_or_default();
-        c.cpu_share_of_one_core = c.cpu_seconds / seconds.max(0.001);
-        a.cpu_share_of_one_core = a.cpu_seconds / seconds.max(0.001);
-        (c, a)
+        let mut all = self.done.await.unwrap_or_default().into_iter().map(|mut u| {
+            u.cpu_share_of_one_core = u.cpu_seconds / seconds.max(0.001);
+            u
+        });
+        let mut next = || all.next().unwrap_or_default();
+        Usages {
+            controller: next(),
+            agents: next(),
+            apiserver: next(),
+            etcd: next(),
+        }
     }
 }
 

@@ -299,6 +299,13 @@ impl ApiServer {
         )
     }
 
+    /// The PIDs of kube-apiserver and etcd (the apiserver's current one, after a restart), for
+    /// measuring their CPU and memory.
+    pub fn pids(&self) -> (u32, u32) {
+        let apiserver = self.apiserver.lock().map(|a| a.pid()).unwrap_or(0);
+        (apiserver, self._etcd.pid())
+    }
+
     /// Kills kube-apiserver with SIGKILL, as a crash would, and starts it again on the same
     /// etcd, ports and certificates; returns once it is ready. For the chaos harness.
     pub async fn crash_and_restart(&self) {
