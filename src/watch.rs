@@ -40,6 +40,7 @@ pub fn trim<K: kube::Resource>(obj: &mut K) {
 /// once (every controller start with work queued), only the last is woken, and the others hang
 /// forever, holding their object's slot so that nothing reconciles it again. Seen as a pool that
 /// never turned ready again after a builder came back. A `Shared` future wakes every waiter.
+/// A watch that fills no store opens its gate with a future of its own ([`Listed::when`]).
 #[derive(Clone)]
 pub struct Listed(Shared<BoxFuture<'static, Result<(), &'static str>>>);
 
@@ -50,11 +51,17 @@ impl Listed {
         K: kube::Resource + Clone + Send + Sync + 'static,
         K::DynamicType: std::hash::Hash + Eq + Clone + Send + Sync,
     {
-        Self(
-            async move { store.wait_until_ready().await.map_err(|_| what) }
-                .boxed()
-                .shared(),
-        )
+        Self::when(async move { store.wait_until_ready().await }, what)
+    }
+
+    /// A gate that opens when `listed` resolves `Ok` (e.g. a `oneshot::Receiver` the watch
+    /// answers at its first `InitDone`); `Err`, as when the watch's end of it is dropped, stops
+    /// it for good, with `what` named in the error.
+    pub fn when<F, E>(listed: F, what: &'static str) -> Self
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+    {
+        Self(listed.map(move |r| r.map_err(|_| what)).boxed().shared())
     }
 
     /// Waits until the cache has listed once; `Err` names the cache whose writer is gone.
@@ -85,23 +92,55 @@ mod tests {
         assert_eq!(cm, before, "nothing else changed");
     }
 
-    #[tokio::test]
-    async fn every_waiter_wakes_when_the_cache_has_listed() {
-        let (store, mut writer) = reflector::store::<ConfigMap>();
-        let listed = Listed::new(store, "ConfigMap");
-        let waiters: Vec<_> = (0..3)
+    type Waiter = tokio::task::JoinHandle<Result<(), &'static str>>;
+
+    /// Three tasks waiting on `listed`, once they all wait.
+    async fn three_waiting(listed: &Listed) -> Vec<Waiter> {
+        let waiters = (0..3)
             .map(|_| {
                 let listed = listed.clone();
                 tokio::spawn(async move { listed.wait().await })
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(50)).await; // all three are waiting
-        writer.apply_watcher_event(&watcher::Event::InitDone);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        waiters
+    }
+
+    /// Asserts every waiter woke with `Ok`, and that a later one passes at once.
+    async fn all_woken(listed: &Listed, waiters: Vec<Waiter>) {
         for waiter in waiters {
             let woke = tokio::time::timeout(Duration::from_secs(5), waiter).await;
             assert!(matches!(woke, Ok(Ok(Ok(())))), "a waiter was never woken: {woke:?}");
         }
         assert_eq!(listed.wait().await, Ok(()), "and later waiters pass at once");
+    }
+
+    #[tokio::test]
+    async fn every_waiter_wakes_when_the_cache_has_listed() {
+        let (store, mut writer) = reflector::store::<ConfigMap>();
+        let listed = Listed::new(store, "ConfigMap");
+        let waiters = three_waiting(&listed).await;
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        all_woken(&listed, waiters).await;
+    }
+
+    #[tokio::test]
+    async fn a_gate_without_a_store_wakes_every_waiter_or_stops() {
+        let (listed_tx, listed_rx) = futures::channel::oneshot::channel::<()>();
+        let listed = Listed::when(listed_rx, "Lease");
+        let waiters = three_waiting(&listed).await;
+        assert_eq!(listed_tx.send(()), Ok(()));
+        all_woken(&listed, waiters).await;
+
+        let (gone_tx, gone_rx) = futures::channel::oneshot::channel::<()>();
+        let stopped = Listed::when(gone_rx, "Lease");
+        let waiter = tokio::spawn({
+            let stopped = stopped.clone();
+            async move { stopped.wait().await }
+        });
+        drop(gone_tx); // the watch is gone before it listed
+        let woke = tokio::time::timeout(Duration::from_secs(5), waiter).await;
+        assert!(matches!(woke, Ok(Ok(Err("Lease")))), "the waiter hears why: {woke:?}");
     }
 
     #[test]

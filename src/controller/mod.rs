@@ -1,9 +1,10 @@
 //! `kiln controller`: reconciles BuilderPools into builder DaemonSets and ImageBuilds into
 //! NodeBuilds, behind leader election, serving `/healthz`, `/readyz` and `/metrics`. This file
 //! holds what both share (context, errors, settings) and starts them; `wiring` connects their
-//! watches.
+//! watches, and `heartbeats` is the builders' heartbeats, which one watch keeps for both.
 
 pub mod build;
+pub mod heartbeats;
 pub mod pool;
 mod wiring;
 
@@ -12,7 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use k8s_openapi::api::coordination::v1::Lease;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector;
 use kube::{Api, Client};
@@ -52,12 +52,11 @@ pub struct Context {
     pub node_builds_listed: crate::watch::Listed,
     /// Keys into [`Context::node_builds`] by build, node and cache key ([`build::index`]).
     pub node_build_index: std::sync::RwLock<build::index::Index>,
-    /// The builders' heartbeat Leases, likewise.
-    pub heartbeat_leases: reflector::Store<Lease>,
-    /// Whether [`Context::heartbeat_leases`] has listed once.
-    pub heartbeat_leases_listed: crate::watch::Listed,
-    /// Those Leases parsed, with a shared snapshot per pool ([`build::heartbeats`]).
-    pub heartbeats: std::sync::RwLock<build::heartbeats::Heartbeats>,
+    /// The builders' heartbeat Leases parsed, with a shared snapshot per pool, as the one
+    /// heartbeat watch keeps them for both controllers ([`heartbeats`]).
+    pub heartbeats: std::sync::RwLock<heartbeats::Heartbeats>,
+    /// Whether the heartbeat watch has listed once (so [`Context::heartbeats`] holds them all).
+    pub heartbeats_listed: crate::watch::Listed,
     /// The pool controller's own watch caches ([`pool::cache`]).
     pub pool: pool::cache::Caches,
     /// Every BuilderPool, as the build controller's watch keeps it: each build's image-name
@@ -202,16 +201,14 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         }
     }
     let (node_builds, node_builds_writer) = reflector::store();
-    let (heartbeat_leases, leases_writer) = reflector::store();
     let (pool_nodes, pool_nodes_writer) = reflector::store();
-    let (pool_leases, pool_leases_writer) = reflector::store();
     let (daemonsets, daemonsets_writer) = reflector::store();
     let (pools, pools_writer) = reflector::store();
     let pool_writers = wiring::PoolWriters {
         nodes: pool_nodes_writer,
-        leases: pool_leases_writer,
         daemonsets: daemonsets_writer,
     };
+    let (heartbeat_feed, heartbeat_news, heartbeats_listed) = wiring::heartbeat_feed();
     let ctx = Arc::new(Context {
         client: client.clone(),
         namespace: settings.namespace.clone(),
@@ -224,10 +221,9 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         node_builds_listed: crate::watch::Listed::new(node_builds.clone(), "NodeBuild"),
         node_builds,
         node_build_index: std::sync::RwLock::default(),
-        heartbeat_leases_listed: crate::watch::Listed::new(heartbeat_leases.clone(), "heartbeat Lease"),
-        heartbeat_leases,
         heartbeats: std::sync::RwLock::default(),
-        pool: pool::cache::Caches::new(pool_nodes, pool_leases, daemonsets),
+        pool: pool::cache::Caches::new(pool_nodes, heartbeats_listed.clone(), daemonsets),
+        heartbeats_listed,
         pools_listed: crate::watch::Listed::new(pools.clone(), "BuilderPool"),
         pools,
         recorder: Recorder::new(
@@ -239,17 +235,26 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         ),
     });
     let controllers = async {
-        tokio::join!(
-            wiring::pool_controller(ctx.clone(), pool_writers),
-            wiring::build_controller(
-                ctx,
-                wiring::BuildWriters {
-                    node_builds: node_builds_writer,
-                    leases: leases_writer,
-                    pools: pools_writer,
-                }
+        let heartbeats = wiring::follow_heartbeats(ctx.clone(), heartbeat_feed);
+        let both = async {
+            tokio::join!(
+                wiring::pool_controller(ctx.clone(), pool_writers, heartbeat_news.pools),
+                wiring::build_controller(
+                    ctx,
+                    wiring::BuildWriters {
+                        node_builds: node_builds_writer,
+                        pools: pools_writer,
+                    },
+                    heartbeat_news.builds,
+                )
             )
-        );
+        };
+        // The heartbeat watch feeds both and runs as long as they do: they stop on a signal,
+        // and it never ends on its own (so not in the `join!`, which would then never end).
+        tokio::select! {
+            _ = both => {}
+            never = heartbeats => match never {},
+        }
     };
     if settings.leader_election {
         tokio::select! {

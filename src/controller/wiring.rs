@@ -1,11 +1,15 @@
 //! How the two controllers are wired: which watches fill which caches, which events wake which
 //! objects, and the run loops with their timing and error policies. The reconciles themselves
-//! are in `build::reconcile` and `pool::reconcile`.
+//! are in `build::reconcile` and `pool::reconcile`. One watch of the heartbeat Leases feeds both
+//! controllers ([`follow_heartbeats`]).
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::channel::{mpsc, oneshot};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -16,9 +20,11 @@ use kube::runtime::watcher;
 use kube::runtime::{WatchStreamExt, reflector::store::Writer};
 use tracing::{debug, warn};
 
+use super::heartbeats::follow::Follower;
 use super::{Context, Error, build, pool};
 use crate::api::heartbeat::{HEARTBEAT_LABEL, Heartbeat};
 use crate::api::{BuilderPool, ImageBuild, NodeBuild};
+use crate::watch::Listed;
 
 /// A controller over `api`'s objects, as `Controller::new` makes one, but whose cache holds them
 /// without their managedFields ([`crate::watch::trim`]).
@@ -43,17 +49,89 @@ fn watch_config() -> watcher::Config {
 /// What fills the pool controller's caches ([`pool::cache`]).
 pub(super) struct PoolWriters {
     pub nodes: Writer<Node>,
-    pub leases: Writer<Lease>,
     pub daemonsets: Writer<DaemonSet>,
 }
 
+/// The heartbeat watch's ends ([`follow_heartbeats`]).
+pub(super) struct HeartbeatFeed {
+    listed: oneshot::Sender<()>,
+    pools: mpsc::UnboundedSender<String>,
+    builds: mpsc::UnboundedSender<Heartbeat>,
+}
+
+/// What the heartbeat watch sends each controller: the pools it has news for, and the
+/// heartbeats that are news to waiting builds ([`super::heartbeats::news`]).
+pub(super) struct HeartbeatNews {
+    pub pools: mpsc::UnboundedReceiver<String>,
+    pub builds: mpsc::UnboundedReceiver<Heartbeat>,
+}
+
+/// The channels from the heartbeat watch to the controllers, and the gate that opens once it
+/// has listed (`Context::heartbeats_listed`; it stops if the watch is dropped first).
+pub(super) fn heartbeat_feed() -> (HeartbeatFeed, HeartbeatNews, Listed) {
+    let (listed, listed_rx) = oneshot::channel();
+    let (pools, pools_rx) = mpsc::unbounded();
+    let (builds, builds_rx) = mpsc::unbounded();
+    let news = HeartbeatNews {
+        pools: pools_rx,
+        builds: builds_rx,
+    };
+    let feed = HeartbeatFeed { listed, pools, builds };
+    (feed, news, Listed::when(listed_rx, "heartbeat Lease"))
+}
+
+/// The one watch of the builders' heartbeat Leases, for both controllers: each event is parsed
+/// once into the shared table (`Context::heartbeats`), which both reconciles read, and judged
+/// for news once per audience ([`super::heartbeats::follow`]); what is news goes to the
+/// controller it wakes. Each controller used to run its own watch of the same Leases, and
+/// between them parse each event up to four times. Never returns: it runs as long as the
+/// controllers it feeds (`controller::run` drops it when they stop).
+pub(super) async fn follow_heartbeats(ctx: Arc<Context>, feed: HeartbeatFeed) -> Infallible {
+    let HeartbeatFeed { listed, pools, builds } = feed;
+    let mut listed = Some(listed);
+    let selector = watch_config().labels(&format!("{HEARTBEAT_LABEL}=true"));
+    let events = watcher(Api::<Lease>::namespaced(ctx.client.clone(), &ctx.namespace), selector)
+        .default_backoff()
+        .modify(crate::watch::trim);
+    let mut events = std::pin::pin!(events);
+    let mut follower = Follower::default();
+    while let Some(event) = events.next().await {
+        let event = match event {
+            Ok(event) => event,
+            // The backoff retries; waiting reconciles wait on.
+            Err(error) => {
+                warn!(%error, "heartbeat Lease watch failed; retrying");
+                continue;
+            }
+        };
+        let done = matches!(event, watcher::Event::InitDone);
+        // The table takes the event before anything it wakes runs, and has listed before the
+        // gate opens: a reconcile never reads a table older than the event that woke it.
+        let news = follower.follow(&ctx.heartbeats, event);
+        if done && let Some(listed) = listed.take() {
+            let _ = listed.send(());
+        }
+        // A controller that stopped has dropped its end: nothing left to wake.
+        if let Some(pool) = news.pool_news {
+            let _ = pools.unbounded_send(pool);
+        }
+        if let Some(beat) = news.build_news {
+            let _ = builds.unbounded_send(beat);
+        }
+    }
+    // The watcher retries forever, so this is not reached; were it, the controllers would see
+    // no more heartbeat news, and reconciles still waiting for the list would stop.
+    drop((listed, pools, builds));
+    std::future::pending().await
+}
+
 /// The BuilderPool controller. Its watches fill the caches its reconciles read; heartbeat
-/// renewals wake a pool only when they are news to it ([`pool::news`]).
-pub(super) async fn pool_controller(ctx: Arc<Context>, writers: PoolWriters) {
+/// renewals wake a pool only when they are news to it ([`super::heartbeats::news`]): `news`
+/// names those pools ([`follow_heartbeats`]).
+pub(super) async fn pool_controller(ctx: Arc<Context>, writers: PoolWriters, news: mpsc::UnboundedReceiver<String>) {
     let client = ctx.client.clone();
     let ns = ctx.namespace.clone();
     let builders = watch_config().labels("app.kubernetes.io/component=builder");
-    let heartbeats = watch_config().labels(&format!("{HEARTBEAT_LABEL}=true"));
     let controller = controller_for(Api::<BuilderPool>::all(client.clone()));
     let store = controller.store();
     let all_pools = move || {
@@ -73,13 +151,6 @@ pub(super) async fn pool_controller(ctx: Arc<Context>, writers: PoolWriters) {
         .modify(crate::watch::trim)
         .reflect(writers.nodes)
         .touched_objects();
-    let leases = heartbeat_news(
-        watcher(Api::<Lease>::namespaced(client.clone(), &ns), heartbeats)
-            .default_backoff()
-            .modify(crate::watch::trim)
-            .reflect(writers.leases),
-        pool::news::Audience::Pool,
-    );
     controller
         // Not `owns_stream`: kube maps an owner reference to a reference in the child's
         // namespace, which for the cluster-scoped pool is a second key, so a DaemonSet event and
@@ -90,9 +161,7 @@ pub(super) async fn pool_controller(ctx: Arc<Context>, writers: PoolWriters) {
                 .and_then(|l| l.get(pool::render::POOL_LABEL))
                 .map(|p| ObjectRef::<BuilderPool>::new(p))
         })
-        .watches_stream(leases, |lease| {
-            pool::reconcile::pool_of_lease(&lease).map(|p| ObjectRef::<BuilderPool>::new(&p))
-        })
+        .reconcile_on(news.map(|pool| ObjectRef::<BuilderPool>::new(&pool)))
         // Builder pods: what the kubelet says about them appears in pool status.
         .watches(Api::<Pod>::namespaced(client.clone(), &ns), builders.clone(), |pod| {
             pod.metadata
@@ -103,37 +172,13 @@ pub(super) async fn pool_controller(ctx: Arc<Context>, writers: PoolWriters) {
         })
         .watches_stream(nodes, move |_node| all_pools())
         .shutdown_on_signal()
-        .run(timed_pool_reconcile, pool_error_policy, ctx)
+        .run(
+            timed("builderpool", pool::reconcile::reconcile),
+            retry_after("BuilderPool", Duration::from_secs(5)),
+            ctx,
+        )
         .for_each(|result| async move { log_outcome("BuilderPool", result) })
         .await;
-}
-
-/// The heartbeat Leases that are news (new, changed, back after expiry, deleted), out of every
-/// event of the Lease watch ([`pool::news`]): what can change a pool's status or a waiting
-/// build's placement.
-fn heartbeat_news(
-    events: impl futures::Stream<Item = Result<watcher::Event<Lease>, watcher::Error>> + Send + 'static,
-    audience: pool::news::Audience,
-) -> impl futures::Stream<Item = Result<Lease, watcher::Error>> + Send + 'static {
-    let mut seen = pool::news::Seen::new(audience);
-    events.flat_map(move |event| {
-        let news = match event {
-            Err(e) => Some(Err(e)),
-            Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease)) => {
-                let name = lease.metadata.name.clone().unwrap_or_default();
-                Heartbeat::from_lease(&lease)
-                    .and_then(|beat| seen.applied(&name, beat))
-                    .map(|_| Ok(lease))
-            }
-            Ok(watcher::Event::Delete(lease)) => {
-                let name = lease.metadata.name.clone().unwrap_or_default();
-                seen.deleted(&name, pool::reconcile::pool_of_lease(&lease))
-                    .map(|_| Ok(lease))
-            }
-            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
-        };
-        futures::stream::iter(news)
-    })
 }
 
 /// Builds held by a pool's queue limit woken per attempt that ends: more than one, in case the
@@ -144,30 +189,26 @@ const WAKE_PER_FREED_SLOT: usize = 3;
 /// What fills the build controller's caches.
 pub(super) struct BuildWriters {
     pub node_builds: Writer<NodeBuild>,
-    pub leases: Writer<Lease>,
     pub pools: Writer<BuilderPool>,
 }
 
-/// The ImageBuild controller. Its NodeBuild, heartbeat and BuilderPool watches also fill the
-/// caches its reconciles read (`Context::node_builds`, `Context::heartbeat_leases`,
-/// `Context::pools`): a reconcile makes no list calls, and each watch event updates the cache
+/// The ImageBuild controller. Its NodeBuild and BuilderPool watches also fill the caches its
+/// reconciles read (`Context::node_builds`, `Context::pools`), as the heartbeat watch fills
+/// `Context::heartbeats` ([`follow_heartbeats`]; `beats` are the heartbeats that are news to
+/// waiting builds): a reconcile makes no list calls, and each watch event updates the cache
 /// before it triggers a reconcile.
-pub(super) async fn build_controller(ctx: Arc<Context>, writers: BuildWriters) {
-    let BuildWriters {
-        node_builds,
-        leases,
-        pools,
-    } = writers;
+pub(super) async fn build_controller(
+    ctx: Arc<Context>,
+    writers: BuildWriters,
+    beats: mpsc::UnboundedReceiver<Heartbeat>,
+) {
+    let BuildWriters { node_builds, pools } = writers;
     let client = ctx.client.clone();
-    let heartbeats = watch_config().labels(&format!("{HEARTBEAT_LABEL}=true"));
     let controller = controller_for(Api::<ImageBuild>::all(client.clone()));
     let store = controller.store();
     let index = ctx.clone();
     // A heartbeat wakes the builds it may concern (see `build::plan::woken_by`).
-    let waiting = move |lease: Lease| {
-        let Some(beat) = Heartbeat::from_lease(&lease) else {
-            return Vec::new();
-        };
+    let waiting = move |beat: Heartbeat| {
         // First the builds a heartbeat could concern at all (an attempt under way only rules
         // more out): at rest, with every build finished, there are none and the NodeBuild cache
         // is not scanned, so renewals cost next to nothing however many builds there are.
@@ -234,31 +275,23 @@ pub(super) async fn build_controller(ctx: Arc<Context>, writers: BuildWriters) {
         futures::stream::iter(oldest)
     });
     // Only heartbeats that are news to waiting builds (a builder that can newly take them, see
-    // `pool::news::Audience::Builds`) wake them: with 1,000 builds waiting and 500 builders
-    // renewing every 5 s, waking them on every renewal (or every change in running builds)
-    // saturated the controller in the scale run. A waiting build re-checks every 30 s anyway.
-    let parsed = ctx.clone();
-    let leases = heartbeat_news(
-        watcher(Api::<Lease>::namespaced(client, &ctx.namespace), heartbeats)
-            .default_backoff()
-            .modify(crate::watch::trim)
-            // Parsed before the cache takes the event: once the cache reads as listed, so do
-            // the parsed heartbeats.
-            .inspect_ok(move |event| {
-                if let Ok(mut beats) = parsed.heartbeats.write() {
-                    beats.apply(event);
-                }
-            })
-            .reflect(leases),
-        pool::news::Audience::Builds,
-    );
+    // `heartbeats::news::Audience::Builds`) wake them: with 1,000 builds waiting and 500
+    // builders renewing every 5 s, waking them on every renewal (or every change in running
+    // builds) saturated the controller in the scale run. A waiting build re-checks every 30 s
+    // anyway. The heartbeat watch judged them ([`follow_heartbeats`]) and updated the table the
+    // reconciles read before sending them.
+    let woken = beats.flat_map(move |beat| futures::stream::iter(waiting(beat)));
     controller
         .owns_stream(node_builds)
-        .watches_stream(leases, waiting)
+        .reconcile_on(woken)
         .watches_stream(pools, refused_by)
         .reconcile_on(room)
         .shutdown_on_signal()
-        .run(timed_build_reconcile, build_error_policy, ctx)
+        .run(
+            timed("imagebuild", build::reconcile::reconcile),
+            retry_after("ImageBuild", Duration::from_secs(2)),
+            ctx,
+        )
         .for_each(|result| async move { log_outcome("ImageBuild", result) })
         .await;
 }
@@ -282,34 +315,32 @@ where
 
 type ControllerResult<K, E, Q> = Result<(ObjectRef<K>, Action), controller::Error<E, Q>>;
 
-async fn timed_build_reconcile(build: Arc<ImageBuild>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let start = Instant::now();
-    let result = build::reconcile::reconcile(build, ctx.clone()).await;
-    ctx.metrics.reconciled(
-        "imagebuild",
-        start.elapsed().as_secs_f64(),
-        result.as_ref().err().map(Error::category),
-    );
-    result
+/// `reconcile`, with its duration and outcome counted in the metrics under `kind`.
+fn timed<K, F>(
+    kind: &'static str,
+    reconcile: impl Fn(Arc<K>, Arc<Context>) -> F,
+) -> impl FnMut(Arc<K>, Arc<Context>) -> BoxFuture<'static, Result<Action, Error>>
+where
+    F: Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    move |object, ctx| {
+        let metrics = ctx.metrics.clone();
+        let reconciled = reconcile(object, ctx);
+        async move {
+            let start = Instant::now();
+            let result = reconciled.await;
+            let error = result.as_ref().err().map(Error::category);
+            metrics.reconciled(kind, start.elapsed().as_secs_f64(), error);
+            result
+        }
+        .boxed()
+    }
 }
 
-fn build_error_policy(_build: Arc<ImageBuild>, error: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(%error, "ImageBuild reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(2))
-}
-
-async fn timed_pool_reconcile(pool: Arc<BuilderPool>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let start = Instant::now();
-    let result = pool::reconcile::reconcile(pool, ctx.clone()).await;
-    ctx.metrics.reconciled(
-        "builderpool",
-        start.elapsed().as_secs_f64(),
-        result.as_ref().err().map(Error::category),
-    );
-    result
-}
-
-fn pool_error_policy(_pool: Arc<BuilderPool>, error: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(%error, "BuilderPool reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+/// The error policy: a warning naming `kind`, and another try after `after`.
+fn retry_after<K>(kind: &'static str, after: Duration) -> impl Fn(Arc<K>, &Error, Arc<Context>) -> Action {
+    move |_object, error, _ctx| {
+        warn!(%error, "{kind} reconcile failed; retrying");
+        Action::requeue(after)
+    }
 }

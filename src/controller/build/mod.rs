@@ -5,7 +5,6 @@ mod aggregate;
 mod deletion;
 mod dispatch;
 pub mod grants;
-pub mod heartbeats;
 pub mod index;
 mod judge;
 pub mod memory;

@@ -125,7 +125,7 @@ fn finished_before(scope: &Scope<'_>) -> bool {
 /// to appear), or an allNodes build that has not been on that node yet (it joined). A build
 /// whose attempt runs is not: its NodeBuild's changes wake it, and the attempt's node going
 /// quiet is a requeue at that heartbeat's expiry. So renewals cost nothing per running build.
-/// Only heartbeats that are news reach this test (`controller::heartbeat_news`): a plain
+/// Only heartbeats that are news reach this test (`controller::heartbeats::news`): a plain
 /// renewal wakes nothing, and a build waiting for a builder re-checks every 30 s regardless.
 pub fn woken_by(build: &ImageBuild, beat: &Heartbeat, attempt_under_way: bool) -> bool {
     if build.spec.pool() != beat.pool {

@@ -340,11 +340,11 @@ async fn owned_node_builds(ctx: &Context, build: &ImageBuild) -> Result<Vec<Arc<
         .collect())
 }
 
-/// The pool's heartbeats, parsed from the watch cache: a snapshot shared with every other
-/// reconcile of the pool ([`super::heartbeats`]).
+/// The pool's heartbeats, as the heartbeat watch parsed them: a snapshot shared with every
+/// other reconcile of the pool, the pool controller's too ([`crate::controller::heartbeats`]).
 async fn cached_heartbeats(ctx: &Context, pool: &str) -> Result<Arc<[Heartbeat]>, Error> {
-    ctx.heartbeat_leases_listed.wait().await.map_err(Error::CacheStopped)?;
-    Ok(super::heartbeats::of_pool(&ctx.heartbeats, pool))
+    ctx.heartbeats_listed.wait().await.map_err(Error::CacheStopped)?;
+    Ok(crate::controller::heartbeats::of_pool(&ctx.heartbeats, pool))
 }
 
 /// Labels of the nodes, by name, when the placement selects on them (one list call); empty

@@ -1,20 +1,20 @@
-//! The pool controller's watch caches: nodes, heartbeat Leases and builder DaemonSets, as its
-//! own watches keep them, so a reconcile with nothing to change makes no API call.
+//! The pool controller's watch caches: nodes and builder DaemonSets, as its own watches keep
+//! them, so a reconcile with nothing to change makes no API call. Heartbeats are not here: one
+//! watch keeps them for both controllers (`controller::heartbeats`), and [`Caches::ready`]
+//! waits for it too.
 //!
-//! Each watch fills its cache before the event triggers a reconcile (`controller::pool_controller`),
+//! Each watch fills its cache before the event triggers a reconcile (`wiring::pool_controller`),
 //! so a reconcile never reads a cache older than the event that woke it.
 
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use super::applied::Applied;
 use super::render::POOL_LABEL;
-use crate::api::heartbeat::Heartbeat;
 use crate::controller::Error;
 use crate::watch::Listed;
 
@@ -22,8 +22,6 @@ use crate::watch::Listed;
 pub struct Caches {
     /// Every Node.
     pub nodes: Store<Node>,
-    /// Every heartbeat Lease in kiln's namespace.
-    pub leases: Store<Lease>,
     /// Every builder DaemonSet in kiln's namespace.
     pub daemonsets: Store<DaemonSet>,
     /// The last apply per DaemonSet ([`Applied`]).
@@ -33,23 +31,23 @@ pub struct Caches {
 }
 
 impl Caches {
-    /// Empty caches over the given stores.
-    pub fn new(nodes: Store<Node>, leases: Store<Lease>, daemonsets: Store<DaemonSet>) -> Self {
+    /// Empty caches over the given stores; `heartbeats` is the heartbeat watch's gate
+    /// (`Context::heartbeats_listed`).
+    pub fn new(nodes: Store<Node>, heartbeats: Listed, daemonsets: Store<DaemonSet>) -> Self {
         let listed = [
             Listed::new(nodes.clone(), "Node"),
-            Listed::new(leases.clone(), "heartbeat Lease"),
+            heartbeats,
             Listed::new(daemonsets.clone(), "builder DaemonSet"),
         ];
         Self {
             nodes,
-            leases,
             daemonsets,
             applied: Mutex::default(),
             listed,
         }
     }
 
-    /// Waits until every watch has listed once.
+    /// Waits until every watch has listed once, the heartbeat watch included.
     pub async fn ready(&self) -> Result<(), Error> {
         for listed in &self.listed {
             listed.wait().await.map_err(Error::CacheStopped)?;
@@ -64,16 +62,6 @@ impl Caches {
             .state_filter(|node| selector.iter().all(|(k, v)| node.labels().get(k) == Some(v)));
         nodes.sort_by_key(|n| n.name_any());
         nodes
-    }
-
-    /// The pool's heartbeats.
-    pub fn heartbeats(&self, pool: &str) -> Vec<Heartbeat> {
-        self.leases
-            .state()
-            .iter()
-            .filter_map(|lease| Heartbeat::from_lease(lease))
-            .filter(|beat| beat.pool == pool)
-            .collect()
     }
 
     /// The pool's builder DaemonSets.

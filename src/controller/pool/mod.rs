@@ -5,7 +5,6 @@
 pub mod applied;
 pub mod buildkitd_config;
 pub mod cache;
-pub mod news;
 pub mod pods;
 pub mod reconcile;
 pub mod render;

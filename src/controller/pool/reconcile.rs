@@ -1,17 +1,17 @@
 //! BuilderPool reconcile: read nodes and heartbeats → validate → render → apply → status.
 //!
 //! Everything that decides is pure (`runtime`, `render`, `status`); this file only reads and
-//! writes. It reads the watch caches (`cache`), not the API. Every write is a server-side apply
-//! of the complete desired state, made only when it would change something (`applied`), so
-//! running it twice changes nothing the second time, and status is written only when it differs:
-//! a reconcile with nothing new makes no API call at all.
+//! writes. It reads the watch caches (`cache`, and the heartbeat table both controllers share,
+//! `controller::heartbeats`), not the API. Every write is a server-side apply of the complete
+//! desired state, made only when it would change something (`applied`), so running it twice
+//! changes nothing the second time, and status is written only when it differs: a reconcile
+//! with nothing new makes no API call at all.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -71,7 +71,9 @@ pub async fn reconcile(pool: Arc<BuilderPool>, ctx: Arc<Context>) -> Result<Acti
     apply_builders(&ctx, &pool, &flavours, detected).await?;
     prune_builders(&ctx, &name, &flavours).await?;
 
-    let heartbeats = ctx.pool.heartbeats(&name);
+    // `ready` waited for the heartbeat watch to list; the table is the one the build controller
+    // reads, and this pool's snapshot is shared with its reconciles.
+    let heartbeats = crate::controller::heartbeats::of_pool(&ctx.heartbeats, &name);
     let now = Timestamp::now();
     // Pod problems only explain builders that are not ready: while every builder heartbeats
     // (the usual case, and every renewal reconciles the pool) the pods are not read.
@@ -252,9 +254,4 @@ async fn write_status(ctx: &Context, pool: &BuilderPool, status: BuilderPoolStat
 
 fn now_time() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
     k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now())
-}
-
-/// Maps a heartbeat Lease to the pool it belongs to.
-pub fn pool_of_lease(lease: &Lease) -> Option<String> {
-    lease.labels().get(POOL_LABEL).cloned()
 }

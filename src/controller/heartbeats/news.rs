@@ -3,12 +3,13 @@
 //!
 //! Every agent renews its Lease every few seconds; with hundreds of nodes, reconciling the pool
 //! on each renewal kept the pool controller busy for nothing (a renewal changes no field of pool
-//! status, see `status`). A renewal is news only when what the pool reports could change: a new
-//! builder, a builder that went away, a change in what it reports (running builds, capacity,
-//! platforms, BuildKit's version), or a renewal after the previous one had expired (the pool
-//! may say the node is down), judged by the gap between the renewals, never by when one is
-//! read. Expiry itself needs no event: the reconcile requeues at the earliest expiry
-//! (`status::next_expiry`). Pure, apart from the memory of the last heartbeat seen per Lease.
+//! status, see `pool::status`). A renewal is news only when what the pool reports could change:
+//! a new builder, a builder that went away, a change in what it reports (running builds,
+//! capacity, platforms, BuildKit's version), or a renewal after the previous one had expired
+//! (the pool may say the node is down), judged by the gap between the renewals, never by when
+//! one is read. Expiry itself needs no event: the reconcile requeues at the earliest expiry
+//! (`pool::status::next_expiry`). Pure, apart from the memory of the last heartbeat seen per
+//! Lease.
 
 use std::collections::HashMap;
 
