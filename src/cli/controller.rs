@@ -33,6 +33,11 @@ pub(super) struct Args {
     /// that finishes sooner (a cached one) gets its outcome in one status write.
     #[arg(long, default_value_t = crate::controller::build::pacing::DEFAULT_STATUS_DELAY.as_millis() as u64)]
     status_delay_ms: u64,
+    /// ImageBuild reconciles that run at once, at most (0: no limit). Each waits on API calls;
+    /// a thousand builds created together otherwise hold a thousand requests and connections
+    /// to the apiserver at once.
+    #[arg(long, default_value_t = crate::controller::DEFAULT_CONCURRENT_RECONCILES)]
+    concurrent_reconciles: u16,
 }
 
 pub(super) fn run(args: Args) -> u8 {
@@ -50,6 +55,7 @@ pub(super) fn run(args: Args) -> u8 {
             identity,
             lease_duration: Duration::from_secs(args.lease_duration_seconds),
             status_delay: Duration::from_millis(args.status_delay_ms),
+            concurrent_reconciles: args.concurrent_reconciles,
         };
         match controller::run(client, settings).await {
             Ok(()) => exit::OK,

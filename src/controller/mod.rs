@@ -142,7 +142,13 @@ pub struct Settings {
     /// How long a new ImageBuild generation may go without an in-progress status (see
     /// [`build::pacing`]).
     pub status_delay: Duration,
+    /// ImageBuild reconciles that run at once, at most; 0 for no limit.
+    pub concurrent_reconciles: u16,
 }
+
+/// Default of `--concurrent-reconciles`: as many requests in flight as the apiserver baseline
+/// of the scale bench uses to reach its write capacity.
+pub const DEFAULT_CONCURRENT_RECONCILES: u16 = 64;
 
 /// Name of the leader election Lease.
 pub const LEADER_LEASE: &str = "kiln-controller";
@@ -246,6 +252,7 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
                         pools: pools_writer,
                     },
                     heartbeat_news.builds,
+                    settings.concurrent_reconciles,
                 )
             )
         };
