@@ -61,7 +61,9 @@ impl PolicyGuard {
             return futures::future::pending().await;
         };
         let api: Api<BuilderPool> = Api::all(self.client.clone());
-        let config = crate::watch::spread_config(&self.pool).fields(&format!("metadata.name={}", self.pool));
+        // Spread by node, not by pool: every agent of a pool would otherwise reconnect at the
+        // same moment (500 requests at once in the scale run's idle window).
+        let config = crate::watch::spread_config(&self.node).fields(&format!("metadata.name={}", self.pool));
         watcher(api, config)
             .default_backoff()
             .modify(crate::watch::trim)
