@@ -1,15 +1,14 @@
 //! Writing a NodeBuild's status as the agent: one writer per attempt (server-side apply under
-//! the field manager [`STATUS_FIELD_MANAGER`]), whose outcome write is retried until it lands,
-//! and the gate ([`Progressive`]) that keeps intermediate reports (`Running`, progress) from
-//! landing after the outcome.
+//! the field manager [`STATUS_FIELD_MANAGER`]), whose intermediate reports (`Queued`,
+//! `Running`, progress) are written once and whose outcome write is retried until it lands.
+//! Intermediate reports of a build come from the task that runs it, before its outcome, so
+//! none lands after it.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use tokio::sync::Mutex;
 use tracing::{debug, warn};
 
 use crate::api::node_build::{NodeBuild, NodeBuildStatus};
@@ -91,47 +90,5 @@ impl StatusWriter {
             .await?;
         debug!(node_build = %self.name, phase = ?status.phase, "status written");
         Ok(())
-    }
-}
-
-/// The intermediate reports of one running attempt (`Running`, progress). They never land
-/// after its final status: [`Progressive::close`] waits for one in flight and stops later ones.
-pub(super) struct Progressive {
-    writer: StatusWriter,
-    /// True once closed; held across each intermediate write.
-    closed: Arc<Mutex<bool>>,
-}
-
-impl Progressive {
-    pub(super) fn new(writer: StatusWriter) -> Self {
-        Self {
-            writer,
-            closed: Arc::default(),
-        }
-    }
-
-    /// Writes `status` after `delay`, unless closed by then.
-    pub(super) fn report_later(&self, delay: Duration, status: NodeBuildStatus) {
-        let (writer, closed) = (self.writer.clone(), self.closed.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let closed = closed.lock().await;
-            if !*closed {
-                writer.write(&status).await;
-            }
-        });
-    }
-
-    /// Writes `status` now, unless closed.
-    pub(super) async fn report(&self, status: &NodeBuildStatus) {
-        let closed = self.closed.lock().await;
-        if !*closed {
-            self.writer.write(status).await;
-        }
-    }
-
-    /// No intermediate report after this returns.
-    pub(super) async fn close(&self) {
-        *self.closed.lock().await = true;
     }
 }

@@ -35,7 +35,7 @@ use super::cleanup::Remover;
 use super::contexts::{ContextDigest, ContextStore, Wanted};
 use super::logs::LogStore;
 use super::policy::PolicyGuard;
-use super::status::{Progressive, StatusWriter};
+use super::status::StatusWriter;
 use super::{Settings, State};
 use crate::api::node_build::{NODE_LABEL, NodeBuild, NodeBuildPhase, NodeBuildStatus, POOL_LABEL, WAITING_FOR_UPLOAD};
 use crate::api::recipe::BuildSource;
@@ -258,16 +258,13 @@ impl Executor {
             return;
         };
         self.state.running.fetch_add(1, Ordering::Relaxed);
-        let progress = Progressive::new(self.write_target(&nb));
-        let outcome = self.build(&nb, &mut status, &mut stop, &progress).await;
+        let outcome = self.build(&nb, &mut status, &mut stop, &self.write_target(&nb)).await;
         // The slot is free once BuildKit is done, before the outcome is written: the controller
         // counts the attempt as finished when it sees that write (its watch can deliver it before
         // the write's own response returns here), and may send the next attempt at once; holding
         // the slot until then made that attempt report Queued for nothing.
         drop(permit);
         self.state.running.fetch_sub(1, Ordering::Relaxed);
-        // Close the gate first: an intermediate write still in flight lands before the final one.
-        progress.close().await;
         if let Some(mut done) = outcome {
             if done.phase == Some(NodeBuildPhase::Succeeded) {
                 self.record_image(&nb, &mut done).await;
