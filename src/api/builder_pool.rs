@@ -245,7 +245,9 @@ pub struct BuilderNode {
     /// Platforms the builder can build for.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub platforms: Vec<String>,
-    /// Builds running now.
+    /// Builds running at `lastHeartbeat`, recorded with it (when readiness flips, or once a
+    /// minute), so a busy pool's status is not rewritten at every renewal; the node's heartbeat
+    /// Lease carries the live count.
     #[serde(default)]
     pub running: i32,
     /// Builds the node runs at once.
@@ -254,7 +256,8 @@ pub struct BuilderNode {
     /// BuildKit version, when the daemon reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub buildkit_version: Option<String>,
-    /// Last heartbeat from the node's agent.
+    /// Last heartbeat from the node's agent, as recorded (when readiness flips, or once a
+    /// minute; the Lease has every renewal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat: Option<Time>,
     /// Why the builder is not ready, e.g. an unsupported runtime.
