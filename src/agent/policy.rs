@@ -3,25 +3,27 @@
 //! not allow its namespace. The controller refuses such builds before dispatch; this is the
 //! second, independent check, on the node whose image store is at stake.
 //!
-//! The pool comes from a watch of that one BuilderPool (no API call per build); the namespace's
-//! labels are read only when a rule selects namespaces by label. Then the node's live pods are
+//! The pool's rules come from a metadata-only watch of that one BuilderPool and a read of the
+//! pool when its generation moves (no API call per build); the namespace's labels are read only
+//! when a rule selects namespaces by label. Then the node's live pods are
 //! listed (from the apiserver's watch cache, field-selected to this node): a name that a pod of
 //! another namespace uses here is not written either ([`crate::api::pod_images`]).
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, ListParams};
-use kube::runtime::reflector::{self, ObjectRef, Store, store::Writer};
+use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
+use tokio::sync::oneshot;
 
 use super::request::Refusal;
 use crate::api::BuilderPool;
-use crate::api::image_policy::{self, Decision};
+use crate::api::image_policy::{self, Decision, ImageRule};
 use crate::api::pod_images;
 use crate::api::recipe::BuildRecipe;
 use crate::watch::Listed;
@@ -30,50 +32,111 @@ use crate::watch::Listed;
 pub const REASON: &str = "ImageNotAllowed";
 /// How long a build waits for the pool's first listing before it is refused (and retried).
 const LIST_WAIT: Duration = Duration::from_secs(30);
+/// The longest pause between reads of a pool whose new generation could not be read.
+const READ_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// The pool's rules as last read, and the generation they are of (none: there is no pool).
+#[derive(Clone, Debug, Default)]
+struct Known {
+    generation: Option<i64>,
+    rules: Arc<Vec<ImageRule>>,
+}
 
 /// This agent's pool, as a watch keeps it, and the check built on it.
+///
+/// The watch is metadata-only. A pool's status lists every node (88 KB at 500 nodes) and is
+/// rewritten as nodes come and go; a full watch sent every rewrite to every agent, to decode and
+/// drop, when the agent reads only the spec. The spec is read (one GET) when the generation moves.
 pub struct PolicyGuard {
     client: Client,
     pool: String,
     node: String,
-    store: Store<BuilderPool>,
+    known: Mutex<Known>,
     listed: Listed,
-    writer: Mutex<Option<Writer<BuilderPool>>>,
+    opened: Mutex<Option<oneshot::Sender<()>>>,
 }
 
 impl PolicyGuard {
-    /// A guard for `pool` on `node`; its cache fills once [`PolicyGuard::watch`] runs.
+    /// A guard for `pool` on `node`; it knows the pool once [`PolicyGuard::watch`] runs.
     pub fn new(client: Client, pool: &str, node: &str) -> Self {
-        let (store, writer) = reflector::store();
+        let (opened, listed) = oneshot::channel();
         Self {
             client,
             pool: pool.to_owned(),
             node: node.to_owned(),
-            listed: Listed::new(store.clone(), "BuilderPool"),
-            store,
-            writer: Mutex::new(Some(writer)),
+            known: Mutex::default(),
+            listed: Listed::when(listed, "BuilderPool"),
+            opened: Mutex::new(Some(opened)),
         }
     }
 
-    /// Keeps the pool's cache, forever (a second call waits forever and does nothing).
+    /// Keeps the pool's rules, forever (a second call waits forever and does nothing).
     pub async fn watch(&self) {
-        let Some(writer) = self.writer.lock().ok().and_then(|mut w| w.take()) else {
+        let Some(opened) = self.opened.lock().ok().and_then(|mut o| o.take()) else {
             return futures::future::pending().await;
         };
         let api: Api<BuilderPool> = Api::all(self.client.clone());
         // Spread by node, not by pool: every agent of a pool would otherwise reconnect at the
         // same moment (500 requests at once in the scale run's idle window).
         let config = crate::watch::spread_config(&self.node).fields(&format!("metadata.name={}", self.pool));
-        watcher(api, config)
-            .default_backoff()
-            .modify(crate::watch::trim)
-            .reflect(writer)
-            .for_each(|event| async move {
-                if let Err(e) = event {
-                    tracing::warn!(error = %e, "BuilderPool watch failed; retrying");
+        let mut opened = Some(opened);
+        let mut seen_in_listing = false;
+        let metadata: Api<PartialObjectMeta<BuilderPool>> = Api::all(self.client.clone());
+        let mut events = watcher(metadata, config).default_backoff().boxed();
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Init) => seen_in_listing = false,
+                Ok(watcher::Event::InitApply(meta) | watcher::Event::Apply(meta)) => {
+                    seen_in_listing = true;
+                    self.follow(&api, meta.metadata.generation).await;
                 }
-            })
-            .await;
+                Ok(watcher::Event::Delete(_)) => self.set(Known::default()),
+                Ok(watcher::Event::InitDone) => {
+                    // A listing from the watch cache can lag a pool created moments ago: read it
+                    // before taking its absence (the default rules) for the truth.
+                    if !seen_in_listing {
+                        self.set(Known::default());
+                        self.follow(&api, None).await;
+                    }
+                    if let Some(tx) = opened.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "BuilderPool watch failed; retrying"),
+            }
+        }
+    }
+
+    /// Reads the pool when the watch shows a generation the guard does not know, until it can
+    /// (backing off): an admin's new rules must not be missed for want of one read.
+    async fn follow(&self, api: &Api<BuilderPool>, generation: Option<i64>) {
+        let known = self.known.lock().ok().and_then(|k| k.generation);
+        if known.is_some() && known == generation {
+            return;
+        }
+        let mut pause = Duration::from_secs(1);
+        loop {
+            match api.get_opt(&self.pool).await {
+                Ok(Some(pool)) => {
+                    return self.set(Known {
+                        generation: pool.metadata.generation,
+                        rules: Arc::new(pool.spec.allowed_images),
+                    });
+                }
+                Ok(None) => return self.set(Known::default()),
+                Err(e) => {
+                    tracing::warn!(pool = %self.pool, error = %e, "cannot read the BuilderPool's new spec; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(READ_RETRY_MAX);
+                }
+            }
+        }
+    }
+
+    fn set(&self, known: Known) {
+        if let Ok(mut k) = self.known.lock() {
+            *k = known;
+        }
     }
 
     /// Refuses the attempt when the pool does not allow one of its names in `namespace`.
@@ -92,11 +155,8 @@ impl PolicyGuard {
             Ok(Err(what)) => return Err(unavailable(format!("its {what} watch stopped"))),
             Err(_) => return Err(unavailable(format!("no listing within {}s", LIST_WAIT.as_secs()))),
         }
-        let pool = self.store.get(&ObjectRef::new(&self.pool));
-        let rules = pool
-            .as_ref()
-            .map(|p| p.spec.allowed_images.as_slice())
-            .unwrap_or_default();
+        let rules = self.known.lock().map(|k| k.rules.clone()).unwrap_or_default();
+        let rules = rules.as_slice();
         let labels = if image_policy::reads_namespace_labels(rules) {
             let namespaces: Api<Namespace> = Api::all(self.client.clone());
             match namespaces.get_opt(namespace).await {

@@ -1,5 +1,6 @@
 //! The apiserver's own request counters (`apiserver_request_total` on `/metrics`), to count
-//! the API writes kiln makes per build without trusting kiln's own bookkeeping.
+//! the API writes kiln makes per build without trusting kiln's own bookkeeping, and the bytes
+//! of watch events it sent per kind (`apiserver_watch_events_sizes_sum`).
 
 use std::collections::BTreeMap;
 
@@ -136,4 +137,38 @@ impl std::fmt::Display for Requests {
         }
         Ok(())
     }
+}
+
+/// Bytes of watch events the apiserver has sent for objects of `kind` (all watchers, all
+/// groups), from its `apiserver_watch_events_sizes` histogram.
+#[allow(dead_code)]
+pub async fn watch_event_bytes(client: &Client, kind: &str) -> f64 {
+    watch_event_bytes_by_kind(client)
+        .await
+        .get(kind)
+        .copied()
+        .unwrap_or(0.0)
+}
+
+/// Bytes of watch events the apiserver has sent so far, per kind.
+#[allow(dead_code)]
+pub async fn watch_event_bytes_by_kind(client: &Client) -> BTreeMap<String, f64> {
+    let req = http::Request::get("/metrics").body(Vec::new()).expect("request");
+    let text = client.request_text(req).await.expect("GET /metrics");
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let Some((labels, value)) = line
+            .strip_prefix("apiserver_watch_events_sizes_sum{")
+            .and_then(|l| l.rsplit_once("} "))
+        else {
+            continue;
+        };
+        let kind = labels
+            .split("\",")
+            .find_map(|kv| kv.strip_prefix("kind=\""))
+            .map(|v| v.trim_end_matches('"').to_owned())
+            .unwrap_or_default();
+        *out.entry(kind).or_insert(0.0) += value.trim().parse::<f64>().unwrap_or(0.0);
+    }
+    out
 }

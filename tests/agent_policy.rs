@@ -1,0 +1,116 @@
+//! The agent's own image-policy check against a real kube-apiserver: it follows the pool's
+//! rules as an admin edits them, and a rewrite of the pool's status (which lists every node)
+//! reaches the agent as metadata alone and makes it read nothing.
+
+mod support;
+
+use std::time::Duration;
+
+use kiln::agent::policy::{PolicyGuard, REASON};
+use kiln::api::BuilderPool;
+use kiln::api::recipe::BuildRecipe;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use support::api_requests::{Requests, watch_event_bytes};
+use support::apiserver::ApiServer;
+
+fn recipe(image: &str) -> BuildRecipe {
+    serde_json::from_value(json!({"image": image, "source": {"http": {"url": "http://127.0.0.1:9/ctx.tar"}}}))
+        .expect("recipe")
+}
+
+/// A pool status the size of a 500-node pool's.
+fn big_status(running: i32) -> serde_json::Value {
+    let nodes: Vec<_> = (0..500)
+        .map(|i| json!({"name": format!("node-{i:03}"), "ready": true, "running": running, "capacity": 2}))
+        .collect();
+    json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "BuilderPool",
+           "status": {"desiredNodes": 500, "readyNodes": 500, "nodes": nodes}})
+}
+
+#[tokio::test]
+async fn the_agent_follows_the_pools_rules_and_ignores_its_status() {
+    let server = ApiServer::shared().await;
+    let client = server.client().await;
+    let ns = server.namespace(&client, "guard").await;
+    let pools: Api<BuilderPool> = Api::all(client.clone());
+    let name = format!("guard-{ns}");
+    let rules = |pattern: &str| {
+        json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "BuilderPool", "metadata": {"name": name},
+               "spec": {"allowedImages": [{"patterns": [pattern]}]}})
+    };
+    let apply = PatchParams::apply("test").force();
+    pools
+        .patch(&name, &apply, &Patch::Apply(&rules("example.com/team/**")))
+        .await
+        .expect("create the pool");
+
+    let guard = std::sync::Arc::new(PolicyGuard::new(client.clone(), &name, "node-000"));
+    let watching = tokio::spawn({
+        let guard = guard.clone();
+        async move { guard.watch().await }
+    });
+    let team = recipe("example.com/team/app:v1");
+    guard
+        .check(&ns, &team)
+        .await
+        .expect("the pool allows example.com/team/**");
+
+    // An admin narrows the rules: the agent refuses what they no longer allow.
+    pools
+        .patch(&name, &apply, &Patch::Apply(&rules("example.com/other/**")))
+        .await
+        .expect("change the rules");
+    let refused = support::kiln::eventually(Duration::from_secs(20), "the new rules in force", || async {
+        guard.check(&ns, &team).await.err()
+    })
+    .await;
+    assert_eq!(refused.0, REASON);
+    assert!(refused.1.contains("example.com/team/app:v1"), "{}", refused.1);
+    let own = recipe(&format!("kiln.local/{ns}/app:v1"));
+    assert!(
+        guard.check(&ns, &own).await.is_err(),
+        "the rules replace the default ones"
+    );
+    guard
+        .check(&ns, &recipe("example.com/other/app:v1"))
+        .await
+        .expect("the new rules allow example.com/other/**");
+
+    // The controller rewrites the status, the size of a 500-node pool's, three times: the
+    // agent's metadata-only watch hears of it, and reads nothing.
+    let before = Requests::read(&client).await;
+    let sent_before = watch_event_bytes(&client, "BuilderPool").await;
+    let status_params = PatchParams::apply("kiln-controller-status").force();
+    for running in 0..3 {
+        pools
+            .patch_status(&name, &status_params, &Patch::Apply(&big_status(running)))
+            .await
+            .expect("status");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = Requests::read(&client).await.since(&before);
+    let reads: u64 = after
+        .0
+        .iter()
+        .filter(|(k, _)| k.resource == "builderpools" && k.verb == "GET")
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(reads, 0, "a status rewrite made the agent read the pool: {after:?}");
+    let sent = watch_event_bytes(&client, "BuilderPool").await - sent_before;
+    let status_bytes = big_status(0).to_string().len() as f64;
+    assert!(
+        sent > 0.0 && sent < status_bytes / 4.0,
+        "the agent's watch carried {sent} bytes for three status writes of {status_bytes} bytes each"
+    );
+    assert!(guard.check(&ns, &team).await.is_err(), "and the rules still hold");
+
+    // The pool is deleted: the default rules apply (the namespace's own prefix only).
+    pools.delete(&name, &Default::default()).await.expect("delete");
+    support::kiln::eventually(Duration::from_secs(20), "the default rules", || async {
+        guard.check(&ns, &own).await.ok()
+    })
+    .await;
+    assert!(guard.check(&ns, &team).await.is_err());
+    watching.abort();
+}
