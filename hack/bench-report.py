@@ -134,7 +134,8 @@ def report(results):
     if shaped:
         rows.append(cpu_row("baseline (kiln-shaped)", shaped, shaped["writes"]))
     rows += [cpu_row(r["name"], r, r["writes_per_build"] * r["builds"]) for r in results["runs"]]
-    lines += [row for row in rows if row] + [
+    lines += [row for row in rows if row]
+    lines += watch_table(results["runs"]) + [
         "",
         "### Waves (latency vs load)",
         "",
@@ -157,6 +158,12 @@ def report(results):
         lines += [f"### Writes in run `{r['name']}`", "", "| request | count |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in r["writes"].items()]
         lines.append("")
+        if r.get("requests"):
+            lines += [f"All requests in run `{r['name']}` (every actor, heartbeats and watches included):", "",
+                      "| request | count | per build |", "|---|---|---|"]
+            ranked = sorted(r["requests"].items(), key=lambda kv: -kv[1])
+            lines += [f"| {k} | {v} | {fmt(v / max(r['builds'], 1), '', 2)} |" for k, v in ranked]
+            lines.append("")
     idle = results["idle"]
     lines += [
         "## Idle cost",
@@ -174,6 +181,28 @@ def report(results):
     lines += [f"| {k} | {v} |" for k, v in idle["requests"].items()]
     lines.append("")
     (BENCH / "REPORT.md").write_text("\n".join(lines))
+
+
+def watch_table(runs):
+    """What the apiserver sent on watches, per kind: serving watches is much of its CPU."""
+    kinds = sorted({k for r in runs for k in r.get("watch_mib_by_kind", {})},
+                   key=lambda k: -sum(r.get("watch_mib_by_kind", {}).get(k, 0) for r in runs))
+    if not kinds:
+        return []
+    lines = [
+        "",
+        "### What the apiserver sent on watches",
+        "",
+        "MiB of watch events per kind, all watchers together (`apiserver_watch_events_sizes`): every",
+        "event is encoded once per watcher that receives it.",
+        "",
+        "| run | " + " | ".join(kinds) + " |",
+        "|---|" + "---|" * len(kinds),
+    ]
+    for r in runs:
+        sent = r.get("watch_mib_by_kind", {})
+        lines.append(f"| {r['name']} | " + " | ".join(fmt(sent.get(k, 0), "", 1) for k in kinds) + " |")
+    return lines
 
 
 def main():

@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::harness::Harness;
-use crate::support::api_requests::Requests;
+use crate::support::api_requests::{Requests, watch_event_bytes_by_kind};
 
 /// Label that ties a run's ImageBuilds together.
 pub const RUN_LABEL: &str = "kiln.dev/scale-run";
@@ -102,6 +102,10 @@ pub struct RunResult {
     pub writes_per_build: f64,
     pub requests_per_build: f64,
     pub writes: BTreeMap<String, u64>,
+    /// Every request the apiserver counted during the run (all actors, heartbeats included).
+    pub requests: BTreeMap<String, u64>,
+    /// MiB of watch events the apiserver sent during the run, per kind (all watchers).
+    pub watch_mib_by_kind: BTreeMap<String, f64>,
     #[serde(flatten)]
     pub usage: Usages,
     /// Seconds from the run's start at which each build was seen Ready (throughput plot).
@@ -113,6 +117,7 @@ pub async fn run(h: &Harness, spec: &RunSpec) -> RunResult {
     let namespaces = make_namespaces(h, spec).await;
     let ready = watch_ready(h, spec.name);
     let requests_before = Requests::read(&h.admin).await;
+    let sent_before = watch_event_bytes_by_kind(&h.admin).await;
     let usage = UsageProbe::start(h);
     let started = (Instant::now(), SystemTime::now());
     let mut created: Vec<(String, String, SystemTime)> = Vec::new();
@@ -135,8 +140,19 @@ pub async fn run(h: &Harness, spec: &RunSpec) -> RunResult {
     let seconds = started.0.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let requests = Requests::read(&h.admin).await.since(&requests_before);
+    let sent: BTreeMap<String, f64> = watch_event_bytes_by_kind(&h.admin)
+        .await
+        .into_iter()
+        .map(|(kind, bytes)| {
+            let mib = (bytes - sent_before.get(&kind).copied().unwrap_or(0.0)) / (1024.0 * 1024.0);
+            (kind, mib)
+        })
+        .filter(|(_, mib)| *mib > 0.0)
+        .collect();
     let usage = usage.stop(seconds).await;
-    summarize(h, spec, &ready, &created, started.1, seconds, waves, &requests, usage)
+    let mut result = summarize(h, spec, &ready, &created, started.1, seconds, waves, &requests, usage);
+    result.watch_mib_by_kind = sent;
+    result
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -194,6 +210,8 @@ fn summarize(
         writes_per_build: writes.total() as f64 / builds,
         requests_per_build: requests.total() as f64 / builds,
         writes: writes.0.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        requests: requests.0.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        watch_mib_by_kind: BTreeMap::new(),
         usage,
         ready_at_seconds: seen
             .values()
