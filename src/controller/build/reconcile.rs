@@ -33,7 +33,7 @@ use crate::api::conditions::{self, Desired, READY, STALLED, Status};
 use crate::api::heartbeat::Heartbeat;
 use crate::api::image_build::{BuildPhase, ImageBuild};
 use crate::api::image_policy::Decision;
-use crate::api::node_build::NodeBuild;
+use crate::api::node_build::{NodeBuild, NodeBuildPhase};
 use crate::api::validation;
 use crate::controller::{Context, Error, STATUS_FIELD_MANAGER};
 
@@ -338,6 +338,32 @@ async fn owned_node_builds(ctx: &Context, build: &ImageBuild) -> Result<Vec<Arc<
         .filter_map(|n| ctx.node_builds.get(&ObjectRef::new(n).within(&ns)))
         .filter(|nb| nb.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref()))
         .collect())
+}
+
+/// True if one of `build`'s attempts has finished and its status does not show that yet: the
+/// reconcile writes an outcome (the wiring gives it a lane of its own). Reads only the caches.
+pub fn outcome_unseen(build: &ImageBuild, ctx: &Context) -> bool {
+    let (ns, name) = (build.namespace().unwrap_or_default(), build.name_any());
+    let names = ctx
+        .node_build_index
+        .read()
+        .map(|index| index.attempts_of(&ns, &name))
+        .unwrap_or_default();
+    let shown = |attempt: &str| {
+        build.status.as_ref().is_some_and(|s| {
+            s.nodes
+                .iter()
+                .any(|n| n.node_build.as_deref() == Some(attempt) && n.phase.is_some_and(NodeBuildPhase::is_finished))
+        })
+    };
+    names.iter().any(|n| {
+        ctx.node_builds.get(&ObjectRef::new(n).within(&ns)).is_some_and(|nb| {
+            nb.status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .is_some_and(NodeBuildPhase::is_finished)
+        }) && !shown(n)
+    })
 }
 
 /// The pool's heartbeats, as the heartbeat watch parsed them: a snapshot shared with every
