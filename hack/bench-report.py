@@ -185,7 +185,8 @@ def report(results):
 
 def watch_table(runs):
     """What the apiserver sent on watches, per kind: serving watches is much of its CPU."""
-    kinds = sorted({k for r in runs for k in r.get("watch_mib_by_kind", {})},
+    # Kinds that carried at least 0.1 MiB in some run, the largest first.
+    kinds = sorted({k for r in runs for k, mib in r.get("watch_mib_by_kind", {}).items() if mib >= 0.1},
                    key=lambda k: -sum(r.get("watch_mib_by_kind", {}).get(k, 0) for r in runs))
     if not kinds:
         return []
