@@ -9,8 +9,8 @@
 //! Why `running` waits for the record: a pool's status lists every node, so it grows with the
 //! pool (88 KB at 500 nodes), and every agent watches its pool. When `running` followed each
 //! renewal, a busy pool's status was rewritten about once a second, and each write was sent to
-//! every agent: in the scale run, 13 GB of watch events, 95 % of all the apiserver sent, and most
-//! of its CPU. The live count is in each node's heartbeat Lease.
+//! every agent: in the scale run, 13 GB of watch events, 98 % of all the apiserver sent, and the
+//! largest share of its CPU. The live count is in each node's heartbeat Lease.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
