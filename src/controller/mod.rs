@@ -5,6 +5,7 @@
 
 pub mod build;
 pub mod heartbeats;
+mod lanes;
 pub mod pool;
 mod wiring;
 
