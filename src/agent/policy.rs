@@ -35,11 +35,17 @@ const LIST_WAIT: Duration = Duration::from_secs(30);
 /// The longest pause between reads of a pool whose new generation could not be read.
 const READ_RETRY_MAX: Duration = Duration::from_secs(30);
 
-/// The pool's rules as last read, and the generation they are of (none: there is no pool).
+/// The pool's rules as last read, and the object and generation they are of (none: there is no
+/// pool). The uid tells a pool deleted and created again, at generation 1 again, from the old one.
 #[derive(Clone, Debug, Default)]
 struct Known {
-    generation: Option<i64>,
+    version: Option<(String, i64)>,
     rules: Arc<Vec<ImageRule>>,
+}
+
+/// The uid and generation of `meta`, when it has both.
+fn version_of(meta: &kube::api::ObjectMeta) -> Option<(String, i64)> {
+    Some((meta.uid.clone()?, meta.generation?))
 }
 
 /// This agent's pool, as a watch keeps it, and the check built on it.
@@ -88,7 +94,7 @@ impl PolicyGuard {
                 Ok(watcher::Event::Init) => seen_in_listing = false,
                 Ok(watcher::Event::InitApply(meta) | watcher::Event::Apply(meta)) => {
                     seen_in_listing = true;
-                    self.follow(&api, meta.metadata.generation).await;
+                    self.follow(&api, version_of(&meta.metadata)).await;
                 }
                 Ok(watcher::Event::Delete(_)) => self.set(Known::default()),
                 Ok(watcher::Event::InitDone) => {
@@ -107,11 +113,11 @@ impl PolicyGuard {
         }
     }
 
-    /// Reads the pool when the watch shows a generation the guard does not know, until it can
+    /// Reads the pool when the watch shows a version the guard does not know, until it can
     /// (backing off): an admin's new rules must not be missed for want of one read.
-    async fn follow(&self, api: &Api<BuilderPool>, generation: Option<i64>) {
-        let known = self.known.lock().ok().and_then(|k| k.generation);
-        if known.is_some() && known == generation {
+    async fn follow(&self, api: &Api<BuilderPool>, version: Option<(String, i64)>) {
+        let known = self.known.lock().ok().and_then(|k| k.version.clone());
+        if known.is_some() && known == version {
             return;
         }
         let mut pause = Duration::from_secs(1);
@@ -119,7 +125,7 @@ impl PolicyGuard {
             match api.get_opt(&self.pool).await {
                 Ok(Some(pool)) => {
                     return self.set(Known {
-                        generation: pool.metadata.generation,
+                        version: version_of(&pool.metadata),
                         rules: Arc::new(pool.spec.allowed_images),
                     });
                 }
