@@ -51,9 +51,7 @@ pub struct Requests(pub BTreeMap<Key, u64>);
 impl Requests {
     /// Reads the apiserver's counters now (needs a client allowed to GET /metrics).
     pub async fn read(client: &Client) -> Requests {
-        let req = http::Request::get("/metrics").body(Vec::new()).expect("request");
-        let text = client.request_text(req).await.expect("GET /metrics");
-        Requests::parse(&text)
+        Requests::parse(&metrics(client).await)
     }
 
     /// Parses Prometheus text format.
@@ -66,13 +64,7 @@ impl Requests {
             let Some((labels, value)) = rest.rsplit_once("} ") else {
                 continue;
             };
-            let label = |name: &str| {
-                labels
-                    .split("\",")
-                    .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
-                    .map(|v| v.trim_end_matches('"').to_owned())
-                    .unwrap_or_default()
-            };
+            let label = |name: &str| label(labels, name);
             let key = Key {
                 verb: label("verb"),
                 resource: label("resource"),
@@ -153,8 +145,7 @@ pub async fn watch_event_bytes(client: &Client, kind: &str) -> f64 {
 /// Bytes of watch events the apiserver has sent so far, per kind.
 #[allow(dead_code)]
 pub async fn watch_event_bytes_by_kind(client: &Client) -> BTreeMap<String, f64> {
-    let req = http::Request::get("/metrics").body(Vec::new()).expect("request");
-    let text = client.request_text(req).await.expect("GET /metrics");
+    let text = metrics(client).await;
     let mut out = BTreeMap::new();
     for line in text.lines() {
         let Some((labels, value)) = line
@@ -163,12 +154,22 @@ pub async fn watch_event_bytes_by_kind(client: &Client) -> BTreeMap<String, f64>
         else {
             continue;
         };
-        let kind = labels
-            .split("\",")
-            .find_map(|kv| kv.strip_prefix("kind=\""))
-            .map(|v| v.trim_end_matches('"').to_owned())
-            .unwrap_or_default();
-        *out.entry(kind).or_insert(0.0) += value.trim().parse::<f64>().unwrap_or(0.0);
+        *out.entry(label(labels, "kind")).or_insert(0.0) += value.trim().parse::<f64>().unwrap_or(0.0);
     }
     out
+}
+
+/// The apiserver's metrics, in Prometheus text format (needs a client allowed to GET /metrics).
+async fn metrics(client: &Client) -> String {
+    let req = http::Request::get("/metrics").body(Vec::new()).expect("request");
+    client.request_text(req).await.expect("GET /metrics")
+}
+
+/// The value of label `name` in a Prometheus sample's `labels` (between the braces), or empty.
+fn label(labels: &str, name: &str) -> String {
+    labels
+        .split("\",")
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
+        .map(|v| v.trim_end_matches('"').to_owned())
+        .unwrap_or_default()
 }

@@ -323,9 +323,14 @@ pub(super) async fn cancel(node_builds: &Api<NodeBuild>, name: &str) -> Result<(
     }
 }
 
-/// This ImageBuild's NodeBuilds, from the watch cache (see `controller::wiring::build_controller`).
+/// The build's attempts in the NodeBuild cache, once it has listed.
 async fn owned_node_builds(ctx: &Context, build: &ImageBuild) -> Result<Vec<Arc<NodeBuild>>, Error> {
     ctx.node_builds_listed.wait().await.map_err(Error::CacheStopped)?;
+    Ok(cached_attempts(ctx, build))
+}
+
+/// The build's attempts in the NodeBuild cache as it is now, through the index.
+fn cached_attempts(ctx: &Context, build: &ImageBuild) -> Vec<Arc<NodeBuild>> {
     let (ns, name, uid) = (build.namespace().unwrap_or_default(), build.name_any(), build.uid());
     let names = ctx
         .node_build_index
@@ -333,22 +338,16 @@ async fn owned_node_builds(ctx: &Context, build: &ImageBuild) -> Result<Vec<Arc<
         .map(|index| index.attempts_of(&ns, &name))
         .unwrap_or_default();
     // Only this object's attempts: a re-created ImageBuild of the same name has another uid.
-    Ok(names
+    names
         .iter()
         .filter_map(|n| ctx.node_builds.get(&ObjectRef::new(n).within(&ns)))
         .filter(|nb| nb.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref()))
-        .collect())
+        .collect()
 }
 
 /// True if one of `build`'s attempts has finished and its status does not show that yet: the
 /// reconcile writes an outcome (the wiring gives it a lane of its own). Reads only the caches.
 pub fn outcome_unseen(build: &ImageBuild, ctx: &Context) -> bool {
-    let (ns, name) = (build.namespace().unwrap_or_default(), build.name_any());
-    let names = ctx
-        .node_build_index
-        .read()
-        .map(|index| index.attempts_of(&ns, &name))
-        .unwrap_or_default();
     let shown = |attempt: &str| {
         build.status.as_ref().is_some_and(|s| {
             s.nodes
@@ -356,13 +355,13 @@ pub fn outcome_unseen(build: &ImageBuild, ctx: &Context) -> bool {
                 .any(|n| n.node_build.as_deref() == Some(attempt) && n.phase.is_some_and(NodeBuildPhase::is_finished))
         })
     };
-    names.iter().any(|n| {
-        ctx.node_builds.get(&ObjectRef::new(n).within(&ns)).is_some_and(|nb| {
-            nb.status
-                .as_ref()
-                .and_then(|s| s.phase)
-                .is_some_and(NodeBuildPhase::is_finished)
-        }) && !shown(n)
+    cached_attempts(ctx, build).iter().any(|nb| {
+        let finished = nb
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .is_some_and(NodeBuildPhase::is_finished);
+        finished && !shown(&nb.name_any())
     })
 }
 
