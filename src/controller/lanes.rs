@@ -1,168 +1,252 @@
 //! How many ImageBuild reconciles run at once, and in which order: a FIFO queue with a limit,
-//! and a lane of its own for builds whose outcome is waiting to be written ([`limited`]).
+//! and a lane of its own for builds whose outcome is waiting to be written ([`Lanes`]).
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::FutureExt;
+use futures::channel::mpsc;
 use futures::future::BoxFuture;
 use kube::runtime::controller::Action;
 
-/// `reconcile`, run only while it holds one of `limit` permits (0: no limit), in the order the
-/// controller started them, on the object as `latest` reads it once it has the permit.
-/// Reconciles that `urgent` picks (a build with an outcome its status does not show yet) have a
-/// lane of their own, of a quarter of `limit` more permits: they take nothing from the queue
-/// and make its API calls free a slot, so they need not wait behind builds that cannot start.
-/// In one lane, the scale run's waves wrote Ready ~18 s after the solve had started, and builds
-/// lived long enough for an in-progress status to be written.
+/// How long a permit kept for a woken object waits for its reconcile before it goes to the next
+/// in line. The object was in the cache when it was woken; it is not reconciled only if it was
+/// deleted in the moment between, or if the controller is stopping.
+const GRANT_EXPIRES: Duration = Duration::from_secs(30);
+
+/// Reconciles run only while they hold one of `limit` permits, in the order they came: a
+/// reconcile that finds no permit free is not run but queued, its call returning at once, and is
+/// woken (its [`Turns`], which the controller reconciles on) when a permit is kept for it
+/// ([`Lanes::of`], [`Lanes::around`]). Reconciles
+/// that `urgent` picks (a build with an outcome its status does not show yet) have a lane of
+/// their own, of a quarter of `limit` more permits: they take nothing from the queue and make its
+/// API calls free a slot, so they need not wait behind builds that cannot start. In one lane, the
+/// scale run's waves wrote Ready ~18 s after the solve had started.
 ///
 /// Every reconcile awaits API calls: a thousand builds created at once otherwise make a thousand
 /// requests, on as many connections, at once, which held the controller's memory at 204–228 MiB
-/// in the scale run (169 MiB with a limit). The limit is a FIFO semaphore, not kube's
-/// `Config::concurrency`: kube keeps what is over its limit in a hash set and takes from it in
-/// hash order, and with it the slowest builds waited twice as long to start (p99) as without a
-/// limit. A waiting reconcile holds only its object, and what changed while it waited is read
-/// from the cache when it starts; an object gone from the cache meanwhile was deleted, and is
-/// not reconciled (as kube does for an object deleted while queued).
-pub(super) fn limited<K, C, E, F>(
-    limit: u16,
-    latest: impl Fn(&K) -> Option<Arc<K>> + Clone + Send + 'static,
-    urgent: impl Fn(&K, &C) -> bool + Clone + Send + 'static,
-    reconcile: impl Fn(Arc<K>, Arc<C>) -> F + Clone + Send + 'static,
-) -> impl FnMut(Arc<K>, Arc<C>) -> BoxFuture<'static, Result<Action, E>>
-where
-    K: Send + Sync + 'static,
-    C: Send + Sync + 'static,
-    F: Future<Output = Result<Action, E>> + Send + 'static,
-{
-    let lane = |permits: usize| Arc::new(tokio::sync::Semaphore::new(permits));
-    let lanes = (limit > 0).then(|| {
-        let limit = usize::from(limit);
-        (lane(limit), lane(limit.div_ceil(4)))
-    });
-    move |object, ctx| {
-        let (latest, reconcile) = (latest.clone(), reconcile.clone());
-        let permits = lanes
-            .as_ref()
-            .map(|(queue, outcomes)| if urgent(&object, &ctx) { outcomes } else { queue }.clone());
-        async move {
-            // Never closed, so a permit always comes.
-            let _permit = match &permits {
-                Some(permits) => permits.acquire().await.ok(),
-                None => None,
-            };
-            match latest(&object) {
-                Some(object) => reconcile(object, ctx).await,
-                None => Ok(Action::await_change()),
+/// in the scale run (169 MiB with a limit). Not kube's `Config::concurrency`: kube keeps what is
+/// over its limit in a hash set and takes from it in hash order, and with it the slowest builds
+/// waited twice as long to start (p99) as without a limit. Nor reconciles that wait for a permit
+/// inside their call, as this did first: kube polls every running reconcile and scans every
+/// object held behind one each time any of them wakes, and with thousands waiting that was ~40 %
+/// of the controller's CPU in the scale run's waves.
+pub(super) struct Lanes<Q> {
+    state: Arc<Mutex<State<Q>>>,
+    wake: mpsc::UnboundedSender<Q>,
+}
+
+/// The two lanes: the queue, and the outcomes' lane.
+struct State<Q> {
+    lanes: [Lane<Q>; 2],
+    /// Whether a woken object is still there to be reconciled (in the cache).
+    exists: Box<dyn Fn(&Q) -> bool + Send>,
+}
+
+/// One lane's permits and line.
+struct Lane<Q> {
+    free: usize,
+    /// Objects in line, each with its ticket; an object whose ticket in `tickets` differs (or
+    /// that has none) has left the line (it ran another way) and is skipped.
+    line: VecDeque<(u64, Q)>,
+    tickets: HashMap<Q, u64>,
+    next_ticket: u64,
+    /// Permits kept for woken objects, with the grant's number (for its expiry).
+    granted: HashMap<Q, u64>,
+}
+
+impl<Q: Hash + Eq + Clone> Lane<Q> {
+    fn new(permits: usize) -> Self {
+        Self {
+            free: permits,
+            line: VecDeque::new(),
+            tickets: HashMap::new(),
+            next_ticket: 0,
+            granted: HashMap::new(),
+        }
+    }
+
+    /// Puts `key` in line, unless it is already.
+    fn queue(&mut self, key: Q) {
+        if self.tickets.contains_key(&key) {
+            return;
+        }
+        self.next_ticket += 1;
+        self.tickets.insert(key.clone(), self.next_ticket);
+        self.line.push_back((self.next_ticket, key));
+    }
+
+    /// The first object in line that is still in line and still exists.
+    fn next_in_line(&mut self, exists: &dyn Fn(&Q) -> bool) -> Option<Q> {
+        while let Some((ticket, key)) = self.line.pop_front() {
+            if self.tickets.get(&key) == Some(&ticket) {
+                self.tickets.remove(&key);
+                if exists(&key) {
+                    return Some(key);
+                }
             }
         }
-        .boxed()
+        None
+    }
+}
+
+/// How the lanes let one call through ([`Lanes::admit`]).
+enum Admission {
+    /// It runs now, holding a permit of this lane.
+    Run(usize),
+    /// It waits in line; it is woken when a permit is kept for it.
+    Wait,
+}
+
+impl<Q: Hash + Eq + Clone + Send + 'static> Lanes<Q> {
+    /// Lanes of `limit` permits (and a quarter of that for the outcomes), waking objects through
+    /// `wake`; `exists` tells whether an object is still there to wake.
+    fn new(limit: u16, wake: mpsc::UnboundedSender<Q>, exists: impl Fn(&Q) -> bool + Send + 'static) -> Self {
+        let limit = usize::from(limit);
+        let state = State {
+            lanes: [Lane::new(limit), Lane::new(limit.div_ceil(4))],
+            exists: Box::new(exists),
+        };
+        Self {
+            state: Arc::new(Mutex::new(state)),
+            wake,
+        }
+    }
+
+    /// Lets `key`'s call through in `lane` (0: the queue, 1: the outcomes) if a permit is kept for
+    /// it or one is free; otherwise puts it in line.
+    fn admit(&self, key: &Q, lane: usize) -> Admission {
+        let Ok(mut state) = self.state.lock() else {
+            // A reconcile panicked while holding the lock: the lanes are lost, not the builds.
+            return Admission::Run(usize::MAX);
+        };
+        // Woken for its turn, or by an event first: either way, it has its permit.
+        let kept = (0..2).find(|&l| state.lanes[l].granted.remove(key).is_some());
+        let run = kept.or_else(|| {
+            let free = &mut state.lanes[lane].free;
+            (*free > 0).then(|| *free -= 1).map(|()| lane)
+        });
+        let Some(run) = run else {
+            state.lanes[lane].queue(key.clone());
+            return Admission::Wait;
+        };
+        // What runs leaves the line, of both lanes: what changes while it runs wakes it again.
+        for lane in &mut state.lanes {
+            lane.tickets.remove(key);
+        }
+        Admission::Run(run)
+    }
+
+    /// Gives back a permit of `lane`: to the next in line, kept for it while it is woken, or free.
+    fn release(state: &Arc<Mutex<State<Q>>>, wake: &mpsc::UnboundedSender<Q>, lane: usize) {
+        let Ok(mut guard) = state.lock() else { return };
+        let State { lanes, exists } = &mut *guard;
+        let Some(lane_state) = lanes.get_mut(lane) else { return };
+        let Some(next) = lane_state.next_in_line(exists.as_ref()) else {
+            lane_state.free += 1;
+            return;
+        };
+        lane_state.next_ticket += 1;
+        let grant = lane_state.next_ticket;
+        lane_state.granted.insert(next.clone(), grant);
+        drop(guard);
+        if wake.unbounded_send(next.clone()).is_err() {
+            // The controller is stopping: nothing will claim it.
+            return Self::expire(state, wake, lane, &next, grant);
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (state, wake) = (state.clone(), wake.clone());
+        runtime.spawn(async move {
+            tokio::time::sleep(GRANT_EXPIRES).await;
+            Self::expire(&state, &wake, lane, &next, grant);
+        });
+    }
+
+    /// Takes back the permit kept for `key` under `grant`, if it is still unclaimed.
+    fn expire(state: &Arc<Mutex<State<Q>>>, wake: &mpsc::UnboundedSender<Q>, lane: usize, key: &Q, grant: u64) {
+        let unclaimed = state.lock().is_ok_and(|mut s| {
+            let kept = &mut s.lanes[lane].granted;
+            let ours = kept.get(key) == Some(&grant);
+            if ours {
+                kept.remove(key);
+            }
+            ours
+        });
+        if unclaimed && !wake.is_closed() {
+            Self::release(state, wake, lane);
+        }
+    }
+}
+
+/// A permit held by a running reconcile; given back when it ends, however it ends.
+struct Permit<Q: Hash + Eq + Clone + Send + 'static> {
+    state: Arc<Mutex<State<Q>>>,
+    wake: mpsc::UnboundedSender<Q>,
+    lane: usize,
+}
+
+impl<Q: Hash + Eq + Clone + Send + 'static> Drop for Permit<Q> {
+    fn drop(&mut self) {
+        Lanes::release(&self.state, &self.wake, self.lane);
+    }
+}
+
+/// A reconcile's future, as the controller runs it.
+pub(super) type Reconciled<E> = BoxFuture<'static, Result<Action, E>>;
+/// The objects woken for their turn, in the order of their turns.
+pub(super) type Turns<Q> = mpsc::UnboundedReceiver<Q>;
+
+impl<Q: Hash + Eq + Clone + Send + 'static> Lanes<Q> {
+    /// Lanes of `limit` permits (0: no limit), and the turns the controller must reconcile on;
+    /// `exists` tells whether an object is still in the cache.
+    pub(super) fn of(limit: u16, exists: impl Fn(&Q) -> bool + Send + 'static) -> (Option<Self>, Turns<Q>) {
+        let (wake, turns) = mpsc::unbounded();
+        ((limit > 0).then(|| Lanes::new(limit, wake, exists)), turns)
+    }
+
+    /// `reconcile` under these lanes: `key` names an object, `urgent` picks the outcomes' lane.
+    pub(super) fn around<K, C, E, F>(
+        lanes: Option<Self>,
+        key: impl Fn(&K) -> Q + Send + 'static,
+        urgent: impl Fn(&K, &C) -> bool + Send + 'static,
+        reconcile: impl Fn(Arc<K>, Arc<C>) -> F + Send + 'static,
+    ) -> impl FnMut(Arc<K>, Arc<C>) -> Reconciled<E>
+    where
+        K: Send + Sync + 'static,
+        C: Send + Sync + 'static,
+        E: Send + 'static,
+        F: Future<Output = Result<Action, E>> + Send + 'static,
+    {
+        move |object: Arc<K>, ctx: Arc<C>| {
+            let Some(lanes) = &lanes else {
+                return reconcile(object, ctx).boxed();
+            };
+            let lane = usize::from(urgent(&object, &ctx));
+            match lanes.admit(&key(&object), lane) {
+                Admission::Wait => futures::future::ready(Ok(Action::await_change())).boxed(),
+                Admission::Run(lane) => {
+                    let permit = (lane < 2).then(|| Permit {
+                        state: lanes.state.clone(),
+                        wake: lanes.wake.clone(),
+                        lane,
+                    });
+                    let reconciled = reconcile(object, ctx);
+                    async move {
+                        let outcome = reconciled.await;
+                        drop(permit);
+                        outcome
+                    }
+                    .boxed()
+                }
+            }
+        }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::controller::Error;
-    use std::sync::Mutex;
-    use std::time::Duration;
-
-    /// What the reconciles under test saw: the order they started in, and how many ran at once.
-    #[derive(Default)]
-    struct Seen {
-        started: Vec<u32>,
-        running: usize,
-        most_at_once: usize,
-    }
-
-    /// An object deleted while its reconcile waited for a permit.
-    const GONE: u32 = 99;
-
-    /// Starts six reconciles of 10 ms each, in order, under `limit`, then one of an object gone
-    /// from the cache, and waits for them all.
-    async fn six_reconciles(limit: u16) -> Seen {
-        let seen = Arc::new(Mutex::new(Seen::default()));
-        let record = seen.clone();
-        let latest = |object: &u32| (*object != GONE).then(|| Arc::new(*object));
-        let mut reconcile = limited(
-            limit,
-            latest,
-            |_: &u32, _: &()| false,
-            move |object: Arc<u32>, _ctx: Arc<()>| {
-                let seen = record.clone();
-                async move {
-                    {
-                        let mut s = seen.lock().expect("lock");
-                        s.started.push(*object);
-                        s.running += 1;
-                        s.most_at_once = s.most_at_once.max(s.running);
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    seen.lock().expect("lock").running -= 1;
-                    Ok::<_, Error>(Action::await_change())
-                }
-            },
-        );
-        let reconciles: Vec<_> = (0..6)
-            .chain([GONE])
-            .map(|i| reconcile(Arc::new(i), Arc::new(())))
-            .collect();
-        for outcome in futures::future::join_all(reconciles).await {
-            assert!(outcome.is_ok());
-        }
-        std::mem::take(&mut *seen.lock().expect("lock"))
-    }
-
-    #[tokio::test]
-    async fn limited_reconciles_run_at_most_the_limit_at_once_in_the_order_they_came() {
-        let seen = six_reconciles(2).await;
-        assert_eq!(seen.most_at_once, 2, "never more than the limit at once");
-        assert_eq!(
-            seen.started,
-            (0..6).collect::<Vec<_>>(),
-            "first come, first run; and not what was deleted while it waited"
-        );
-    }
-
-    #[tokio::test]
-    async fn without_a_limit_every_reconcile_runs_at_once() {
-        assert_eq!(six_reconciles(0).await.most_at_once, 6);
-    }
-
-    #[tokio::test]
-    async fn an_urgent_reconcile_does_not_wait_behind_the_queue() {
-        const URGENT: u32 = 100;
-        let started = Arc::new(Mutex::new(Vec::new()));
-        let record = started.clone();
-        let mut reconcile = limited(
-            2,
-            |object: &u32| Some(Arc::new(*object)),
-            |object: &u32, _: &()| *object >= URGENT,
-            move |object: Arc<u32>, _ctx: Arc<()>| {
-                let started = record.clone();
-                async move {
-                    started.lock().expect("lock").push(*object);
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    Ok::<_, Error>(Action::await_change())
-                }
-            },
-        );
-        let reconciles: Vec<_> = (0..6)
-            .chain([URGENT, URGENT + 1])
-            .map(|i| reconcile(Arc::new(i), Arc::new(())))
-            .collect();
-        futures::future::join_all(reconciles).await;
-        let started = std::mem::take(&mut *started.lock().expect("lock"));
-        assert_eq!(
-            started[..3].iter().filter(|&&o| o == URGENT).count(),
-            1,
-            "the first urgent reconcile runs beside the first two of the queue: {started:?}"
-        );
-        let second = started.iter().position(|&o| o == URGENT + 1);
-        assert!(
-            second.is_some_and(|i| i < 6),
-            "and the next one waits only for it, not for the queue: {started:?}"
-        );
-        let queue: Vec<u32> = started.iter().copied().filter(|&o| o < URGENT).collect();
-        assert_eq!(queue, (0..6).collect::<Vec<_>>(), "the queue keeps its order");
-    }
-}
+#[path = "lanes_tests.rs"]
+mod tests;

@@ -21,7 +21,7 @@ use kube::runtime::{WatchStreamExt, reflector::store::Writer};
 use tracing::{debug, warn};
 
 use super::heartbeats::follow::Follower;
-use super::lanes::limited;
+use super::lanes::Lanes;
 use super::{Context, Error, build, pool};
 use crate::api::heartbeat::{HEARTBEAT_LABEL, Heartbeat};
 use crate::api::{BuilderPool, ImageBuild, NodeBuild};
@@ -208,7 +208,7 @@ pub(super) async fn build_controller(
     let client = ctx.client.clone();
     let controller = controller_for(Api::<ImageBuild>::all(client.clone()));
     let store = controller.store();
-    let latest = controller.store();
+    let in_cache = controller.store();
     let index = ctx.clone();
     // A heartbeat wakes the builds it may concern (see `build::plan::woken_by`).
     let waiting = move |beat: Heartbeat| {
@@ -259,6 +259,7 @@ pub(super) async fn build_controller(
             if let Ok(mut index) = indexed.node_build_index.write() {
                 let freed = index.freed_by(event);
                 index.apply(event);
+                build::memory::shown(&indexed, event);
                 if let Some(pool) = freed {
                     let _ = freed_tx.unbounded_send(pool);
                 }
@@ -284,22 +285,24 @@ pub(super) async fn build_controller(
     // anyway. The heartbeat watch judged them ([`follow_heartbeats`]) and updated the table the
     // reconciles read before sending them.
     let woken = beats.flat_map(move |beat| futures::stream::iter(waiting(beat)));
+    // Reconciles over the limit wait in line, outside kube's runner; `turns` wakes each in turn.
+    let (lanes, turns) = Lanes::of(concurrency, move |build: &ObjectRef<ImageBuild>| {
+        in_cache.get(build).is_some()
+    });
+    let reconcile = Lanes::around(
+        lanes,
+        |build: &ImageBuild| ObjectRef::from_obj(build),
+        build::reconcile::outcome_unseen,
+        timed("imagebuild", build::reconcile::reconcile),
+    );
     controller
         .owns_stream(node_builds)
         .reconcile_on(woken)
         .watches_stream(pools, refused_by)
         .reconcile_on(room)
+        .reconcile_on(turns)
         .shutdown_on_signal()
-        .run(
-            limited(
-                concurrency,
-                move |build: &ImageBuild| latest.get(&ObjectRef::from_obj(build)),
-                build::reconcile::outcome_unseen,
-                timed("imagebuild", build::reconcile::reconcile),
-            ),
-            retry_after("ImageBuild", Duration::from_secs(2)),
-            ctx,
-        )
+        .run(reconcile, retry_after("ImageBuild", Duration::from_secs(2)), ctx)
         .for_each(|result| async move { log_outcome("ImageBuild", result) })
         .await;
 }
