@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kube::ResourceExt;
+use kube::runtime::watcher;
 
 use crate::api::image_build::{ImageBuild, ImageBuildStatus};
 use crate::api::node_build::{NodeBuild, NodeBuildPhase};
@@ -54,6 +55,21 @@ pub(super) fn remember_created(ctx: &Context, nb: &NodeBuild) {
     t.dispatched
         .retain(|_, (_, at)| now.duration_since(*at) < EXPECT_CREATED);
     t.dispatched.insert(node_build_key(nb), (nb.clone(), now));
+}
+
+/// Forgets the attempt a NodeBuild watch event shows: the cache is its truth from here, and
+/// [`assigned_load`], which every reconcile runs, looks only at the few the cache does not show
+/// yet (thousands at once in the scale run's waves otherwise, each compared and copied per
+/// reconcile). Called under the index's write lock, as reconciles read the index before this
+/// memory under its read lock (`reconcile::attempts`): none misses an attempt in both.
+pub fn shown(ctx: &Context, event: &watcher::Event<NodeBuild>) {
+    let (watcher::Event::Apply(nb) | watcher::Event::InitApply(nb)) = event else {
+        return;
+    };
+    let Ok(mut t) = ctx.memory.lock() else { return };
+    if !t.dispatched.is_empty() {
+        t.dispatched.remove(&node_build_key(nb));
+    }
 }
 
 /// Undoes [`remember_created`] for an attempt whose create failed.

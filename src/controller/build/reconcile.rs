@@ -22,6 +22,7 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use super::deletion::cleanup;
+use super::index::Index;
 use super::memory::{
     assigned_load, finalizer_added, forget_created, just_created, just_created_attempts, known_for, observe_timings,
     remember_created, remember_finalizer, remember_written, remembered_status,
@@ -102,10 +103,22 @@ fn with_remembered_status(ctx: &Context, build: Arc<ImageBuild>) -> Arc<ImageBui
 /// The build's attempts: those in the cache and those this process created that the cache has
 /// not shown yet.
 async fn attempts(ctx: &Context, build: &ImageBuild) -> Result<Vec<NodeBuild>, Error> {
-    let cached = owned_node_builds(ctx, build).await?;
-    let mut node_builds: Vec<NodeBuild> = cached.iter().map(|nb| (**nb).clone()).collect();
-    let pending = just_created_attempts(ctx, build, &node_builds);
-    node_builds.extend(pending);
+    ctx.node_builds_listed.wait().await.map_err(Error::CacheStopped)?;
+    let node_builds = {
+        // Both reads under the index's read lock: the watch forgets a created attempt
+        // (`memory::shown`) under its write lock, so no attempt is missed in both.
+        let index = ctx
+            .node_build_index
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut node_builds: Vec<NodeBuild> = attempts_in(ctx, &index, build)
+            .iter()
+            .map(|nb| (**nb).clone())
+            .collect();
+        let pending = just_created_attempts(ctx, build, &node_builds);
+        node_builds.extend(pending);
+        node_builds
+    };
     observe_timings(ctx, &node_builds);
     Ok(node_builds)
 }
@@ -324,21 +337,21 @@ pub(super) async fn cancel(node_builds: &Api<NodeBuild>, name: &str) -> Result<(
 }
 
 /// The build's attempts in the NodeBuild cache, once it has listed.
-async fn owned_node_builds(ctx: &Context, build: &ImageBuild) -> Result<Vec<Arc<NodeBuild>>, Error> {
-    ctx.node_builds_listed.wait().await.map_err(Error::CacheStopped)?;
-    Ok(cached_attempts(ctx, build))
-}
-
-/// The build's attempts in the NodeBuild cache as it is now, through the index.
+/// The build's attempts in the NodeBuild cache as it is now.
 fn cached_attempts(ctx: &Context, build: &ImageBuild) -> Vec<Arc<NodeBuild>> {
-    let (ns, name, uid) = (build.namespace().unwrap_or_default(), build.name_any(), build.uid());
-    let names = ctx
+    let index = ctx
         .node_build_index
         .read()
-        .map(|index| index.attempts_of(&ns, &name))
-        .unwrap_or_default();
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    attempts_in(ctx, &index, build)
+}
+
+/// The build's attempts in the NodeBuild cache, as `index` names them.
+fn attempts_in(ctx: &Context, index: &Index, build: &ImageBuild) -> Vec<Arc<NodeBuild>> {
+    let (ns, name, uid) = (build.namespace().unwrap_or_default(), build.name_any(), build.uid());
     // Only this object's attempts: a re-created ImageBuild of the same name has another uid.
-    names
+    index
+        .attempts_of(&ns, &name)
         .iter()
         .filter_map(|n| ctx.node_builds.get(&ObjectRef::new(n).within(&ns)))
         .filter(|nb| nb.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref()))
