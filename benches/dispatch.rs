@@ -123,7 +123,7 @@ async fn run() {
     ]);
 
     let logs = Logs::read(&rig);
-    let (mut aggregate, mut total) = (Vec::new(), Vec::new());
+    let (mut aggregate, mut total, mut started) = (Vec::new(), Vec::new(), Vec::new());
     let mut stages: Vec<Vec<f64>> = vec![Vec::new(); STAGES.len()];
     {
         let s = seen.lock().expect("lock");
@@ -132,6 +132,8 @@ async fn run() {
             aggregate.push(ms(ready.saturating_duration_since(s.node_done[name])));
             total.push(ms(ready - *t0));
             if let Some(marks) = logs.marks(name, *wall0) {
+                // The agent's "starting the solve": from here the build is running.
+                started.push(ms(marks[3].duration_since(*wall0).unwrap_or_default()));
                 let mut previous = *wall0;
                 for (i, mark) in marks.into_iter().chain([ready_wall]).enumerate() {
                     stages[i].push(ms(mark.duration_since(previous).unwrap_or_default()));
@@ -154,6 +156,7 @@ async fn run() {
     };
     println!("kiln dispatch benchmark: {BUILDS} cached builds, one node (Docker's BuildKit)");
     row("NodeBuild Succeeded -> ImageBuild Ready seen", &aggregate);
+    row("create -> the solve starts (Running)", &started);
     row("create -> Ready seen (apply->Ready)", &total);
     row("bare Solve through kiln's client (20 runs)", &bare);
     println!(

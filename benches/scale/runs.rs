@@ -70,6 +70,15 @@ pub struct Wave {
     pub create_to_start_ms: Spread,
     /// Creation → a watcher sees Ready.
     pub create_to_ready_ms: Spread,
+    /// The wave's longest wait to start over its median one.
+    pub max_over_median_start: f64,
+}
+
+impl Spread {
+    /// The longest over the median (0 for an empty sample).
+    fn max_over_median(&self) -> f64 {
+        if self.p50 > 0.0 { self.max / self.p50 } else { 0.0 }
+    }
 }
 
 /// A process's resource use over the run.
@@ -94,8 +103,11 @@ pub struct RunResult {
     pub waves: Vec<Wave>,
     pub create_to_start_ms: Spread,
     pub create_to_ready_ms: Spread,
-    /// Worst queue wait over the median one (starvation check).
+    /// Worst queue wait over the median one, over all the run's builds (starvation check).
     pub max_over_median_start: f64,
+    /// The same within each wave, the largest: a build against the others created with it, not
+    /// against the median of waves of other sizes.
+    pub max_over_median_start_in_a_wave: f64,
     pub median_start_ms_by_namespace: BTreeMap<String, f64>,
     pub attempts: usize,
     pub attempts_solved_more_than_once: usize,
@@ -128,11 +140,13 @@ pub async fn run(h: &Harness, spec: &RunSpec) -> RunResult {
         wait_ready(&ready, &made, spec.timeout).await;
         let seconds = wave_start.elapsed().as_secs_f64();
         let (starts, readies) = latencies(h, &ready, &made);
+        let start_spread = Spread::of(&starts);
         waves.push(Wave {
             builds: size,
             seconds,
             builds_per_second: size as f64 / seconds,
-            create_to_start_ms: Spread::of(&starts),
+            max_over_median_start: start_spread.max_over_median(),
+            create_to_start_ms: start_spread,
             create_to_ready_ms: Spread::of(&readies),
         });
         created.extend(made);
@@ -181,6 +195,7 @@ fn summarize(
         .filter(|(k, _)| prefixes.iter().any(|p| k.starts_with(p.as_str())))
         .collect();
     let start_spread = Spread::of(&starts);
+    let in_a_wave = waves.iter().map(|w| w.max_over_median_start).fold(0.0, f64::max);
     let writes = requests.writes_to(BUILD_RESOURCES);
     let builds = created.len().max(1) as f64;
     RunResult {
@@ -194,11 +209,8 @@ fn summarize(
         seconds,
         builds_per_second: created.len() as f64 / seconds,
         waves,
-        max_over_median_start: if start_spread.p50 > 0.0 {
-            start_spread.max / start_spread.p50
-        } else {
-            0.0
-        },
+        max_over_median_start: start_spread.max_over_median(),
+        max_over_median_start_in_a_wave: in_a_wave,
         create_to_start_ms: start_spread,
         create_to_ready_ms: Spread::of(&readies),
         median_start_ms_by_namespace: by_namespace
