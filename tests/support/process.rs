@@ -144,8 +144,27 @@ impl Drop for Supervised {
     }
 }
 
-/// A free TCP port on loopback (bound then released; good enough for tests on one machine).
+/// A free TCP port on loopback for a process the test starts (bound then released), below the
+/// kernel's ephemeral range. A port from that range (what binding port 0 gives) can be taken,
+/// before the process binds it, as the local end of any outgoing connection: in the scale run,
+/// with 500 agents connecting, the controller once found its port in use and never started.
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, RandomState};
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, span) = (10_000u16, ephemeral_low.saturating_sub(10_000));
+    let random = RandomState::new();
+    for attempt in 0..64u64 {
+        if span == 0 {
+            break;
+        }
+        let port = low + u16::try_from(random.hash_one(attempt) % u64::from(span)).unwrap_or(0);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
