@@ -256,7 +256,14 @@ async fn idle(h: &Harness, window: Duration) -> Idle {
     let agents: u64 = delta
         .0
         .iter()
-        .filter(|(k, _)| k.resource == "leases" && k.is_write() || k.resource == "nodebuilds" && k.verb == "WATCH")
+        // The agents' own: their heartbeat writes, their NodeBuild watches, and their watches of
+        // the pool, which the apiserver counts as GETs (a watch of one named object, by
+        // `metadata.name`, is a request on that object).
+        .filter(|(k, _)| {
+            k.resource == "leases" && k.is_write()
+                || k.resource == "nodebuilds" && k.verb == "WATCH"
+                || k.resource == "builderpools" && k.verb == "GET"
+        })
         .map(|(_, v)| *v)
         .sum();
     let periods = window.as_secs_f64() / 15.0;

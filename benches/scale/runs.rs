@@ -6,11 +6,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::{StreamExt, TryStreamExt, stream};
+use futures::{StreamExt, stream};
 use kiln::api::ImageBuild;
 use kiln::api::conditions::{self, READY};
 use kube::api::{Api, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use serde::Serialize;
 use serde_json::json;
 
@@ -127,7 +127,8 @@ pub struct RunResult {
 /// Runs `spec` on `h`.
 pub async fn run(h: &Harness, spec: &RunSpec) -> RunResult {
     let namespaces = make_namespaces(h, spec).await;
-    let ready = watch_ready(h, spec.name);
+    let watch = watch_ready(h, spec.name).await;
+    let ready = watch.ready.clone();
     let requests_before = Requests::read(&h.admin).await;
     let sent_before = watch_event_bytes_by_kind(&h.admin).await;
     let usage = UsageProbe::start(h);
@@ -244,15 +245,39 @@ async fn make_namespaces(h: &Harness, spec: &RunSpec) -> Vec<String> {
 }
 
 /// Records when a watcher first sees each of the run's builds Ready.
-fn watch_ready(h: &Harness, run: &str) -> Ready {
+/// The run's watch of its builds, recording when each is first seen Ready. It lists from the
+/// apiserver's watch cache, as kiln's own watches do ([`kiln::watch::config`]), and has listed
+/// before the run creates anything: a first version listed from etcd in pages, and in the runs
+/// after the waves that list of 10,000+ builds took up to 28 s, during which the run's builds
+/// were not seen Ready and the apiserver served the list beside them. It keeps watching through
+/// errors (kube's backoff), and stops when the run is over (dropped).
+struct ReadyWatch {
+    ready: Ready,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ReadyWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn watch_ready(h: &Harness, run: &str) -> ReadyWatch {
     let ready: Ready = Arc::default();
     let seen = ready.clone();
     let api: Api<ImageBuild> = Api::all(h.admin.clone());
-    let config = watcher::Config::default().labels(&format!("{RUN_LABEL}={run}"));
-    tokio::spawn(watcher(api, config).try_for_each(move |e| {
+    let config = kiln::watch::config().labels(&format!("{RUN_LABEL}={run}"));
+    let (listed_tx, listed) = tokio::sync::oneshot::channel();
+    let mut listed_tx = Some(listed_tx);
+    let task = tokio::spawn(watcher(api, config).default_backoff().for_each(move |e| {
         let seen = seen.clone();
+        if let Ok(watcher::Event::InitDone) = &e
+            && let Some(tx) = listed_tx.take()
+        {
+            let _ = tx.send(());
+        }
         async move {
-            if let watcher::Event::Apply(b) | watcher::Event::InitApply(b) = e
+            if let Ok(watcher::Event::Apply(b) | watcher::Event::InitApply(b)) = e
                 && b.status
                     .as_ref()
                     .is_some_and(|s| conditions::is_true(&s.conditions, READY))
@@ -265,10 +290,12 @@ fn watch_ready(h: &Harness, run: &str) -> Ready {
                 );
                 s.entry(key).or_insert_with(SystemTime::now);
             }
-            Ok(())
         }
     }));
-    ready
+    if tokio::time::timeout(Duration::from_secs(60), listed).await.is_err() {
+        eprintln!("scale: the run's watch of its builds had not listed after 60 s; running anyway");
+    }
+    ReadyWatch { ready, task }
 }
 
 /// Creates one wave at once (64 requests in flight); returns (namespace, name, created at).
