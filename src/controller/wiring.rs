@@ -15,7 +15,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::runtime::controller::{self, Action, Controller};
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::runtime::{WatchStreamExt, reflector::store::Writer};
 use tracing::{debug, warn};
@@ -205,17 +205,126 @@ pub(super) async fn build_controller(
     concurrency: u16,
 ) {
     let BuildWriters { node_builds, pools } = writers;
-    let client = ctx.client.clone();
-    let controller = controller_for(Api::<ImageBuild>::all(client.clone()));
-    let store = controller.store();
-    let in_cache = controller.store();
+    let controller = controller_for(Api::<ImageBuild>::all(ctx.client.clone()));
+    let builds = controller.store();
+    let (attempts, freed) = node_build_events(&ctx, node_builds);
+    let room = room_for_held(freed, builds.clone());
+    let (policies, refused_by) = pool_policies(&ctx, pools, builds.clone());
+    let woken = woken_by_heartbeats(&ctx, beats, builds.clone());
+    // Reconciles over the limit wait in line, outside kube's runner; `turns` wakes each in turn.
+    let (lanes, turns) = Lanes::of(concurrency, move |build: &ObjectRef<ImageBuild>| {
+        builds.get(build).is_some()
+    });
+    let reconcile = Lanes::around(
+        lanes,
+        |build: &ImageBuild| ObjectRef::from_obj(build),
+        build::reconcile::outcome_unseen,
+        timed("imagebuild", build::reconcile::reconcile),
+    );
+    controller
+        .owns_stream(attempts)
+        .reconcile_on(woken)
+        .watches_stream(policies, refused_by)
+        .reconcile_on(room)
+        .reconcile_on(turns)
+        .shutdown_on_signal()
+        .run(reconcile, retry_after("ImageBuild", Duration::from_secs(2)), ctx)
+        .for_each(|result| async move { log_outcome("ImageBuild", result) })
+        .await;
+}
+
+/// The NodeBuild watch: it fills the cache (`writer`), then the index and the memory of created
+/// attempts, before an event triggers its build's reconcile; and it names the pool of each
+/// attempt that ends (a freed slot) on the second stream.
+fn node_build_events(
+    ctx: &Arc<Context>,
+    writer: Writer<NodeBuild>,
+) -> (
+    impl futures::Stream<Item = Result<NodeBuild, watcher::Error>> + Send + 'static,
+    mpsc::UnboundedReceiver<String>,
+) {
+    let indexed = ctx.clone();
+    let (freed_tx, freed_rx) = mpsc::unbounded::<String>();
+    let events = watcher(Api::<NodeBuild>::all(ctx.client.clone()), watch_config())
+        .default_backoff()
+        .modify(crate::watch::trim)
+        .reflect(writer)
+        .inspect_ok(move |event| {
+            if let Ok(mut index) = indexed.node_build_index.write() {
+                let freed = index.freed_by(event);
+                index.apply(event);
+                build::memory::shown(&indexed, event);
+                if let Some(pool) = freed {
+                    let _ = freed_tx.unbounded_send(pool);
+                }
+            }
+        })
+        .touched_objects();
+    (events, freed_rx)
+}
+
+/// An attempt that ends frees a slot: the oldest builds its pool's queue limit holds may go.
+fn room_for_held(
+    freed: mpsc::UnboundedReceiver<String>,
+    builds: Store<ImageBuild>,
+) -> impl futures::Stream<Item = ObjectRef<ImageBuild>> + Send + 'static {
+    freed.flat_map(move |pool| {
+        let mut waiting = builds.state_filter(|b| build::plan::held_for_room(b, &pool));
+        waiting.sort_by_key(|b| b.metadata.creation_timestamp.as_ref().map(|t| t.0));
+        let oldest: Vec<ObjectRef<ImageBuild>> = waiting
+            .iter()
+            .take(WAKE_PER_FREED_SLOT)
+            .map(|b| ObjectRef::from_obj(&**b))
+            .collect();
+        futures::stream::iter(oldest)
+    })
+}
+
+/// The BuilderPool watch, which fills the pool cache (`writer`), with its new generations; and
+/// what one wakes: a pool's new policy, the builds it refused.
+fn pool_policies(
+    ctx: &Arc<Context>,
+    writer: Writer<BuilderPool>,
+    builds: Store<ImageBuild>,
+) -> (
+    impl futures::Stream<Item = Result<BuilderPool, watcher::Error>> + Send + 'static,
+    impl Fn(BuilderPool) -> Vec<ObjectRef<ImageBuild>> + Send + Sync + 'static,
+) {
+    let policies = watcher(Api::<BuilderPool>::all(ctx.client.clone()), watch_config())
+        .default_backoff()
+        .modify(crate::watch::trim)
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(kube::runtime::predicates::generation, Default::default());
+    let refused_by = move |pool: BuilderPool| {
+        let name = pool.metadata.name.unwrap_or_default();
+        builds
+            .state_filter(|b| b.spec.pool() == name && build::policy::refused(b))
+            .iter()
+            .map(|b| ObjectRef::from_obj(&**b))
+            .collect::<Vec<_>>()
+    };
+    (policies, refused_by)
+}
+
+/// The builds each heartbeat that is news to waiting builds wakes (see `build::plan::woken_by`).
+/// Only such heartbeats (a builder that can newly take them, see
+/// `heartbeats::news::Audience::Builds`) come here: with 1,000 builds waiting and 500 builders
+/// renewing every 5 s, waking them on every renewal (or every change in running builds)
+/// saturated the controller in the scale run. A waiting build re-checks every 30 s anyway. The
+/// heartbeat watch judged them ([`follow_heartbeats`]) and updated the table the reconciles read
+/// before sending them.
+fn woken_by_heartbeats(
+    ctx: &Arc<Context>,
+    beats: mpsc::UnboundedReceiver<Heartbeat>,
+    builds: Store<ImageBuild>,
+) -> impl futures::Stream<Item = ObjectRef<ImageBuild>> + Send + 'static {
     let index = ctx.clone();
-    // A heartbeat wakes the builds it may concern (see `build::plan::woken_by`).
     let waiting = move |beat: Heartbeat| {
         // First the builds a heartbeat could concern at all (an attempt under way only rules
         // more out): at rest, with every build finished, there are none and the NodeBuild cache
         // is not scanned, so renewals cost next to nothing however many builds there are.
-        let candidates = store.state_filter(|b| build::plan::woken_by(b, &beat, false));
+        let candidates = builds.state_filter(|b| build::plan::woken_by(b, &beat, false));
         if candidates.is_empty() {
             return Vec::new();
         }
@@ -232,79 +341,7 @@ pub(super) async fn build_controller(
             .map(|b| ObjectRef::from_obj(&**b))
             .collect::<Vec<_>>()
     };
-    // A pool's new policy (a new generation) wakes the builds it refused.
-    let refused = controller.store();
-    let pools = watcher(Api::<BuilderPool>::all(client.clone()), watch_config())
-        .default_backoff()
-        .modify(crate::watch::trim)
-        .reflect(pools)
-        .applied_objects()
-        .predicate_filter(kube::runtime::predicates::generation, Default::default());
-    let refused_by = move |pool: BuilderPool| {
-        let name = pool.metadata.name.unwrap_or_default();
-        refused
-            .state_filter(|b| b.spec.pool() == name && build::policy::refused(b))
-            .iter()
-            .map(|b| ObjectRef::from_obj(&**b))
-            .collect::<Vec<_>>()
-    };
-    let indexed = ctx.clone();
-    let (freed_tx, freed_rx) = futures::channel::mpsc::unbounded::<String>();
-    let node_builds = watcher(Api::<NodeBuild>::all(client.clone()), watch_config())
-        .default_backoff()
-        .modify(crate::watch::trim)
-        .reflect(node_builds)
-        // The index follows the cache before the event triggers a reconcile.
-        .inspect_ok(move |event| {
-            if let Ok(mut index) = indexed.node_build_index.write() {
-                let freed = index.freed_by(event);
-                index.apply(event);
-                build::memory::shown(&indexed, event);
-                if let Some(pool) = freed {
-                    let _ = freed_tx.unbounded_send(pool);
-                }
-            }
-        })
-        .touched_objects();
-    // An attempt that ends frees a slot: the oldest builds its pool's queue limit holds may go.
-    let held = controller.store();
-    let room = freed_rx.flat_map(move |pool| {
-        let mut waiting = held.state_filter(|b| build::plan::held_for_room(b, &pool));
-        waiting.sort_by_key(|b| b.metadata.creation_timestamp.as_ref().map(|t| t.0));
-        let oldest: Vec<ObjectRef<ImageBuild>> = waiting
-            .iter()
-            .take(WAKE_PER_FREED_SLOT)
-            .map(|b| ObjectRef::from_obj(&**b))
-            .collect();
-        futures::stream::iter(oldest)
-    });
-    // Only heartbeats that are news to waiting builds (a builder that can newly take them, see
-    // `heartbeats::news::Audience::Builds`) wake them: with 1,000 builds waiting and 500
-    // builders renewing every 5 s, waking them on every renewal (or every change in running
-    // builds) saturated the controller in the scale run. A waiting build re-checks every 30 s
-    // anyway. The heartbeat watch judged them ([`follow_heartbeats`]) and updated the table the
-    // reconciles read before sending them.
-    let woken = beats.flat_map(move |beat| futures::stream::iter(waiting(beat)));
-    // Reconciles over the limit wait in line, outside kube's runner; `turns` wakes each in turn.
-    let (lanes, turns) = Lanes::of(concurrency, move |build: &ObjectRef<ImageBuild>| {
-        in_cache.get(build).is_some()
-    });
-    let reconcile = Lanes::around(
-        lanes,
-        |build: &ImageBuild| ObjectRef::from_obj(build),
-        build::reconcile::outcome_unseen,
-        timed("imagebuild", build::reconcile::reconcile),
-    );
-    controller
-        .owns_stream(node_builds)
-        .reconcile_on(woken)
-        .watches_stream(pools, refused_by)
-        .reconcile_on(room)
-        .reconcile_on(turns)
-        .shutdown_on_signal()
-        .run(reconcile, retry_after("ImageBuild", Duration::from_secs(2)), ctx)
-        .for_each(|result| async move { log_outcome("ImageBuild", result) })
-        .await;
+    beats.flat_map(move |beat| futures::stream::iter(waiting(beat)))
 }
 
 /// Logs what a controller's run loop yields. Reconcile failures were logged by the error
