@@ -101,27 +101,16 @@ enum Admission {
 }
 
 impl<Q: Hash + Eq + Clone + Send + 'static> Lanes<Q> {
-    /// Lanes of `limit` permits (and a quarter of that for the outcomes), waking objects through
-    /// `wake`; `exists` tells whether an object is still there to wake.
-    fn new(limit: u16, wake: mpsc::UnboundedSender<Q>, exists: impl Fn(&Q) -> bool + Send + 'static) -> Self {
-        let limit = usize::from(limit);
-        let state = State {
-            lanes: [Lane::new(limit), Lane::new(limit.div_ceil(4))],
-            exists: Box::new(exists),
-        };
-        Self {
-            state: Arc::new(Mutex::new(state)),
-            wake,
-        }
+    /// The lanes' state. A reconcile that panicked while the lock was held left it whole (every
+    /// change under the lock is one step), so it is used as it is.
+    fn state(&self) -> std::sync::MutexGuard<'_, State<Q>> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Lets `key`'s call through in `lane` (0: the queue, 1: the outcomes) if a permit is kept for
     /// it or one is free; otherwise puts it in line.
     fn admit(&self, key: &Q, lane: usize) -> Admission {
-        let Ok(mut state) = self.state.lock() else {
-            // A reconcile panicked while holding the lock: the lanes are lost, not the builds.
-            return Admission::Run(usize::MAX);
-        };
+        let mut state = self.state();
         // Woken for its turn, or by an event first: either way, it has its permit.
         let kept = (0..2).find(|&l| state.lanes[l].granted.remove(key).is_some());
         let run = kept.or_else(|| {
@@ -140,10 +129,10 @@ impl<Q: Hash + Eq + Clone + Send + 'static> Lanes<Q> {
     }
 
     /// Gives back a permit of `lane`: to the next in line, kept for it while it is woken, or free.
-    fn release(state: &Arc<Mutex<State<Q>>>, wake: &mpsc::UnboundedSender<Q>, lane: usize) {
-        let Ok(mut guard) = state.lock() else { return };
+    fn release(&self, lane: usize) {
+        let mut guard = self.state();
         let State { lanes, exists } = &mut *guard;
-        let Some(lane_state) = lanes.get_mut(lane) else { return };
+        let lane_state = &mut lanes[lane];
         let Some(next) = lane_state.next_in_line(exists.as_ref()) else {
             lane_state.free += 1;
             return;
@@ -152,46 +141,55 @@ impl<Q: Hash + Eq + Clone + Send + 'static> Lanes<Q> {
         let grant = lane_state.next_ticket;
         lane_state.granted.insert(next.clone(), grant);
         drop(guard);
-        if wake.unbounded_send(next.clone()).is_err() {
+        if self.wake.unbounded_send(next.clone()).is_err() {
             // The controller is stopping: nothing will claim it.
-            return Self::expire(state, wake, lane, &next, grant);
+            return self.expire(lane, &next, grant);
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (state, wake) = (state.clone(), wake.clone());
+        let lanes = self.clone();
         runtime.spawn(async move {
             tokio::time::sleep(GRANT_EXPIRES).await;
-            Self::expire(&state, &wake, lane, &next, grant);
+            lanes.expire(lane, &next, grant);
         });
     }
 
     /// Takes back the permit kept for `key` under `grant`, if it is still unclaimed.
-    fn expire(state: &Arc<Mutex<State<Q>>>, wake: &mpsc::UnboundedSender<Q>, lane: usize, key: &Q, grant: u64) {
-        let unclaimed = state.lock().is_ok_and(|mut s| {
-            let kept = &mut s.lanes[lane].granted;
+    fn expire(&self, lane: usize, key: &Q, grant: u64) {
+        let unclaimed = {
+            let mut state = self.state();
+            let kept = &mut state.lanes[lane].granted;
             let ours = kept.get(key) == Some(&grant);
             if ours {
                 kept.remove(key);
             }
             ours
-        });
-        if unclaimed && !wake.is_closed() {
-            Self::release(state, wake, lane);
+        };
+        if unclaimed && !self.wake.is_closed() {
+            self.release(lane);
+        }
+    }
+}
+
+impl<Q> Clone for Lanes<Q> {
+    fn clone(&self) -> Self {
+        Self {
+            state: self.state.clone(),
+            wake: self.wake.clone(),
         }
     }
 }
 
 /// A permit held by a running reconcile; given back when it ends, however it ends.
 struct Permit<Q: Hash + Eq + Clone + Send + 'static> {
-    state: Arc<Mutex<State<Q>>>,
-    wake: mpsc::UnboundedSender<Q>,
+    lanes: Lanes<Q>,
     lane: usize,
 }
 
 impl<Q: Hash + Eq + Clone + Send + 'static> Drop for Permit<Q> {
     fn drop(&mut self) {
-        Lanes::release(&self.state, &self.wake, self.lane);
+        self.lanes.release(self.lane);
     }
 }
 
@@ -205,7 +203,15 @@ impl<Q: Hash + Eq + Clone + Send + 'static> Lanes<Q> {
     /// `exists` tells whether an object is still in the cache.
     pub(super) fn of(limit: u16, exists: impl Fn(&Q) -> bool + Send + 'static) -> (Option<Self>, Turns<Q>) {
         let (wake, turns) = mpsc::unbounded();
-        ((limit > 0).then(|| Lanes::new(limit, wake, exists)), turns)
+        let limit = usize::from(limit);
+        let lanes = (limit > 0).then(|| Self {
+            state: Arc::new(Mutex::new(State {
+                lanes: [Lane::new(limit), Lane::new(limit.div_ceil(4))],
+                exists: Box::new(exists),
+            })),
+            wake,
+        });
+        (lanes, turns)
     }
 
     /// `reconcile` under these lanes: `key` names an object, `urgent` picks the outcomes' lane.
@@ -229,11 +235,10 @@ impl<Q: Hash + Eq + Clone + Send + 'static> Lanes<Q> {
             match lanes.admit(&key(&object), lane) {
                 Admission::Wait => futures::future::ready(Ok(Action::await_change())).boxed(),
                 Admission::Run(lane) => {
-                    let permit = (lane < 2).then(|| Permit {
-                        state: lanes.state.clone(),
-                        wake: lanes.wake.clone(),
+                    let permit = Permit {
+                        lanes: lanes.clone(),
                         lane,
-                    });
+                    };
                     let reconciled = reconcile(object, ctx);
                     async move {
                         let outcome = reconciled.await;
