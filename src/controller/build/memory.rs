@@ -94,16 +94,16 @@ pub(super) fn just_created(ctx: &Context, nb: &NodeBuild) -> bool {
 /// takes their nodes for new ones.
 pub(super) fn just_created_attempts(ctx: &Context, build: &ImageBuild, known: &[NodeBuild]) -> Vec<NodeBuild> {
     let uid = build.uid();
-    let Ok(mut t) = ctx.memory.lock() else {
+    let Ok(t) = ctx.memory.lock() else {
         return Vec::new();
     };
     let ours = |nb: &NodeBuild| nb.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref());
-    // Once the cache has shown an attempt, the cache is its truth (it may be deleted since).
-    t.dispatched
-        .retain(|_, (nb, _)| !(ours(nb) && known.iter().any(|k| k.name_any() == nb.name_any())));
+    // Once the cache has shown an attempt, the cache is its truth (it may be deleted since): the
+    // watch forgot it then ([`shown`]), and one `known` shows is not counted twice.
+    let shown_in = |nb: &NodeBuild| known.iter().any(|k| k.name_any() == nb.name_any());
     t.dispatched
         .values()
-        .filter(|(nb, at)| at.elapsed() < EXPECT_CREATED && ours(nb))
+        .filter(|(nb, at)| at.elapsed() < EXPECT_CREATED && ours(nb) && !shown_in(nb))
         .map(|(nb, _)| nb.clone())
         .collect()
 }

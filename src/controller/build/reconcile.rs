@@ -336,7 +336,6 @@ pub(super) async fn cancel(node_builds: &Api<NodeBuild>, name: &str) -> Result<(
     }
 }
 
-/// The build's attempts in the NodeBuild cache, once it has listed.
 /// The build's attempts in the NodeBuild cache as it is now.
 fn cached_attempts(ctx: &Context, build: &ImageBuild) -> Vec<Arc<NodeBuild>> {
     let index = ctx
