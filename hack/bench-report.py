@@ -201,14 +201,21 @@ def watch_table(runs):
         "### What the apiserver sent on watches",
         "",
         "MiB of watch events per kind, all watchers together (`apiserver_watch_events_sizes`): every",
-        "event is encoded once per watcher that receives it.",
+        "event is encoded once per watcher that receives it. `closed, buffer full` counts the watches",
+        "the apiserver's watch cache closed because their watcher had not taken its events in time",
+        "(its log, `--vmodule=cacher=1`; each one is a re-watch by its client). In 1.20 a custom",
+        "resource's watcher has a buffer of 10 events, and each NodeBuild event goes to every",
+        "agent's watcher before its label selector is applied.",
         "",
-        "| run | " + " | ".join(kinds) + " |",
-        "|---|" + "---|" * len(kinds),
+        "| run | " + " | ".join(kinds) + " | closed, buffer full | WATCH requests |",
+        "|---|" + "---|" * (len(kinds) + 2),
     ]
     for r in runs:
         sent = r.get("watch_mib_by_kind", {})
-        lines.append(f"| {r['name']} | " + " | ".join(fmt(sent.get(k, 0), "", 1) for k in kinds) + " |")
+        closed = r.get("watchers_closed_unresponsive")
+        watches = sum(v for k, v in r.get("requests", {}).items() if k.startswith("WATCH "))
+        lines.append(f"| {r['name']} | " + " | ".join(fmt(sent.get(k, 0), "", 1) for k in kinds)
+                     + f" | {fmt(closed)} | {fmt(watches)} |")
     return lines
 
 

@@ -100,21 +100,30 @@ struct Results {
 }
 
 /// `make bench`'s shape, or a smaller one for a quick look: `KILN_BENCH_NODES` (default 500),
-/// `KILN_BENCH_WAVES` (the waves run's sizes, e.g. `1000,2000`) and `KILN_BENCH_RUNS` (which
-/// runs, e.g. `waves`). A run shaped so writes its results under target/, not bench/.
+/// `KILN_BENCH_WAVES` (the waves run's sizes, e.g. `1000,2000`), `KILN_BENCH_RUNS` (which
+/// runs, e.g. `waves`) and `KILN_BENCH_CONTROLLER_FLAGS` (extra controller flags, e.g.
+/// `--status-delay-ms=5000`). A run shaped so writes its results under target/, not bench/.
 fn knob(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
 async fn full() {
     let nodes = knob("KILN_BENCH_NODES").map_or(500, |n| n.parse().expect("KILN_BENCH_NODES: a number"));
-    let custom = ["KILN_BENCH_NODES", "KILN_BENCH_WAVES", "KILN_BENCH_RUNS"]
-        .iter()
-        .any(|k| knob(k).is_some());
+    let custom = [
+        "KILN_BENCH_NODES",
+        "KILN_BENCH_WAVES",
+        "KILN_BENCH_RUNS",
+        "KILN_BENCH_CONTROLLER_FLAGS",
+    ]
+    .iter()
+    .any(|k| knob(k).is_some());
     let shape = Shape {
         nodes,
         slots: 2,
         per_build: Duration::from_millis(200),
+        controller_flags: knob("KILN_BENCH_CONTROLLER_FLAGS")
+            .map(|f| f.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default(),
         ..Shape::default()
     };
     let started = Instant::now();

@@ -118,6 +118,9 @@ pub struct RunResult {
     pub requests: BTreeMap<String, u64>,
     /// MiB of watch events the apiserver sent during the run, per kind (all watchers).
     pub watch_mib_by_kind: BTreeMap<String, f64>,
+    /// Watches the apiserver closed during the run because the watcher's buffer was full (each
+    /// one a re-watch by its client).
+    pub watchers_closed_unresponsive: usize,
     #[serde(flatten)]
     pub usage: Usages,
     /// Seconds from the run's start at which each build was seen Ready (throughput plot).
@@ -131,6 +134,7 @@ pub async fn run(h: &Harness, spec: &RunSpec) -> RunResult {
     let ready = watch.ready.clone();
     let requests_before = Requests::read(&h.admin).await;
     let sent_before = watch_event_bytes_by_kind(&h.admin).await;
+    let closed_before = h.server.watchers_closed_unresponsive();
     let usage = UsageProbe::start(h);
     let started = (Instant::now(), SystemTime::now());
     let mut created: Vec<(String, String, SystemTime)> = Vec::new();
@@ -167,6 +171,7 @@ pub async fn run(h: &Harness, spec: &RunSpec) -> RunResult {
     let usage = usage.stop(seconds).await;
     let mut result = summarize(h, spec, &ready, &created, started.1, seconds, waves, &requests, usage);
     result.watch_mib_by_kind = sent;
+    result.watchers_closed_unresponsive = h.server.watchers_closed_unresponsive().saturating_sub(closed_before);
     result
 }
 
@@ -225,6 +230,7 @@ fn summarize(
         writes: writes.0.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         requests: requests.0.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         watch_mib_by_kind: BTreeMap::new(),
+        watchers_closed_unresponsive: 0,
         usage,
         ready_at_seconds: seen
             .values()
