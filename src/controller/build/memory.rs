@@ -57,6 +57,19 @@ pub(super) fn remember_created(ctx: &Context, nb: &NodeBuild) {
     t.dispatched.insert(node_build_key(nb), (nb.clone(), now));
 }
 
+/// Puts a created NodeBuild, as the apiserver answered the create (with its creation time), in
+/// place of the one remembered before the request, unless the watch has shown it since. The
+/// status then reads the same start time from it as from the cache: without it, a build whose
+/// attempt the cache did not show yet wrote an in-progress status with no start time, and a
+/// second one when the cache caught up (2.5 status writes per build in the scale run's waves).
+pub(super) fn confirm_created(ctx: &Context, mut created: NodeBuild) {
+    crate::watch::trim(&mut created);
+    let Ok(mut t) = ctx.memory.lock() else { return };
+    if let Some((remembered, _)) = t.dispatched.get_mut(&node_build_key(&created)) {
+        *remembered = created;
+    }
+}
+
 /// Forgets the attempt a NodeBuild watch event shows: the cache is its truth from here, and
 /// [`assigned_load`], which every reconcile runs, looks only at the few the cache does not show
 /// yet (thousands at once in the scale run's waves otherwise, each compared and copied per

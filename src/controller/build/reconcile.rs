@@ -24,8 +24,8 @@ use tracing::{debug, info, warn};
 use super::deletion::cleanup;
 use super::index::Index;
 use super::memory::{
-    assigned_load, finalizer_added, forget_created, just_created, just_created_attempts, known_for, observe_timings,
-    remember_created, remember_finalizer, remember_written, remembered_status,
+    assigned_load, confirm_created, finalizer_added, forget_created, just_created, just_created_attempts, known_for,
+    observe_timings, remember_created, remember_finalizer, remember_written, remembered_status,
 };
 use super::plan::{self, Observed, Plan};
 use super::schedule::Candidate;
@@ -311,8 +311,9 @@ async fn create_attempts(
     }
     for (i, nb) in attempts.iter().enumerate() {
         match node_builds.create(&PostParams::default(), nb).await {
-            Ok(_) => {
-                info!(build = %build.name_any(), node_build = %nb.name_any(), node = %nb.spec.node_name, "dispatched")
+            Ok(created) => {
+                info!(build = %build.name_any(), node_build = %nb.name_any(), node = %nb.spec.node_name, "dispatched");
+                confirm_created(ctx, created);
             }
             Err(kube::Error::Api(s)) if s.is_already_exists() => {}
             Err(kube::Error::Api(s)) if namespace_terminating(&s) => {
