@@ -154,42 +154,17 @@ pub const DEFAULT_CONCURRENT_RECONCILES: u16 = 64;
 /// Name of the leader election Lease.
 pub const LEADER_LEASE: &str = "kiln-controller";
 
-/// Runs the controller until it fails or loses leadership.
+/// Runs the controller until it fails or loses leadership: probes → CRDs → leadership →
+/// caches and context → both controllers.
 pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
-    let (addr, serve) = {
-        let metrics = metrics.clone();
-        let ready = ready.clone();
-        http::bind(
-            settings.listen,
-            Arc::new(move |path: &str| match path {
-                "/healthz" => Reply::ok("ok"),
-                "/readyz" if ready.load(Ordering::Relaxed) => Reply::ok("ok"),
-                "/readyz" => Reply::status(http::StatusCode::SERVICE_UNAVAILABLE, "not ready"),
-                "/metrics" => Reply {
-                    status: http::StatusCode::OK,
-                    content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    body: metrics.encode(),
-                },
-                _ => Reply::status(http::StatusCode::NOT_FOUND, "not found"),
-            }),
-        )
-        .await
-        .map_err(|source| Error::Listen {
-            addr: settings.listen,
-            source,
-        })?
-    };
-    info!(%addr, "serving /healthz, /readyz and /metrics");
-    tokio::spawn(serve);
-
+    serve_probes(settings.listen, metrics.clone(), ready.clone()).await?;
     Api::<BuilderPool>::all(client.clone())
         .list_metadata(&kube::api::ListParams::default().limit(1))
         .await
         .map_err(Error::CrdsMissing)?;
     ready.store(true, Ordering::Relaxed);
-
     let elector = Elector::new(
         client.clone(),
         &settings.namespace,
@@ -197,24 +172,65 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         &settings.identity,
         settings.lease_duration,
     );
+    if settings.leader_election && !stand_by(&elector).await? {
+        return Ok(());
+    }
+    let controllers = controllers(client, &settings, metrics);
     if settings.leader_election {
-        // A standby waits here, possibly for long: it must still stop when told to.
         tokio::select! {
-            acquired = elector.acquire() => acquired?,
-            signal = crate::shutdown::signal() => {
-                info!(signal, "stopping while standing by for leadership");
-                return Ok(());
+            () = controllers => {
+                // Stopped by a signal: hand over at once.
+                elector.release().await;
+                Ok(())
             }
+            lost = elector.keep() => Err(lost.into()),
+        }
+    } else {
+        controllers.await;
+        Ok(())
+    }
+}
+
+/// Serves `/healthz`, `/readyz` (once `ready`) and `/metrics` on `listen`, in the background.
+async fn serve_probes(listen: SocketAddr, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Result<(), Error> {
+    let (addr, serve) = http::bind(
+        listen,
+        Arc::new(move |path: &str| match path {
+            "/healthz" => Reply::ok("ok"),
+            "/readyz" if ready.load(Ordering::Relaxed) => Reply::ok("ok"),
+            "/readyz" => Reply::status(http::StatusCode::SERVICE_UNAVAILABLE, "not ready"),
+            "/metrics" => Reply {
+                status: http::StatusCode::OK,
+                content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                body: metrics.encode(),
+            },
+            _ => Reply::status(http::StatusCode::NOT_FOUND, "not found"),
+        }),
+    )
+    .await
+    .map_err(|source| Error::Listen { addr: listen, source })?;
+    info!(%addr, "serving /healthz, /readyz and /metrics");
+    tokio::spawn(serve);
+    Ok(())
+}
+
+/// Waits, possibly for long, until this process leads; false if it was told to stop first.
+async fn stand_by(elector: &Elector) -> Result<bool, Error> {
+    tokio::select! {
+        acquired = elector.acquire() => acquired.map(|()| true).map_err(Error::from),
+        signal = crate::shutdown::signal() => {
+            info!(signal, "stopping while standing by for leadership");
+            Ok(false)
         }
     }
+}
+
+/// Both controllers, on caches they share, until a signal stops them.
+async fn controllers(client: Client, settings: &Settings, metrics: Arc<Metrics>) {
     let (node_builds, node_builds_writer) = reflector::store();
     let (pool_nodes, pool_nodes_writer) = reflector::store();
     let (daemonsets, daemonsets_writer) = reflector::store();
     let (pools, pools_writer) = reflector::store();
-    let pool_writers = wiring::PoolWriters {
-        nodes: pool_nodes_writer,
-        daemonsets: daemonsets_writer,
-    };
     let (heartbeat_feed, heartbeat_news, heartbeats_listed) = wiring::heartbeat_feed();
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -234,47 +250,37 @@ pub async fn run(client: Client, settings: Settings) -> Result<(), Error> {
         pools_listed: crate::watch::Listed::new(pools.clone(), "BuilderPool"),
         pools,
         recorder: Recorder::new(
-            client.clone(),
+            client,
             Reporter {
                 controller: "kiln-controller".into(),
                 instance: Some(settings.identity.clone()),
             },
         ),
     });
-    let controllers = async {
-        let heartbeats = wiring::follow_heartbeats(ctx.clone(), heartbeat_feed);
-        let both = async {
-            tokio::join!(
-                wiring::pool_controller(ctx.clone(), pool_writers, heartbeat_news.pools),
-                wiring::build_controller(
-                    ctx,
-                    wiring::BuildWriters {
-                        node_builds: node_builds_writer,
-                        pools: pools_writer,
-                    },
-                    heartbeat_news.builds,
-                    settings.concurrent_reconciles,
-                )
-            )
-        };
-        // The heartbeat watch feeds both and runs as long as they do: they stop on a signal,
-        // and it never ends on its own (so not in the `join!`, which would then never end).
-        tokio::select! {
-            _ = both => {}
-            never = heartbeats => match never {},
-        }
+    let heartbeats = wiring::follow_heartbeats(ctx.clone(), heartbeat_feed);
+    let pool_writers = wiring::PoolWriters {
+        nodes: pool_nodes_writer,
+        daemonsets: daemonsets_writer,
     };
-    if settings.leader_election {
-        tokio::select! {
-            () = controllers => {
-                // Stopped by a signal: hand over at once.
-                elector.release().await;
-                Ok(())
-            }
-            lost = elector.keep() => Err(lost.into()),
-        }
-    } else {
-        controllers.await;
-        Ok(())
+    let build_writers = wiring::BuildWriters {
+        node_builds: node_builds_writer,
+        pools: pools_writer,
+    };
+    let both = async {
+        tokio::join!(
+            wiring::pool_controller(ctx.clone(), pool_writers, heartbeat_news.pools),
+            wiring::build_controller(
+                ctx,
+                build_writers,
+                heartbeat_news.builds,
+                settings.concurrent_reconciles
+            )
+        )
+    };
+    // The heartbeat watch feeds both and runs as long as they do: they stop on a signal, and it
+    // never ends on its own (so not in the `join!`, which would then never end).
+    tokio::select! {
+        _ = both => {}
+        never = heartbeats => match never {},
     }
 }
