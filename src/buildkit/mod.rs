@@ -65,6 +65,7 @@
 //! BuildKit (v0.8), including local-only base images.
 
 mod auth;
+mod build_context;
 mod client;
 mod endpoint;
 mod error;
@@ -77,12 +78,13 @@ mod transport;
 mod worker;
 
 pub use auth::{Credentials, RegistryAuth};
+pub use build_context::Context;
 pub use client::{BuildHandle, BuildOutput, Client, DigestKind};
 pub use endpoint::{DEFAULT_BUILDKIT_SOCKET, DEFAULT_DOCKER_SOCKET, Endpoint, TlsConfig};
 pub use error::Error;
 pub use progress::{LOG_TAIL_LINES, LogStream, PlainRenderer, ProgressEvent, ProgressSummary};
 pub use redact::{MASK, Redactor};
-pub use request::{BuildRequest, Context, Dockerfile, Export, GIT_AUTH_TOKEN, Network, Pull};
+pub use request::{BuildRequest, Dockerfile, Export, GIT_AUTH_TOKEN, Network, Pull};
 pub use worker::{LABEL_CONTAINERD_NAMESPACE, LABEL_EXECUTOR, LABEL_SNAPSHOTTER, WorkerInfo, WorkerKind};
 
 /// The error of a build; the same type as [`Error`].
