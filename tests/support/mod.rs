@@ -4,6 +4,7 @@
 pub mod api_requests;
 pub mod apiserver;
 pub mod buildkit;
+pub mod certs;
 pub mod docker;
 pub mod e2e;
 pub mod git;
