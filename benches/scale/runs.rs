@@ -132,9 +132,7 @@ pub async fn run(h: &Harness, spec: &RunSpec) -> RunResult {
     let namespaces = make_namespaces(h, spec).await;
     let watch = watch_ready(h, spec.name).await;
     let ready = watch.ready.clone();
-    let requests_before = Requests::read(&h.admin).await;
-    let sent_before = watch_event_bytes_by_kind(&h.admin).await;
-    let closed_before = h.server.watchers_closed_unresponsive();
+    let apiserver = ApiserverProbe::start(h).await;
     let usage = UsageProbe::start(h);
     let started = (Instant::now(), SystemTime::now());
     let mut created: Vec<(String, String, SystemTime)> = Vec::new();
@@ -158,21 +156,53 @@ pub async fn run(h: &Harness, spec: &RunSpec) -> RunResult {
     }
     let seconds = started.0.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let requests = Requests::read(&h.admin).await.since(&requests_before);
-    let sent: BTreeMap<String, f64> = watch_event_bytes_by_kind(&h.admin)
-        .await
-        .into_iter()
-        .map(|(kind, bytes)| {
-            let mib = (bytes - sent_before.get(&kind).copied().unwrap_or(0.0)) / (1024.0 * 1024.0);
-            (kind, mib)
-        })
-        .filter(|(_, mib)| *mib > 0.0)
-        .collect();
+    let apiserver = apiserver.stop(h).await;
     let usage = usage.stop(seconds).await;
-    let mut result = summarize(h, spec, &ready, &created, started.1, seconds, waves, &requests, usage);
-    result.watch_mib_by_kind = sent;
-    result.watchers_closed_unresponsive = h.server.watchers_closed_unresponsive().saturating_sub(closed_before);
-    result
+    summarize(h, spec, &ready, &created, started.1, seconds, waves, apiserver, usage)
+}
+
+/// What the apiserver counted during a run: requests, watch bytes per kind, and watchers it
+/// closed as unresponsive.
+struct ApiserverSide {
+    requests: Requests,
+    watch_mib_by_kind: BTreeMap<String, f64>,
+    watchers_closed_unresponsive: usize,
+}
+
+/// The apiserver's counters at a run's start.
+struct ApiserverProbe {
+    requests: Requests,
+    sent: BTreeMap<String, f64>,
+    closed: usize,
+}
+
+impl ApiserverProbe {
+    async fn start(h: &Harness) -> Self {
+        Self {
+            requests: Requests::read(&h.admin).await,
+            sent: watch_event_bytes_by_kind(&h.admin).await,
+            closed: h.server.watchers_closed_unresponsive(),
+        }
+    }
+
+    /// What the counters moved by since the start.
+    async fn stop(self, h: &Harness) -> ApiserverSide {
+        let requests = Requests::read(&h.admin).await.since(&self.requests);
+        let watch_mib_by_kind = watch_event_bytes_by_kind(&h.admin)
+            .await
+            .into_iter()
+            .map(|(kind, bytes)| {
+                let mib = (bytes - self.sent.get(&kind).copied().unwrap_or(0.0)) / (1024.0 * 1024.0);
+                (kind, mib)
+            })
+            .filter(|(_, mib)| *mib > 0.0)
+            .collect();
+        ApiserverSide {
+            requests,
+            watch_mib_by_kind,
+            watchers_closed_unresponsive: h.server.watchers_closed_unresponsive().saturating_sub(self.closed),
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -184,9 +214,10 @@ fn summarize(
     t0: SystemTime,
     seconds: f64,
     waves: Vec<Wave>,
-    requests: &Requests,
+    apiserver: ApiserverSide,
     usage: Usages,
 ) -> RunResult {
+    let requests = &apiserver.requests;
     let (starts, readies) = latencies(h, ready, created);
     let solves = h.simulated.solves();
     let seen = ready.lock().map(|r| r.clone()).unwrap_or_default();
@@ -229,8 +260,8 @@ fn summarize(
         requests_per_build: requests.total() as f64 / builds,
         writes: writes.0.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         requests: requests.0.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-        watch_mib_by_kind: BTreeMap::new(),
-        watchers_closed_unresponsive: 0,
+        watch_mib_by_kind: apiserver.watch_mib_by_kind,
+        watchers_closed_unresponsive: apiserver.watchers_closed_unresponsive,
         usage,
         ready_at_seconds: seen
             .values()
