@@ -1,17 +1,24 @@
 //! The pool's queue limit end to end: with `maxQueuedBuilds`, a node never holds more attempts
 //! than its slots plus that many; the rest wait in the controller, `Pending` with reason
-//! `QueueFull` and a message naming the limit, and go oldest first as slots free. Nothing is
-//! lost: every build ends Ready with its own image. Real controller and agent, real apiserver,
-//! real BuildKit (Docker's).
+//! `QueueFull` and a message naming the limit, and go oldest first as slots free. A held build's
+//! next status names the node it went to and when it started (no status in between without
+//! them). Nothing is lost: every build ends Ready with its own image. Real controller and agent,
+//! real apiserver, real BuildKit (Docker's).
 
 mod support;
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+
 use kiln::api::conditions::{self, READY, STALLED};
+use kiln::api::image_build::ImageBuildStatus;
 use kiln::api::node_build::NodeBuild;
 use kiln::api::{BuilderPool, ImageBuild};
 use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use support::e2e::{POOL, Rig, Tuning};
 
@@ -49,6 +56,8 @@ async fn a_full_node_queue_holds_builds_in_the_controller_and_loses_none() {
         .expect("set the pool's queue limit");
 
     let ns = rig.server.namespace(&client, "queue").await;
+    let builds: Api<ImageBuild> = Api::namespaced(client.clone(), &ns);
+    let history = record_statuses(builds.clone());
     let manifests: String = (0..BUILDS)
         .map(|i| {
             let url = rig.context(&format!("{ns}-{i}"), &[("marker.txt", format!("build {i}").as_bytes())]);
@@ -62,7 +71,6 @@ async fn a_full_node_queue_holds_builds_in_the_controller_and_loses_none() {
         .collect();
     rig.server.apply_manifests(&manifests);
 
-    let builds: Api<ImageBuild> = Api::namespaced(client.clone(), &ns);
     let attempts: Api<NodeBuild> = Api::namespaced(client.clone(), &ns);
     let (mut most_on_node, mut held_message) = (0, None::<String>);
     let deadline = Instant::now() + RUN_WAIT;
@@ -108,10 +116,45 @@ async fn a_full_node_queue_holds_builds_in_the_controller_and_loses_none() {
         message.contains("spec.maxQueuedBuilds") && message.contains("queue-a"),
         "the held build says why and where: {message}"
     );
+    let history = history.lock().map(|h| h.clone()).unwrap_or_default();
+    for (name, statuses) in &history {
+        let Some(held) = statuses.iter().position(|s| s.reason.as_deref() == Some("QueueFull")) else {
+            continue;
+        };
+        let next = statuses[held..]
+            .iter()
+            .find(|s| s.reason.as_deref() != Some("QueueFull"));
+        assert!(
+            next.is_some_and(|s| !s.nodes.is_empty() && s.start_time.is_some()),
+            "{name}'s next status after QueueFull names its node and start: {next:?}\nall: {statuses:?}"
+        );
+    }
     for i in 0..BUILDS {
         let file = rig.docker.image_file(&format!("kiln.local/{ns}/q:{i}"), "marker.txt");
         assert_eq!(file, Some(format!("build {i}").into_bytes()), "build {i}'s own image");
         let nbs = rig.node_builds(&ns, &format!("q-{i}")).await;
         assert_eq!(nbs.len(), 1, "build {i} ran once: {nbs:?}");
     }
+}
+
+/// Every status each build of `builds` is written with, in order (from a watch started before
+/// the builds are created).
+fn record_statuses(builds: Api<ImageBuild>) -> Arc<Mutex<BTreeMap<String, Vec<ImageBuildStatus>>>> {
+    let history = Arc::new(Mutex::new(BTreeMap::<String, Vec<ImageBuildStatus>>::new()));
+    let seen = history.clone();
+    tokio::spawn(async move {
+        let mut events = watcher(builds, watcher::Config::default()).applied_objects().boxed();
+        while let Some(Ok(build)) = events.next().await {
+            let (Some(name), Some(status)) = (build.metadata.name.clone(), build.status) else {
+                continue;
+            };
+            if let Ok(mut h) = seen.lock() {
+                let statuses = h.entry(name).or_default();
+                if statuses.last() != Some(&status) {
+                    statuses.push(status);
+                }
+            }
+        }
+    });
+    history
 }

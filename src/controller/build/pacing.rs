@@ -1,7 +1,9 @@
 //! When a changed ImageBuild status is written: at once when it settles something (an
 //! outcome, a stall) or keeps an in-progress status current, and otherwise only once the
 //! generation has been in flight for the status delay, so a build that finishes sooner (a
-//! cached one) goes from no status straight to its outcome in one write.
+//! cached one) goes from no status straight to its outcome in one write. An in-progress status
+//! computed before the reconcile's own creates is never written: it lacks the attempts just
+//! made (their node, their start), and the next reconcile, at once, writes them in one go.
 //!
 //! Pure: the reconcile supplies how long it has known the generation.
 
@@ -21,18 +23,37 @@ pub enum Write {
     Now,
     /// Not yet: look again after this long (the change may be overtaken by the outcome).
     After(Duration),
+    /// Not this one: it was computed before the attempts this reconcile created. Reconcile
+    /// again at once, with them.
+    Again,
 }
 
-/// Decides for `next`, which differs from `previous`, when the reconcile has known this
-/// generation for `known_for`.
-pub fn when(previous: &ImageBuildStatus, next: &ImageBuildStatus, known_for: Duration, delay: Duration) -> Write {
+/// What the reconcile knows besides the two statuses.
+#[derive(Clone, Copy, Debug)]
+pub struct Moment {
+    /// How long the reconcile has known this generation.
+    pub known_for: Duration,
+    /// The controller's status delay (`--status-delay-ms`).
+    pub delay: Duration,
+    /// Whether this reconcile created attempts after computing `next`.
+    pub created: bool,
+}
+
+/// Decides for `next`, which differs from `previous`.
+pub fn when(previous: &ImageBuildStatus, next: &ImageBuildStatus, at: Moment) -> Write {
     let settled = next.phase.is_some_and(BuildPhase::is_finished) || conditions::is_true(&next.conditions, STALLED);
     // Once a generation shows as in progress, what it shows is kept current.
     let shown = previous.observed_generation.is_some() && previous.observed_generation == next.observed_generation;
-    if settled || shown || known_for >= delay {
+    if settled {
+        Write::Now
+    } else if at.created {
+        // A held build dispatched as a slot frees, or a retry: written now, the status would
+        // say "Queued" with no node and no start, and the next reconcile would write them.
+        Write::Again
+    } else if shown || at.known_for >= at.delay {
         Write::Now
     } else {
-        Write::After(delay - known_for)
+        Write::After(at.delay - at.known_for)
     }
 }
 
@@ -44,6 +65,14 @@ mod tests {
     use super::*;
 
     const DELAY: Duration = Duration::from_millis(250);
+
+    fn at(known_for: Duration) -> Moment {
+        Moment {
+            known_for,
+            delay: DELAY,
+            created: false,
+        }
+    }
 
     fn status(generation: i64, phase: BuildPhase, stalled: bool) -> ImageBuildStatus {
         let mut conditions = Vec::new();
@@ -70,30 +99,45 @@ mod tests {
         let none = ImageBuildStatus::default();
         let building = status(1, BuildPhase::Building, false);
         assert_eq!(
-            when(&none, &building, Duration::from_millis(40), DELAY),
+            when(&none, &building, at(Duration::from_millis(40))),
             Write::After(Duration::from_millis(210))
         );
-        assert_eq!(when(&none, &building, DELAY, DELAY), Write::Now);
+        assert_eq!(when(&none, &building, at(DELAY)), Write::Now);
         let done = status(1, BuildPhase::Succeeded, false);
-        assert_eq!(when(&none, &done, Duration::ZERO, DELAY), Write::Now);
+        assert_eq!(when(&none, &done, at(Duration::ZERO)), Write::Now);
     }
 
     #[test]
     fn outcomes_stalls_and_an_already_shown_generation_are_written_at_once() {
         let none = ImageBuildStatus::default();
         let failed = status(1, BuildPhase::Failed, true);
-        assert_eq!(when(&none, &failed, Duration::ZERO, DELAY), Write::Now);
+        assert_eq!(when(&none, &failed, at(Duration::ZERO)), Write::Now);
         let stalled_pending = status(1, BuildPhase::Pending, true);
-        assert_eq!(when(&none, &stalled_pending, Duration::ZERO, DELAY), Write::Now);
+        assert_eq!(when(&none, &stalled_pending, at(Duration::ZERO)), Write::Now);
         let pending = status(1, BuildPhase::Pending, false);
         let building = status(1, BuildPhase::Building, false);
-        assert_eq!(when(&pending, &building, Duration::ZERO, DELAY), Write::Now);
+        assert_eq!(when(&pending, &building, at(Duration::ZERO)), Write::Now);
     }
 
     #[test]
     fn a_new_generation_of_a_finished_build_is_paced_like_a_new_build() {
         let old = status(1, BuildPhase::Succeeded, false);
         let next = status(2, BuildPhase::Pending, false);
-        assert!(matches!(when(&old, &next, Duration::ZERO, DELAY), Write::After(_)));
+        assert!(matches!(when(&old, &next, at(Duration::ZERO)), Write::After(_)));
+    }
+
+    #[test]
+    fn a_status_computed_before_the_reconciles_creates_is_not_written_but_an_outcome_is() {
+        let mut held = status(1, BuildPhase::Pending, false);
+        held.reason = Some("QueueFull".into());
+        let queued = status(1, BuildPhase::Pending, false);
+        let created = Moment {
+            created: true,
+            ..at(Duration::from_secs(30))
+        };
+        assert_eq!(when(&held, &queued, created), Write::Again);
+        assert_eq!(when(&ImageBuildStatus::default(), &queued, created), Write::Again);
+        let failed = status(1, BuildPhase::Failed, true);
+        assert_eq!(when(&held, &failed, created), Write::Now);
     }
 }

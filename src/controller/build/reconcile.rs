@@ -278,12 +278,18 @@ async fn apply(ctx: &Context, builds: &Api<ImageBuild>, build: &ImageBuild, plan
     let mut requeue = plan.requeue;
     let previous = build.status.clone().unwrap_or_default();
     if previous != plan.status {
-        match pacing::when(&previous, &plan.status, known_for(ctx, build), ctx.status_delay) {
+        let at = pacing::Moment {
+            known_for: known_for(ctx, build),
+            delay: ctx.status_delay,
+            created: !to_create.is_empty(),
+        };
+        match pacing::when(&previous, &plan.status, at) {
             pacing::Write::Now => {
                 write_status(builds, build, &plan.status).await?;
                 remember_written(ctx, build, &plan.status);
             }
             pacing::Write::After(wait) => requeue = Some(requeue.map_or(wait, |r| r.min(wait))),
+            pacing::Write::Again => requeue = Some(Duration::ZERO),
         }
     }
     if plan.delete {
