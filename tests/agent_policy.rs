@@ -1,15 +1,19 @@
 //! The agent's own image-policy check against a real kube-apiserver: it follows the pool's
-//! rules as an admin edits them, and a rewrite of the pool's status (which lists every node)
-//! reaches the agent as metadata alone and makes it read nothing.
+//! rules as an admin edits them, a rewrite of the pool's status (which lists every node)
+//! reaches the agent as metadata alone and makes it read nothing, and a name a pod of another
+//! namespace uses on the node is refused, from the agent's watch of its node's pods (no request
+//! per check).
 
 mod support;
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Pod;
+use kiln::agent::node_pods::NodePods;
 use kiln::agent::policy::{PolicyGuard, REASON};
 use kiln::api::BuilderPool;
 use kiln::api::recipe::BuildRecipe;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::api_requests::{Requests, watch_event_bytes};
 use support::apiserver::ApiServer;
@@ -45,10 +49,11 @@ async fn the_agent_follows_the_pools_rules_and_ignores_its_status() {
         .await
         .expect("create the pool");
 
-    let guard = std::sync::Arc::new(PolicyGuard::new(client.clone(), &name, "node-000"));
+    let pods = NodePods::new(client.clone(), "node-000");
+    let guard = std::sync::Arc::new(PolicyGuard::new(client.clone(), &name, "node-000", pods.clone()));
     let watching = tokio::spawn({
-        let guard = guard.clone();
-        async move { guard.watch().await }
+        let (guard, pods) = (guard.clone(), pods.clone());
+        async move { tokio::join!(guard.watch(), pods.watch()) }
     });
     let team = recipe("example.com/team/app:v1");
     guard
@@ -112,5 +117,69 @@ async fn the_agent_follows_the_pools_rules_and_ignores_its_status() {
     })
     .await;
     assert!(guard.check(&ns, &team).await.is_err());
+
+    // A pod of another namespace on this node runs the name: refused, naming the pod. Pods of
+    // other nodes do not count. No check asks the apiserver for pods.
+    let other = server.namespace(&client, "guard-other").await;
+    let before = Requests::read(&client).await;
+    pod_on(
+        &client,
+        &other,
+        "borrower",
+        "node-000",
+        &format!("kiln.local/{ns}/app:v1"),
+    )
+    .await;
+    pod_on(
+        &client,
+        &other,
+        "elsewhere",
+        "node-001",
+        &format!("kiln.local/{ns}/b:v1"),
+    )
+    .await;
+    let refused = support::kiln::eventually(Duration::from_secs(20), "the pod seen", || async {
+        guard.check(&ns, &own).await.err()
+    })
+    .await;
+    assert_eq!(refused.0, REASON);
+    assert!(refused.1.contains(&format!("{other}/borrower")), "{}", refused.1);
+    for _ in 0..10 {
+        guard
+            .check(&ns, &recipe(&format!("kiln.local/{ns}/b:v1")))
+            .await
+            .expect("a pod on another node does not hold the name");
+    }
+    let pod_requests: Vec<_> = Requests::read(&client)
+        .await
+        .since(&before)
+        .0
+        .into_iter()
+        .filter(|(k, n)| k.resource == "pods" && k.verb != "POST" && *n > 0)
+        .collect();
+    assert!(pod_requests.is_empty(), "checks asked for pods: {pod_requests:?}");
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &other);
+    // At once: with no kubelet here, a graceful deletion would leave it Terminating (still live).
+    pods_api
+        .delete("borrower", &DeleteParams::default().grace_period(0))
+        .await
+        .expect("delete the pod");
+    support::kiln::eventually(Duration::from_secs(20), "the name free again", || async {
+        guard.check(&ns, &own).await.ok()
+    })
+    .await;
     watching.abort();
+}
+
+/// A pod bound to `node` (no kubelet here: it stays Pending, which counts as live).
+async fn pod_on(client: &kube::Client, ns: &str, name: &str, node: &str, image: &str) {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": image}]}
+    }))
+    .expect("Pod");
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create Pod");
 }

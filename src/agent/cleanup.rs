@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use kube::{Client, ResourceExt};
 use tracing::{info, warn};
 
-use super::policy::live_pods;
+use super::node_pods::NodePods;
 use super::status::StatusWriter;
 use crate::api::node_build::{ImageRemoval, NodeBuild, RemovalOutcome};
 use crate::api::pod_images;
@@ -21,17 +21,20 @@ pub struct Remover {
     client: Client,
     node: String,
     store: Option<ImageStore>,
+    pods: Arc<NodePods>,
     /// Attempts (uid) whose removal is under way or answered by this agent.
     started: Mutex<HashSet<String>>,
 }
 
 impl Remover {
-    /// A remover for `node`'s store (none when the agent was not given one).
-    pub fn new(client: Client, node: &str, store: Option<ImageStore>) -> Arc<Self> {
+    /// A remover for `node`'s store (none when the agent was not given one), whose live pods
+    /// are `pods`.
+    pub fn new(client: Client, node: &str, store: Option<ImageStore>, pods: Arc<NodePods>) -> Arc<Self> {
         Arc::new(Self {
             client,
             node: node.to_owned(),
             store,
+            pods,
             started: Mutex::default(),
         })
     }
@@ -66,12 +69,12 @@ impl Remover {
         };
         let names = nb.spec.build.normalised_names();
         let digest = nb.status.as_ref().and_then(|s| s.digest.as_deref());
-        let pods = match live_pods(&self.client, &self.node).await {
+        let pods = match self.pods.live().await {
             Ok(pods) => pods,
             Err(e) => {
-                warn!(error = %e, "cannot list the node's pods before removing an image");
+                warn!(error = %e, "cannot tell the node's pods before removing an image");
                 return failed(format!(
-                    "cannot list the pods of node {} to check that none uses the image ({e}); the image stays",
+                    "cannot tell the pods of node {} to check that none uses the image ({e}); the image stays",
                     self.node
                 ));
             }

@@ -8,6 +8,7 @@ pub mod contexts;
 pub mod executor;
 pub mod heartbeat;
 pub mod logs;
+pub mod node_pods;
 pub mod pin;
 pub mod policy;
 pub mod poll;

@@ -5,22 +5,23 @@
 //!
 //! The pool's rules come from a metadata-only watch of that one BuilderPool and a read of the
 //! pool when its generation moves (no API call per build); the namespace's labels are read only
-//! when a rule selects namespaces by label. Then the node's live pods are
-//! listed (from the apiserver's watch cache, field-selected to this node): a name that a pod of
-//! another namespace uses here is not written either ([`crate::api::pod_images`]).
+//! when a rule selects namespaces by label. Then the node's live pods are asked, as the
+//! agent's watch of them keeps them ([`super::node_pods`]): a name that a pod of another
+//! namespace uses here is not written either ([`crate::api::pod_images`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{Api, ListParams};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio::sync::oneshot;
 
+use super::node_pods::NodePods;
 use super::request::Refusal;
 use crate::api::BuilderPool;
 use crate::api::image_policy::{self, Decision, ImageRule};
@@ -60,11 +61,13 @@ pub struct PolicyGuard {
     known: Mutex<Known>,
     listed: Listed,
     opened: Mutex<Option<oneshot::Sender<()>>>,
+    pods: Arc<NodePods>,
 }
 
 impl PolicyGuard {
-    /// A guard for `pool` on `node`; it knows the pool once [`PolicyGuard::watch`] runs.
-    pub fn new(client: Client, pool: &str, node: &str) -> Self {
+    /// A guard for `pool` on `node` (whose live pods are `pods`); it knows the pool once
+    /// [`PolicyGuard::watch`] runs.
+    pub fn new(client: Client, pool: &str, node: &str, pods: Arc<NodePods>) -> Self {
         let (opened, listed) = oneshot::channel();
         Self {
             client,
@@ -73,6 +76,7 @@ impl PolicyGuard {
             known: Mutex::default(),
             listed: Listed::when(listed, "BuilderPool"),
             opened: Mutex::new(Some(opened)),
+            pods,
         }
     }
 
@@ -151,7 +155,7 @@ impl PolicyGuard {
             (
                 "PolicyUnavailable",
                 format!(
-                    "the agent cannot check the image policy of BuilderPool {}: {why}; check the agent's RBAC (get, list and watch builderpools; get namespaces; list pods)",
+                    "the agent cannot check the image policy of BuilderPool {}: {why}; check the agent's RBAC (get, list and watch builderpools; get namespaces; list and watch pods)",
                     self.pool
                 ),
             )
@@ -178,9 +182,11 @@ impl PolicyGuard {
         {
             return Err((REASON, format!("{reason}; refused by the agent, nothing was built")));
         }
-        let pods = live_pods(&self.client, &self.node)
+        let pods = self
+            .pods
+            .live()
             .await
-            .map_err(|e| unavailable(format!("cannot list the pods of node {}: {e}", self.node)))?;
+            .map_err(|e| unavailable(format!("cannot tell the pods of node {}: {e}", self.node)))?;
         match pod_images::used_elsewhere(namespace, &names, &pods) {
             None => Ok(()),
             Some(used) => Err((
@@ -192,12 +198,4 @@ impl PolicyGuard {
             )),
         }
     }
-}
-
-/// The pods bound to `node` that have not finished, from the apiserver's watch cache.
-pub(super) async fn live_pods(client: &Client, node: &str) -> Result<Vec<Pod>, kube::Error> {
-    let pods: Api<Pod> = Api::all(client.clone());
-    let fields = format!("spec.nodeName={node},status.phase!=Succeeded,status.phase!=Failed");
-    let list = pods.list(&ListParams::default().fields(&fields).match_any()).await?;
-    Ok(list.items)
 }

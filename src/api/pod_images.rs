@@ -1,5 +1,5 @@
 //! Whether a build would replace an image that a pod of another namespace uses on the node.
-//! Pure: the agent lists its node's pods and asks.
+//! Pure: the agent asks with the pods its watch of the node keeps.
 //!
 //! The image-name policy says which names a namespace may write; this guard adds that even an
 //! allowed name is not written while a live pod of another namespace runs (or is about to run)
@@ -7,6 +7,8 @@
 //! build's own namespace do not count: rebuilding what one's own pods run is the point. A pod
 //! that names its image by digest does not count either: a digest names content, which no build
 //! can change.
+
+use std::borrow::Borrow;
 
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 
@@ -24,14 +26,15 @@ pub struct InUse {
 /// The first pod in `pods` that is not finished, lives outside `namespace` and uses one of
 /// `images` (compared normalised, so `nginx` and `docker.io/library/nginx:latest` are one name).
 /// Names that do not parse are left to the policy, which refuses them.
-pub fn used_elsewhere(namespace: &str, images: &[&str], pods: &[Pod]) -> Option<InUse> {
+pub fn used_elsewhere<P: Borrow<Pod>>(namespace: &str, images: &[&str], pods: &[P]) -> Option<InUse> {
     let wanted: Vec<String> = images
         .iter()
         .filter_map(|i| Subject::parse(i).ok())
         .map(|s| s.normalised().to_owned())
         .collect();
     pods.iter()
-        .filter(|p| p.metadata.namespace.as_deref().is_some_and(|ns| ns != namespace))
+        .map(Borrow::borrow)
+        .filter(|p: &&Pod| p.metadata.namespace.as_deref().is_some_and(|ns| ns != namespace))
         .filter(|p| !finished(p))
         .find_map(|p| {
             let spec = p.spec.as_ref()?;
@@ -51,7 +54,7 @@ pub fn used_elsewhere(namespace: &str, images: &[&str], pods: &[Pod]) -> Option<
 
 /// The live pods bound to `node` that use one of `images` by tag (normalised), or `digest` by
 /// digest, as `namespace/name`, sorted.
-pub fn users(images: &[&str], digest: Option<&str>, node: &str, pods: &[Pod]) -> Vec<String> {
+pub fn users<P: Borrow<Pod>>(images: &[&str], digest: Option<&str>, node: &str, pods: &[P]) -> Vec<String> {
     let wanted: Vec<String> = images
         .iter()
         .filter_map(|i| Subject::parse(i).ok())
@@ -63,7 +66,8 @@ pub fn users(images: &[&str], digest: Option<&str>, node: &str, pods: &[Pod]) ->
     };
     let mut found: Vec<String> = pods
         .iter()
-        .filter(|p| !finished(p))
+        .map(Borrow::borrow)
+        .filter(|p: &&Pod| !finished(p))
         .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
         .filter(|p| p.spec.as_ref().is_some_and(|s| pod_images(s).any(uses)))
         .map(|p| {

@@ -145,12 +145,12 @@ fn agent_rbac(s: &dyn Source) -> Vec<Value> {
             rule(&["kiln.dev"], &["nodebuilds/status"], &["get", "patch", "update"]),
             rule(&["", "events.k8s.io"], &["events"], &["create", "patch"]),
             // The image-name policy, checked again before every build (agent/policy.rs), and
-            // its node's pods, listed field-selected to the node: a name a pod of another
-            // namespace uses there is not overwritten. RBAC cannot narrow `list` to one node's
-            // pods; the agent asks only for its own.
+            // its node's pods, watched field-selected to the node (agent/node_pods.rs): a name
+            // a pod of another namespace uses there is not overwritten. RBAC cannot narrow
+            // `list` and `watch` to one node's pods; the agent asks only for its own.
             rule(&["kiln.dev"], &["builderpools"], &["get", "list", "watch"]),
             rule(&[""], &["namespaces"], &["get"]),
-            rule(&[""], &["pods"], &["list"]),
+            rule(&[""], &["pods"], &["list", "watch"]),
             // Its node's kubelet version: whether a pinned image is really kept (agent/pin.rs).
             rule(&[""], &["nodes"], &["get"]),
         ]}),

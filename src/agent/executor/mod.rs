@@ -34,6 +34,7 @@ mod solve;
 use super::cleanup::Remover;
 use super::contexts::{ContextDigest, ContextStore, Wanted};
 use super::logs::LogStore;
+use super::node_pods::NodePods;
 use super::policy::PolicyGuard;
 use super::status::StatusWriter;
 use super::{Settings, State};
@@ -84,6 +85,8 @@ pub struct Executor {
     cache_writer: std::sync::Mutex<Option<Writer<NodeBuild>>>,
     /// Removes the images of deleted builds that ask for it (`spec.removeImage`).
     remover: Arc<Remover>,
+    /// The node's live pods, read by the policy check and the remover.
+    pods: Arc<NodePods>,
 }
 
 impl Executor {
@@ -100,11 +103,18 @@ impl Executor {
             usize::try_from(settings.max_concurrent_builds).unwrap_or(1).max(1),
         ));
         let (cache, writer) = reflector::store();
+        let pods = NodePods::new(client.clone(), &settings.node);
         Arc::new(Self {
             cache,
             cache_writer: std::sync::Mutex::new(Some(writer)),
-            policy: PolicyGuard::new(client.clone(), &settings.pool, &settings.node),
-            remover: Remover::new(client.clone(), &settings.node, settings.image_store.clone()),
+            policy: PolicyGuard::new(client.clone(), &settings.pool, &settings.node, pods.clone()),
+            remover: Remover::new(
+                client.clone(),
+                &settings.node,
+                settings.image_store.clone(),
+                pods.clone(),
+            ),
+            pods,
             client,
             settings,
             state,
@@ -126,9 +136,10 @@ impl Executor {
 
     /// Watches this node's NodeBuilds and runs them, forever.
     pub async fn run(self: Arc<Self>) {
-        // The pool's watch lives exactly as long as the executor's.
+        // The pool's and the pods' watches live exactly as long as the executor's.
         tokio::select! {
             () = self.policy.watch() => {}
+            () = self.pods.watch() => {}
             () = self.clone().follow() => {}
         }
     }
