@@ -1,9 +1,9 @@
 //! The pool's queue limit end to end: with `maxQueuedBuilds`, a node never holds more attempts
 //! than its slots plus that many; the rest wait in the controller, `Pending` with reason
-//! `QueueFull` and a message naming the limit, and go oldest first as slots free. A held build's
-//! next status names the node it went to and when it started (no status in between without
-//! them). Nothing is lost: every build ends Ready with its own image. Real controller and agent,
-//! real apiserver, real BuildKit (Docker's).
+//! `QueueFull` and a message naming the limit, and go oldest first as slots free, or at once
+//! when the limit is raised. A held build's next status names the node it went to and when it
+//! started (no status in between without them). Nothing is lost: every build ends Ready with
+//! its own image. Real controller and agent, real apiserver, real BuildKit (Docker's).
 
 mod support;
 
@@ -29,6 +29,11 @@ const STEP_SECONDS: u64 = 1;
 /// 16 s here, and 71 s with the wake-up removed (re-checks alone). With eight, this bound is
 /// about three times what the wake-ups need and short of what re-checks alone would take.
 const RUN_WAIT: Duration = Duration::from_secs(75);
+/// The running build while another is held: longer than [`RAISE_WAIT`] allows the held one.
+const LONG_STEP_SECONDS: u64 = 25;
+/// How soon a held build goes once the limit rises: well before the running build ends, and
+/// before its 30 s re-check.
+const RAISE_WAIT: Duration = Duration::from_secs(10);
 
 fn reason(b: &ImageBuild) -> Option<&str> {
     b.status.as_ref()?.reason.as_deref()
@@ -135,6 +140,44 @@ async fn a_full_node_queue_holds_builds_in_the_controller_and_loses_none() {
         let nbs = rig.node_builds(&ns, &format!("q-{i}")).await;
         assert_eq!(nbs.len(), 1, "build {i} ran once: {nbs:?}");
     }
+
+    // Raising the limit lets a held build go at once, not when a slot frees or at its re-check.
+    let limit = |n: i32| json!({"spec": {"maxQueuedBuilds": n}});
+    pools
+        .patch(POOL, &PatchParams::default(), &Patch::Merge(&limit(0)))
+        .await
+        .expect("lower the pool's queue limit");
+    let url = rig.context(&format!("{ns}-raise"), &[("marker.txt", b"raise")]);
+    let build = |name: &str, step: &str| {
+        json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"image": format!("kiln.local/{ns}/{name}:v1"), "source": {"http": {"url": url}},
+                     "dockerfileInline": format!("FROM kiln-test/busybox:latest\nCOPY marker.txt /m\nRUN {step} && echo {ns}-{name}\n")}})
+    };
+    rig.server
+        .apply_manifests(&build("long", &format!("sleep {LONG_STEP_SECONDS}")).to_string());
+    rig.wait_for(&ns, "long", RUN_WAIT, "Building", |b| {
+        b.status.as_ref().and_then(|s| s.phase) == Some(kiln::api::image_build::BuildPhase::Building)
+    })
+    .await;
+    rig.server.apply_manifests(&build("held", "true").to_string());
+    rig.wait_for(&ns, "held", RUN_WAIT, "QueueFull", |b| reason(b) == Some("QueueFull"))
+        .await;
+    let raised = Instant::now();
+    pools
+        .patch(POOL, &PatchParams::default(), &Patch::Merge(&limit(1)))
+        .await
+        .expect("raise the pool's queue limit");
+    support::kiln::eventually(RAISE_WAIT, "the held build dispatched", || async {
+        (!rig.node_builds(&ns, "held").await.is_empty()).then_some(())
+    })
+    .await;
+    let long = builds.get("long").await.expect("long");
+    assert!(
+        !is(&long, READY),
+        "the held build went when the limit rose, not when the running one ended ({:?} after the raise)",
+        raised.elapsed()
+    );
 }
 
 /// Every status each build of `builds` is written with, in order (from a watch started before

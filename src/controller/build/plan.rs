@@ -140,7 +140,8 @@ pub fn woken_by(build: &ImageBuild, beat: &Heartbeat, attempt_under_way: bool) -
 
 /// Whether `build` is held by its pool's queue limit (`maxQueuedBuilds`): a slot freeing on
 /// one of `pool`'s nodes may let it go. Such builds are woken oldest first, a few per freed
-/// slot (see `controller::wiring::room_for_held`); each re-checks every 30 s regardless.
+/// slot (see `controller::wiring::room_for_held`), and all of them by a new generation of the
+/// pool (its limit raised or removed); each re-checks every 30 s regardless.
 pub fn held_for_room(build: &ImageBuild, pool: &str) -> bool {
     let status = build.status.as_ref();
     build.spec.pool() == pool
