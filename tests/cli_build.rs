@@ -1,104 +1,18 @@
 //! `kiln build` from a local directory, as a developer runs it: only a kubeconfig (a
 //! ServiceAccount bound to the `kiln-developer` roles of `kiln manifests`), the context sent to
 //! the node's agent through the apiserver (pods/proxy), a real BuildKit (Docker's). Also
-//! `kiln get` and `kiln logs`.
+//! `kiln get` and `kiln logs`. The recipes in `contrib/` (Tilt, kubectl) are in
+//! `cli_recipes.rs`.
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::e2e::{NS, Rig, agent_ip};
-use tokio::sync::OnceCell;
-
-/// The rig's nodes.
-const NODES: [&str; 2] = ["node-up", "node-two"];
-
-/// Largest context this rig's pool accepts.
-const MAX_CONTEXT_MIB: u64 = 4;
-
-async fn rig() -> &'static Rig {
-    static RIG: OnceCell<Rig> = OnceCell::const_new();
-    RIG.get_or_init(|| async {
-        let rig = Rig::start(&NODES).await;
-        let pool = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "BuilderPool", "metadata": {"name": "default"},
-            "spec": {"nodeSelector": {"kiln.dev/e2e": "true"}, "maxConcurrentBuilds": 2,
-                     "uploads": {"maxContextMiB": MAX_CONTEXT_MIB}}});
-        rig.server.apply_manifests(&pool.to_string());
-        rig
-    })
-    .await
-}
-
-/// A namespace with a developer: a ServiceAccount bound to the developer roles; returns the
-/// namespace and that developer's kubeconfig.
-async fn developer(rig: &Rig, prefix: &str) -> (String, PathBuf) {
-    let client = rig.client().await;
-    let ns = rig.server.namespace(&client, prefix).await;
-    let binding = |kind: &str, name: &str, at: &str, role_kind: &str, role: &str| {
-        let mut meta = json!({"name": name});
-        if kind == "RoleBinding" {
-            meta["namespace"] = json!(at);
-        }
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": meta,
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
-               "subjects": [{"kind": "ServiceAccount", "name": "dev", "namespace": ns}]})
-    };
-    let objects = [
-        binding("RoleBinding", "dev-builds", &ns, "ClusterRole", "kiln-developer"),
-        binding("RoleBinding", &format!("dev-{ns}"), NS, "Role", "kiln-developer"),
-        binding(
-            "ClusterRoleBinding",
-            &format!("dev-{ns}"),
-            "",
-            "ClusterRole",
-            "kiln-pool-reader",
-        ),
-    ];
-    for o in objects {
-        rig.server.apply_manifests(&o.to_string());
-    }
-    let kubeconfig = rig.server.service_account_kubeconfig(&ns, "dev").await;
-    (ns, kubeconfig)
-}
-
-/// Runs `kiln ARGS` as the developer; returns the output.
-fn kiln(kubeconfig: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .env("RUST_BACKTRACE", "0")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run kiln")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// The agent's counter of bytes received by uploads.
-fn uploaded_bytes(rig: &Rig) -> f64 {
-    NODES
-        .iter()
-        .map(|n| rig.agent_metric(n, "kiln_agent_context_upload_bytes_total"))
-        .sum()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read testdata") {
-        let entry = entry.expect("entry");
-        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
-    }
-}
+use support::cli::{MAX_CONTEXT_MIB, NODES, copy_dir, developer, kiln, rig, text, uploaded_bytes};
+use support::e2e::agent_ip;
 
 #[tokio::test]
 async fn kiln_build_sends_a_local_directory_and_prints_the_image() {
@@ -177,139 +91,6 @@ async fn kiln_build_sends_a_local_directory_and_prints_the_image() {
     assert!(out.status.success(), "{}", text(&out));
     let log = String::from_utf8_lossy(&out.stdout);
     assert!(log.contains("COPY . /app/"), "{log}");
-}
-
-fn repo_file(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-/// The Tilt extension hands Tilt's custom_build what Tilt needs (no push, no local Docker, the
-/// user's kwargs passed through), evaluated by Google's Starlark as Tilt does; and its command,
-/// run by a shell with EXPECTED_REF set as Tilt sets it, puts exactly that image on the node.
-#[tokio::test]
-async fn the_tilt_extension_builds_expected_ref_with_kiln_build() {
-    let (Some(python), Some(_)) = (support::python::venv_python(), agent_ip()) else {
-        return;
-    };
-    let script = "kiln_build('example.com/tilt-app', '.', build_args={'V': \"it's\"}, \
-                  live_update=[sync('./src', '/app/src')], ignore=['tmp'], match_in_env_vars=True)\n\
-                  kiln_build('example.com/other', 'svc', deps=['svc/src'], dockerfile='docker/Dockerfile', extra_args=['--target', 'dev'])";
-    let out = Command::new(&python)
-        .arg(repo_file("tests/tilt/eval_tiltfile.py"))
-        .arg(repo_file("contrib/tilt/Tiltfile"))
-        .arg(script)
-        .output()
-        .expect("run the Starlark evaluator");
-    assert!(out.status.success(), "{}", text(&out));
-    let calls: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON object per custom_build call"))
-        .collect();
-    assert_eq!(calls.len(), 2, "{calls:?}");
-    let first = &calls[0];
-    assert_eq!(first["ref"], "example.com/tilt-app");
-    assert_eq!(first["deps"], json!(["."]), "the context is the default dependency");
-    let kwargs = &first["kwargs"];
-    assert_eq!(kwargs["disable_push"], true);
-    assert_eq!(kwargs["skips_local_docker"], true);
-    assert_eq!(
-        kwargs["live_update"],
-        json!([{"sync": ["./src", "/app/src"]}]),
-        "kwargs pass through"
-    );
-    assert_eq!(kwargs["ignore"], json!(["tmp"]));
-    assert_eq!(kwargs["match_in_env_vars"], true);
-    assert!(
-        kwargs["command_bat"]
-            .as_str()
-            .is_some_and(|c| c.contains("%EXPECTED_REF%"))
-    );
-    let second = &calls[1];
-    assert_eq!(second["deps"], json!(["svc/src"]));
-    let command = second["command"].as_str().expect("command");
-    assert!(
-        command.contains("'-f' 'docker/Dockerfile'")
-            && command.contains("'--target' 'dev'")
-            && command.ends_with("'svc'"),
-        "{command}"
-    );
-
-    // Tilt runs the command with sh -c in the Tiltfile's directory, EXPECTED_REF set.
-    let rig = rig().await;
-    let (ns, kubeconfig) = developer(rig, "tilt").await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    copy_dir(&repo_file("tests/testdata/app"), dir.path());
-    let expected = format!(
-        // What Tilt's default_registry('kiln.local/<ns>') makes of example.com/tilt-app.
-        "kiln.local/{ns}/example.com_tilt-app:tilt-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..16]
-    );
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_kiln")).parent().expect("bin dir");
-    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
-    let command = first["command"].as_str().expect("command");
-    let out = Command::new("sh")
-        .args(["-c", command])
-        .current_dir(dir.path())
-        .env("EXPECTED_REF", &expected)
-        .env("PATH", path)
-        .env("KUBECONFIG", &kubeconfig)
-        .stdin(Stdio::null())
-        .output()
-        .expect("sh");
-    assert!(out.status.success(), "{command}\n{}\n{}", text(&out), rig.diagnostics());
-    assert!(
-        rig.docker.image_id(&expected).is_some(),
-        "{expected} is in the node's store"
-    );
-}
-
-/// The pure-kubectl recipe for git/http sources: creates an ImageBuild named from
-/// $EXPECTED_REF's tag, returns 0 once it is Ready, and 1 at once when it stalls.
-#[tokio::test]
-async fn the_kubectl_recipe_waits_for_ready_and_fails_fast_on_a_stall() {
-    let rig = rig().await;
-    let (ns, kubeconfig) = developer(rig, "recipe").await;
-    let script = repo_file("contrib/tilt/imagebuild.sh");
-    let run = |url: &str, expected: &str| {
-        Command::new("bash")
-            .arg(&script)
-            .args(["--http", url, "--namespace", &ns, "--timeout", "2m"])
-            .env("EXPECTED_REF", expected)
-            .env("KUBECONFIG", &kubeconfig)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run imagebuild.sh")
-    };
-    let good = rig.context(
-        &format!("{ns}-good"),
-        &[
-            ("Dockerfile", b"FROM scratch\nCOPY hello.txt /\n"),
-            ("hello.txt", b"hi\n"),
-        ],
-    );
-    let expected = format!(
-        "kiln.local/{ns}/recipe:tilt-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..16]
-    );
-    let out = run(&good, &expected);
-    assert!(out.status.success(), "{}\n{}", text(&out), rig.diagnostics());
-    assert!(
-        rig.docker.image_id(&expected).is_some(),
-        "{expected} is in the node's store"
-    );
-
-    let bad = rig.context(
-        &format!("{ns}-bad"),
-        &[("Dockerfile", b"FROM scratch\nCOPY missing.txt /\n")],
-    );
-    let out = run(&bad, &format!("kiln.local/{ns}/recipe:tilt-bad0123456789ab"));
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("failed: SourceFetch") || err.contains("failed: BuildFailed"),
-        "the stall's reason, not the timeout, ended the wait: {}",
-        text(&out)
-    );
 }
 
 /// A context with a `.dockerignore` (Docker's documented cases, `**`, `!` re-includes) and a

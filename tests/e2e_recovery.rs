@@ -7,22 +7,15 @@ mod support;
 use std::time::Duration;
 
 use kiln::api::ImageBuild;
-use kiln::api::conditions::{self, READY};
 use kiln::api::image_build::BuildPhase;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
-use support::e2e::Rig;
+use support::e2e::{Rig, is_ready};
 use tokio::sync::OnceCell;
 
 async fn rig() -> &'static Rig {
     static RIG: OnceCell<Rig> = OnceCell::const_new();
     RIG.get_or_init(|| Rig::start(&["restart-a", "lost-a", "lost-b"])).await
-}
-
-fn is_ready(b: &ImageBuild) -> bool {
-    b.status
-        .as_ref()
-        .is_some_and(|s| conditions::is_true(&s.conditions, READY))
 }
 
 fn building(b: &ImageBuild) -> bool {

@@ -405,3 +405,17 @@ pub fn image_build_yaml(name: &str, spec: Value) -> String {
         json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "metadata": {"name": name}, "spec": spec});
     serde_yaml::to_string(&doc).expect("yaml")
 }
+
+/// True when the build's `Ready` condition is.
+pub fn is_ready(b: &ImageBuild) -> bool {
+    b.status
+        .as_ref()
+        .is_some_and(|s| kiln::api::conditions::is_true(&s.conditions, kiln::api::conditions::READY))
+}
+
+/// True when the build's `Stalled` condition is.
+pub fn is_stalled(b: &ImageBuild) -> bool {
+    b.status
+        .as_ref()
+        .is_some_and(|s| kiln::api::conditions::is_true(&s.conditions, kiln::api::conditions::STALLED))
+}

@@ -5,6 +5,7 @@ pub mod api_requests;
 pub mod apiserver;
 pub mod buildkit;
 pub mod certs;
+pub mod cli;
 pub mod docker;
 pub mod e2e;
 pub mod git;
