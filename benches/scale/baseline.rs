@@ -22,8 +22,8 @@ use serde_json::{Value, json};
 use std::time::Instant;
 
 use crate::harness::Harness;
-use crate::runs::{self, Usages};
 use crate::support::apiserver::wait_established;
+use crate::usage::{UsageProbe, Usages};
 
 /// One baseline's figures.
 #[derive(Serialize)]
@@ -90,7 +90,7 @@ pub async fn kiln_shaped(h: &Harness, finished: &ImageBuild, n: usize) -> Baseli
 
 /// Runs `writes` (a count of `writes` requests), timing it and sampling the processes.
 async fn measure<F: Future<Output = ()>>(h: &Harness, writes: usize, work: impl FnOnce() -> F) -> Baseline {
-    let probe = runs::UsageProbe::start(h);
+    let probe = UsageProbe::start(h);
     let t = Instant::now();
     work().await;
     let seconds = t.elapsed().as_secs_f64();

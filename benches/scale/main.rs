@@ -15,6 +15,7 @@ mod support;
 mod baseline;
 mod harness;
 mod runs;
+mod usage;
 
 use std::time::{Duration, Instant};
 
@@ -22,9 +23,10 @@ use baseline::Baseline;
 use harness::{Harness, Shape};
 use kiln::api::ImageBuild;
 use kube::api::{Api, ListParams};
-use runs::{RunSpec, cpu_seconds};
+use runs::RunSpec;
 use serde::Serialize;
 use support::api_requests::Requests;
+use usage::cpu_seconds;
 
 #[tokio::main]
 async fn main() {
