@@ -1,5 +1,10 @@
 //! How kiln's watches list and reconnect, for every role (controller and agent alike), and how
-//! reconciles wait for the caches those watches fill.
+//! reconciles wait for the caches those watches fill. [`patient`]: a watch that pauses before
+//! resuming when the apiserver ended it early (the agents' NodeBuild watch).
+
+mod patient;
+
+pub use patient::{cut_short, patient};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 use kube::runtime::reflector::Store;

@@ -46,6 +46,9 @@ use crate::buildkit::Client as BuildKit;
 const ENDED_MEMORY: Duration = Duration::from_secs(3600);
 /// Minimum time between two progress writes of one build.
 const THROTTLE: Duration = Duration::from_secs(1);
+/// How long the NodeBuild watch waits before it resumes after the apiserver ended it early
+/// ([`crate::watch::patient`]).
+const RESUME_PAUSE: Duration = Duration::from_secs(1);
 
 /// Why a running build is being stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,7 +156,9 @@ impl Executor {
         // Relists come from the apiserver's watch cache, and each node's agent reconnects at
         // its own time (`crate::watch`).
         let config = crate::watch::spread_config(&self.settings.node).labels(&selector);
-        let events = watcher(api, config);
+        // Every agent's watch gets every NodeBuild event and replays those it missed when it
+        // resumes: after an early end (an overloaded apiserver), it pauses first.
+        let events = crate::watch::patient(api, config, RESUME_PAUSE);
         let mut stream = match self.cache_writer.lock().ok().and_then(|mut w| w.take()) {
             Some(writer) => events.reflect(writer).boxed(),
             None => events.boxed(),
