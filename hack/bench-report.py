@@ -205,17 +205,19 @@ def watch_table(runs):
         "the apiserver's watch cache closed because their watcher had not taken its events in time",
         "(its log, `--vmodule=cacher=1`; each one is a re-watch by its client). In 1.20 a custom",
         "resource's watcher has a buffer of 10 events, and each NodeBuild event goes to every",
-        "agent's watcher before its label selector is applied.",
+        "agent's watcher before its label selector is applied. `events replayed` counts the events",
+        "the watch caches replayed to watches resumed from a resource version",
+        "(`apiserver_init_events_total`): each is matched against the watch's selector first.",
         "",
-        "| run | " + " | ".join(kinds) + " | closed, buffer full | WATCH requests |",
-        "|---|" + "---|" * (len(kinds) + 2),
+        "| run | " + " | ".join(kinds) + " | closed, buffer full | WATCH requests | events replayed |",
+        "|---|" + "---|" * (len(kinds) + 3),
     ]
     for r in runs:
         sent = r.get("watch_mib_by_kind", {})
         closed = r.get("watchers_closed_unresponsive")
         watches = sum(v for k, v in r.get("requests", {}).items() if k.startswith("WATCH "))
         lines.append(f"| {r['name']} | " + " | ".join(fmt(sent.get(k, 0), "", 1) for k in kinds)
-                     + f" | {fmt(closed)} | {fmt(watches)} |")
+                     + f" | {fmt(closed)} | {fmt(watches)} | {fmt(r.get('watch_events_replayed'))} |")
     return lines
 
 

@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::harness::Harness;
-use crate::support::api_requests::{Requests, watch_event_bytes_by_kind};
+use crate::support::api_requests::{Requests, watch_event_bytes_by_kind, watch_events_replayed};
 use crate::usage::{UsageProbe, Usages};
 
 /// Label that ties a run's ImageBuilds together.
@@ -112,6 +112,8 @@ pub struct RunResult {
     /// Watches the apiserver closed during the run because the watcher's buffer was full (each
     /// one a re-watch by its client).
     pub watchers_closed_unresponsive: usize,
+    /// Events the apiserver's watch caches replayed to resumed watches during the run.
+    pub watch_events_replayed: u64,
     #[serde(flatten)]
     pub usage: Usages,
     /// Seconds from the run's start at which each build was seen Ready (throughput plot).
@@ -152,12 +154,13 @@ pub async fn run(h: &Harness, spec: &RunSpec) -> RunResult {
     summarize(h, spec, &ready, &created, started.1, seconds, waves, apiserver, usage)
 }
 
-/// What the apiserver counted during a run: requests, watch bytes per kind, and watchers it
-/// closed as unresponsive.
+/// What the apiserver counted during a run: requests, watch bytes per kind, watchers it closed
+/// as unresponsive, and events it replayed to resumed watches.
 struct ApiserverSide {
     requests: Requests,
     watch_mib_by_kind: BTreeMap<String, f64>,
     watchers_closed_unresponsive: usize,
+    watch_events_replayed: u64,
 }
 
 /// The apiserver's counters at a run's start.
@@ -165,6 +168,7 @@ struct ApiserverProbe {
     requests: Requests,
     sent: BTreeMap<String, f64>,
     closed: usize,
+    replayed: f64,
 }
 
 impl ApiserverProbe {
@@ -173,6 +177,7 @@ impl ApiserverProbe {
             requests: Requests::read(&h.admin).await,
             sent: watch_event_bytes_by_kind(&h.admin).await,
             closed: h.server.watchers_closed_unresponsive(),
+            replayed: watch_events_replayed(&h.admin).await,
         }
     }
 
@@ -192,6 +197,7 @@ impl ApiserverProbe {
             requests,
             watch_mib_by_kind,
             watchers_closed_unresponsive: h.server.watchers_closed_unresponsive().saturating_sub(self.closed),
+            watch_events_replayed: (watch_events_replayed(&h.admin).await - self.replayed).max(0.0) as u64,
         }
     }
 }
@@ -253,6 +259,7 @@ fn summarize(
         requests: requests.0.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
         watch_mib_by_kind: apiserver.watch_mib_by_kind,
         watchers_closed_unresponsive: apiserver.watchers_closed_unresponsive,
+        watch_events_replayed: apiserver.watch_events_replayed,
         usage,
         ready_at_seconds: seen
             .values()

@@ -159,6 +159,17 @@ pub async fn watch_event_bytes_by_kind(client: &Client) -> BTreeMap<String, f64>
     out
 }
 
+/// Events the apiserver's watch caches replayed to watches that started from a resource
+/// version (`apiserver_init_events_total`, all kinds): what resuming watches cost it.
+pub async fn watch_events_replayed(client: &Client) -> f64 {
+    metrics(client)
+        .await
+        .lines()
+        .filter_map(|l| l.strip_prefix("apiserver_init_events_total{")?.rsplit_once("} "))
+        .map(|(_, value)| value.trim().parse::<f64>().unwrap_or(0.0))
+        .sum()
+}
+
 /// The apiserver's metrics, in Prometheus text format (needs a client allowed to GET /metrics).
 async fn metrics(client: &Client) -> String {
     let req = http::Request::get("/metrics").body(Vec::new()).expect("request");
