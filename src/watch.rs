@@ -4,7 +4,7 @@
 
 mod patient;
 
-pub use patient::{cut_short, patient};
+pub use patient::patient;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 use kube::runtime::reflector::Store;

@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::harness::Harness;
-use crate::support::api_requests::{Requests, watch_event_bytes_by_kind, watch_events_replayed};
+use crate::support::api_requests::{Counters, Requests};
 use crate::usage::{UsageProbe, Usages};
 
 /// Label that ties a run's ImageBuilds together.
@@ -165,39 +165,36 @@ struct ApiserverSide {
 
 /// The apiserver's counters at a run's start.
 struct ApiserverProbe {
-    requests: Requests,
-    sent: BTreeMap<String, f64>,
+    at_start: Counters,
     closed: usize,
-    replayed: f64,
 }
 
 impl ApiserverProbe {
     async fn start(h: &Harness) -> Self {
         Self {
-            requests: Requests::read(&h.admin).await,
-            sent: watch_event_bytes_by_kind(&h.admin).await,
+            at_start: Counters::read(&h.admin).await,
             closed: h.server.watchers_closed_unresponsive(),
-            replayed: watch_events_replayed(&h.admin).await,
         }
     }
 
     /// What the counters moved by since the start.
     async fn stop(self, h: &Harness) -> ApiserverSide {
-        let requests = Requests::read(&h.admin).await.since(&self.requests);
-        let watch_mib_by_kind = watch_event_bytes_by_kind(&h.admin)
-            .await
+        let now = Counters::read(&h.admin).await;
+        let before = &self.at_start;
+        let watch_mib_by_kind = now
+            .watch_bytes_by_kind
             .into_iter()
             .map(|(kind, bytes)| {
-                let mib = (bytes - self.sent.get(&kind).copied().unwrap_or(0.0)) / (1024.0 * 1024.0);
-                (kind, mib)
+                let sent = bytes - before.watch_bytes_by_kind.get(&kind).copied().unwrap_or(0.0);
+                (kind, sent / (1024.0 * 1024.0))
             })
             .filter(|(_, mib)| *mib > 0.0)
             .collect();
         ApiserverSide {
-            requests,
+            requests: now.requests.since(&before.requests),
             watch_mib_by_kind,
             watchers_closed_unresponsive: h.server.watchers_closed_unresponsive().saturating_sub(self.closed),
-            watch_events_replayed: (watch_events_replayed(&h.admin).await - self.replayed).max(0.0) as u64,
+            watch_events_replayed: (now.events_replayed - before.events_replayed).max(0.0) as u64,
         }
     }
 }

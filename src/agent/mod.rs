@@ -83,6 +83,10 @@ pub struct Settings {
     pub presence_interval: Duration,
 }
 
+/// How long a build waits for the first listing of a watch the agent checks it against (its
+/// pool's rules, its node's pods) before it is refused, and retried by the controller.
+pub(crate) const LIST_WAIT: Duration = Duration::from_secs(30);
+
 /// Default of `--progress-delay-ms`. Intermediate states cost API writes and are only worth
 /// showing for builds a person can watch; a cached build (tens of milliseconds) is reported
 /// once, when it is done. 250 ms is below what a person notices in `kubectl get -w`.

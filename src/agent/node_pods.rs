@@ -7,7 +7,6 @@
 //! the build's way to its start.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -16,11 +15,8 @@ use kube::api::Api;
 use kube::runtime::reflector::{self, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 
+use super::LIST_WAIT;
 use crate::watch::Listed;
-
-/// How long a reader waits for the first listing before it gives up (and the build is refused,
-/// then retried, or the image kept).
-const LIST_WAIT: Duration = Duration::from_secs(30);
 
 /// Why the node's pods cannot be told.
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +83,7 @@ impl NodePods {
     }
 
     /// The node's pods that have not finished, once the watch has listed them (waiting up to
-    /// [`LIST_WAIT`] for that).
+    /// [`LIST_WAIT`] for that; past it, the build is refused and retried, or the image kept).
     pub async fn live(&self) -> Result<Vec<Arc<Pod>>, Error> {
         match tokio::time::timeout(LIST_WAIT, self.listed.wait()).await {
             Ok(Ok(())) => Ok(self.store.state()),

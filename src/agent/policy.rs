@@ -21,6 +21,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio::sync::oneshot;
 
+use super::LIST_WAIT;
 use super::node_pods::NodePods;
 use super::request::Refusal;
 use crate::api::BuilderPool;
@@ -31,8 +32,6 @@ use crate::watch::Listed;
 
 /// Status reason of a refused attempt; the controller does not retry it.
 pub const REASON: &str = "ImageNotAllowed";
-/// How long a build waits for the pool's first listing before it is refused (and retried).
-const LIST_WAIT: Duration = Duration::from_secs(30);
 /// The longest pause between reads of a pool whose new generation could not be read.
 const READ_RETRY_MAX: Duration = Duration::from_secs(30);
 

@@ -56,7 +56,7 @@ where
 
 /// Whether a watch that lasted `lasted` was ended by the apiserver before its `timeout`
 /// (minus a few seconds of slack: the apiserver's own clock ends it on time).
-pub fn cut_short(lasted: Duration, timeout: Option<u32>) -> bool {
+fn cut_short(lasted: Duration, timeout: Option<u32>) -> bool {
     timeout.is_some_and(|t| lasted + Duration::from_secs(5) < Duration::from_secs(u64::from(t)))
 }
 

@@ -57,13 +57,7 @@ impl Requests {
     /// Parses Prometheus text format.
     pub fn parse(text: &str) -> Requests {
         let mut out = BTreeMap::new();
-        for line in text.lines() {
-            let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
-                continue;
-            };
-            let Some((labels, value)) = rest.rsplit_once("} ") else {
-                continue;
-            };
+        for (labels, n) in samples(text, "apiserver_request_total") {
             let label = |name: &str| label(labels, name);
             let key = Key {
                 verb: label("verb"),
@@ -74,7 +68,6 @@ impl Requests {
                     .filter(|c| !c.starts_with('2') && c != "0")
                     .unwrap_or_default(),
             };
-            let n: f64 = value.trim().parse().unwrap_or(0.0);
             *out.entry(key).or_insert(0) += n as u64;
         }
         Requests(out)
@@ -135,39 +128,53 @@ impl std::fmt::Display for Requests {
 /// groups), from its `apiserver_watch_events_sizes` histogram.
 #[allow(dead_code)]
 pub async fn watch_event_bytes(client: &Client, kind: &str) -> f64 {
-    watch_event_bytes_by_kind(client)
-        .await
+    watch_bytes_by_kind(&metrics(client).await)
         .get(kind)
         .copied()
         .unwrap_or(0.0)
 }
 
-/// Bytes of watch events the apiserver has sent so far, per kind.
-#[allow(dead_code)]
-pub async fn watch_event_bytes_by_kind(client: &Client) -> BTreeMap<String, f64> {
-    let text = metrics(client).await;
+/// What the scale harness compares before and after a run, from one read of `/metrics` (a
+/// large answer, from an apiserver the run keeps busy).
+pub struct Counters {
+    /// Every request counter.
+    pub requests: Requests,
+    /// Bytes of watch events sent so far, per kind.
+    pub watch_bytes_by_kind: BTreeMap<String, f64>,
+    /// Events the watch caches replayed to watches that started from a resource version
+    /// (`apiserver_init_events_total`, all kinds): what resuming watches cost the apiserver.
+    pub events_replayed: f64,
+}
+
+impl Counters {
+    /// Reads them now.
+    pub async fn read(client: &Client) -> Counters {
+        let text = metrics(client).await;
+        Counters {
+            requests: Requests::parse(&text),
+            watch_bytes_by_kind: watch_bytes_by_kind(&text),
+            events_replayed: samples(&text, "apiserver_init_events_total").map(|(_, v)| v).sum(),
+        }
+    }
+}
+
+/// Bytes of watch events sent so far, per kind, in the metrics `text`.
+fn watch_bytes_by_kind(text: &str) -> BTreeMap<String, f64> {
     let mut out = BTreeMap::new();
-    for line in text.lines() {
-        let Some((labels, value)) = line
-            .strip_prefix("apiserver_watch_events_sizes_sum{")
-            .and_then(|l| l.rsplit_once("} "))
-        else {
-            continue;
-        };
-        *out.entry(label(labels, "kind")).or_insert(0.0) += value.trim().parse::<f64>().unwrap_or(0.0);
+    for (labels, value) in samples(text, "apiserver_watch_events_sizes_sum") {
+        *out.entry(label(labels, "kind")).or_insert(0.0) += value;
     }
     out
 }
 
-/// Events the apiserver's watch caches replayed to watches that started from a resource
-/// version (`apiserver_init_events_total`, all kinds): what resuming watches cost it.
-pub async fn watch_events_replayed(client: &Client) -> f64 {
-    metrics(client)
-        .await
-        .lines()
-        .filter_map(|l| l.strip_prefix("apiserver_init_events_total{")?.rsplit_once("} "))
-        .map(|(_, value)| value.trim().parse::<f64>().unwrap_or(0.0))
-        .sum()
+/// The samples of metric `name` in Prometheus text: each one's labels (between the braces) and
+/// value.
+fn samples<'t>(text: &'t str, name: &str) -> impl Iterator<Item = (&'t str, f64)> {
+    let prefix = format!("{name}{{");
+    text.lines().filter_map(move |line| {
+        let (labels, value) = line.strip_prefix(prefix.as_str())?.rsplit_once("} ")?;
+        Some((labels, value.trim().parse().unwrap_or(0.0)))
+    })
 }
 
 /// The apiserver's metrics, in Prometheus text format (needs a client allowed to GET /metrics).
