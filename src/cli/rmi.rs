@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Event;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::wait::{await_condition, conditions};
 use serde::Serialize;
 use serde_json::json;
 
@@ -20,6 +21,9 @@ use super::kube_args::KubeArgs;
 use crate::api::ImageBuild;
 use crate::api::image_build::CLEANUP_ANNOTATION;
 use crate::api::reference::Reference;
+
+/// Pause before watching a deleted build again after its watch failed.
+const RETRY: Duration = Duration::from_millis(500);
 
 /// `kiln rmi` flags.
 #[derive(clap::Args, Debug)]
@@ -94,17 +98,21 @@ pub(super) fn run(args: Args) -> u8 {
         }
         let events: Api<Event> = Api::namespaced(conn.client.clone(), &conn.namespace);
         let deadline = Instant::now() + args.timeout;
+        // Each build waits on its own nodes: all at once, answers in the order of the list.
+        let removals = owners.into_iter().map(|b| remove_through(&api, &events, b, deadline));
         let mut outcomes = Vec::new();
-        for build in owners {
-            match remove_through(&api, &events, build, deadline).await {
+        let mut failed = false;
+        for result in futures::future::join_all(removals).await {
+            match result {
                 Ok(mut o) => outcomes.append(&mut o),
                 Err(message) => {
                     eprintln!("error: {message}");
-                    return exit::FAILURE;
+                    failed = true;
                 }
             }
         }
-        print(&outcomes, args.output)
+        let code = print(&outcomes, args.output);
+        if failed { exit::FAILURE } else { code }
     })
 }
 
@@ -126,18 +134,7 @@ async fn remove_through(
     api.delete(&name, &DeleteParams::default())
         .await
         .map_err(|e| format!("cannot delete ImageBuild {name}: {e}"))?;
-    loop {
-        match api.get_opt(&name).await {
-            Ok(None) => break,
-            Ok(Some(b)) if b.uid().unwrap_or_default() != uid => break,
-            Ok(Some(_)) | Err(_) if Instant::now() >= deadline => {
-                return Err(format!(
-                    "ImageBuild {name} is still being deleted; its nodes have not all answered yet (see `kubectl describe ib {name}`)"
-                ));
-            }
-            _ => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-    }
+    deleted(api, &name, &uid, deadline).await?;
     let selector = format!("involvedObject.uid={uid}");
     let list = events
         .list(&ListParams::default().fields(&selector))
@@ -166,6 +163,29 @@ async fn remove_through(
         }]);
     }
     Ok(outcomes)
+}
+
+/// Waits, on a watch of the one object, until ImageBuild `name` (this `uid`) is gone: its
+/// finalizer has heard from every node. A watch that fails is started again until `deadline`.
+async fn deleted(api: &Api<ImageBuild>, name: &str, uid: &str, deadline: Instant) -> Result<(), String> {
+    let deadline = tokio::time::Instant::from_std(deadline);
+    let mut last_error = None;
+    loop {
+        let gone = await_condition(api.clone(), name, conditions::is_deleted(uid));
+        match tokio::time::timeout_at(deadline, gone).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => last_error = Some(e.to_string()),
+            Err(_) => {
+                let why = last_error
+                    .map(|e| format!(" (last watch error: {e})"))
+                    .unwrap_or_default();
+                return Err(format!(
+                    "ImageBuild {name} is still being deleted; its nodes have not all answered yet (see `kubectl describe ib {name}`){why}"
+                ));
+            }
+        }
+        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + RETRY)).await;
+    }
 }
 
 fn print(outcomes: &[Outcome], output: super::Output) -> u8 {
