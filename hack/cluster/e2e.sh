@@ -17,8 +17,8 @@
 # on containerd builders are skipped with that reason.
 #
 # Extra arguments go to the test binary, e.g. `hack/cluster/e2e.sh node_is_ready`.
-# Tests: every tests/*.rs listed in E2E_TESTS (default: cluster_smoke cluster_kiln), with
-# --include-ignored.
+# Tests: every test binary (tests/NAME.rs or tests/NAME/main.rs) listed in E2E_TESTS
+# (default: cluster_smoke cluster_kiln), with --include-ignored.
 set -euo pipefail
 
 # shellcheck source=hack/cluster/lib.sh

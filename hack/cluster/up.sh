@@ -550,7 +550,7 @@ write_env_file() {
     echo "KILN_E2E_BUSYBOX_IMAGE=$KC_IMAGE_BUSYBOX"
     echo "KILN_E2E_LOCAL_CLUSTER=1"
     echo "KUBECACHEDIR=$KC_KUBECTL_CACHE"
-    # kiln's pools on this node (tests/cluster_kiln.rs): the runtime's private socket and
+    # kiln's pools on this node (tests/cluster_kiln/main.rs): the runtime's private socket and
     # root, and BuildKit state below the shared mount (Bidirectional propagation needs one).
     echo "KILN_E2E_POOL_STATE_ROOT=$KC_SHARED/kiln-pools"
     if [[ "$RUNTIME" == docker ]]; then

@@ -1,4 +1,4 @@
-//! kiln installed in a real cluster, for `tests/cluster_kiln.rs`: installing it from its own
+//! kiln installed in a real cluster, for `tests/cluster_kiln/main.rs`: installing it from its own
 //! manifests with the cluster's pool settings (see that file's table), finding builder pods
 //! and what keeps them from running, serving build contexts, and `kubectl apply` + `kubectl
 //! wait` of ImageBuilds. Included with `#[path]` next to `cluster.rs` and `http.rs`.
@@ -41,7 +41,7 @@ pub fn setup() -> Option<(Cluster, String)> {
 }
 
 /// The install manifests of `kiln manifests` for `image`, with the default pool adjusted to
-/// this cluster (the variables in `tests/cluster_kiln.rs`).
+/// this cluster (the variables in `tests/cluster_kiln/main.rs`).
 pub fn manifests(image: &str) -> Value {
     let yaml = kiln(&["manifests", "--image", image]);
     let mut items = Vec::new();
@@ -55,7 +55,7 @@ pub fn manifests(image: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "List", "items": items})
 }
 
-/// Puts the cluster's pool settings (the variables in `tests/cluster_kiln.rs`) into a
+/// Puts the cluster's pool settings (the variables in `tests/cluster_kiln/main.rs`) into a
 /// BuilderPool object.
 pub fn pool_settings(pool: &mut Value) {
     let name = pool["metadata"]["name"].as_str().unwrap_or_default().to_owned();
