@@ -8,10 +8,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use super::dispatch::{SlotState, UNSCHEDULABLE_RECHECK, until};
-use super::judge::{Attempt, Outcome, Slots, is_renewal};
+use super::judge::{Attempt, Outcome, Slots, failed_attempts, is_renewal};
 use super::plan::{Event, Next, Plan, Scope};
 use crate::api::conditions::{self, Desired, READY, RECONCILING, STALLED, Status};
-use crate::api::image_build::{BuildPhase, DigestKind, ImageBuild, ImageBuildStatus, NodeResult};
+use crate::api::image_build::{
+    BuildPhase, DigestKind, ImageBuild, ImageBuildStatus, NodeResult, Progress, SourceStatus,
+};
 use crate::api::node_build::{NodeBuild, NodeBuildPhase};
 use crate::api::reference::Reference;
 
@@ -124,75 +126,110 @@ fn reason_and_message(
 fn results(scope: &Scope<'_>, attempts: &[Attempt<'_>], slots: &Slots<'_, '_>, phase: BuildPhase) -> ImageBuildStatus {
     let targets = targets(attempts, slots);
     let nodes: Vec<NodeResult> = targets.iter().map(|a| node_result(a)).collect();
-    let succeeded: Vec<&NodeBuild> = targets
-        .iter()
-        .filter(|a| a.outcome == Outcome::Succeeded)
-        .map(|a| a.nb)
-        .collect();
-    let digests: Vec<&str> = succeeded
-        .iter()
-        .filter_map(|nb| nb.status.as_ref()?.digest.as_deref())
-        .collect();
-    let same = digests.windows(2).all(|w| w[0] == w[1]);
-    let digest = (phase == BuildPhase::Succeeded && same)
-        .then(|| digests.first().map(|d| (*d).to_owned()))
-        .flatten();
-    let first = succeeded.first().and_then(|nb| nb.status.clone()).unwrap_or_default();
-    let digest_kind = digest.as_ref().and(first.digest_kind);
-    let build = scope.build;
-    let image_ref = match (&digest, digest_kind) {
-        (Some(d), Some(DigestKind::Manifest)) => Reference::parse(&build.spec.recipe.image).ok().map(|r| r.pinned(d)),
-        _ => None,
-    };
-    let progress = targets
-        .iter()
-        .filter(|a| matches!(a.outcome, Outcome::Active { .. }))
-        .filter_map(|a| a.nb.status.as_ref()?.progress.clone())
-        .min_by_key(|p| (p.completed, p.total));
-    // An image lost or outdated after it was built is no failed attempt.
-    let failed = attempts
-        .iter()
-        .filter(|a| matches!(&a.outcome, Outcome::Failed { .. }) && !is_renewal(&a.outcome))
-        .count();
-    let failed_attempts = i32::try_from(failed).unwrap_or(i32::MAX);
-    let start_time = attempts
-        .iter()
-        .filter_map(|a| a.nb.metadata.creation_timestamp.clone())
-        .min_by_key(|t| t.0);
-    let previous = &scope.previous;
-    let completion_time = phase.is_finished().then(|| {
-        previous
-            .completion_time
-            .clone()
-            .filter(|_| previous.phase == Some(phase) && previous.observed_generation == Some(scope.generation))
-            .unwrap_or(Time(scope.now))
-    });
+    let built = Built::of(&targets, phase, &scope.build.spec.recipe.image);
+    let failed_attempts = failed_attempts(attempts);
     let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
     ImageBuildStatus {
         phase: Some(phase),
-        short_digest: digest
-            .as_deref()
-            .map(|d| d.split_once(':').map_or(d, |(_, h)| h).chars().take(12).collect()),
-        digest,
-        digest_kind,
-        image_ref,
-        config_digest: (phase == BuildPhase::Succeeded)
-            .then(|| first.config_digest.clone())
-            .flatten(),
+        short_digest: built.digest.as_deref().map(short_digest),
+        digest: built.digest,
+        digest_kind: built.digest_kind,
+        image_ref: built.image_ref,
+        config_digest: built.config_digest,
         node_names: (!names.is_empty()).then(|| names.join(",")),
         nodes,
-        source: first.source.clone().or_else(|| {
+        source: built.source.or_else(|| {
             targets
                 .iter()
                 .filter_map(|a| a.nb.status.as_ref()?.source.clone())
                 .next()
         }),
-        progress,
+        progress: progress(&targets),
         failed_attempts: (failed_attempts > 0).then_some(failed_attempts),
-        start_time,
-        completion_time,
+        start_time: attempts
+            .iter()
+            .filter_map(|a| a.nb.metadata.creation_timestamp.clone())
+            .min_by_key(|t| t.0),
+        completion_time: completion_time(scope, phase),
         ..Default::default()
     }
+}
+
+/// What the succeeded attempts built, as the status reports it.
+struct Built {
+    /// The image's digest, when the build succeeded and every node built the same one.
+    digest: Option<String>,
+    digest_kind: Option<DigestKind>,
+    /// `image@digest`, where the digest is a manifest's.
+    image_ref: Option<String>,
+    config_digest: Option<String>,
+    /// The source the first succeeded attempt built (a git ref's commit).
+    source: Option<SourceStatus>,
+}
+
+impl Built {
+    fn of(targets: &[&Attempt<'_>], phase: BuildPhase, image: &str) -> Self {
+        let succeeded: Vec<&NodeBuild> = targets
+            .iter()
+            .filter(|a| a.outcome == Outcome::Succeeded)
+            .map(|a| a.nb)
+            .collect();
+        let digests: Vec<&str> = succeeded
+            .iter()
+            .filter_map(|nb| nb.status.as_ref()?.digest.as_deref())
+            .collect();
+        let same = digests.windows(2).all(|w| w[0] == w[1]);
+        let digest = (phase == BuildPhase::Succeeded && same)
+            .then(|| digests.first().map(|d| (*d).to_owned()))
+            .flatten();
+        let first = succeeded.first().and_then(|nb| nb.status.clone()).unwrap_or_default();
+        let digest_kind = digest.as_ref().and(first.digest_kind);
+        let image_ref = match (&digest, digest_kind) {
+            (Some(d), Some(DigestKind::Manifest)) => Reference::parse(image).ok().map(|r| r.pinned(d)),
+            _ => None,
+        };
+        Built {
+            digest,
+            digest_kind,
+            image_ref,
+            config_digest: (phase == BuildPhase::Succeeded)
+                .then_some(first.config_digest)
+                .flatten(),
+            source: first.source,
+        }
+    }
+}
+
+/// A digest's first 12 hex digits, as `docker images` shows an ID.
+fn short_digest(digest: &str) -> String {
+    digest
+        .split_once(':')
+        .map_or(digest, |(_, h)| h)
+        .chars()
+        .take(12)
+        .collect()
+}
+
+/// The build's progress: the least advanced of its running attempts'.
+fn progress(targets: &[&Attempt<'_>]) -> Option<Progress> {
+    targets
+        .iter()
+        .filter(|a| matches!(a.outcome, Outcome::Active { .. }))
+        .filter_map(|a| a.nb.status.as_ref()?.progress.clone())
+        .min_by_key(|p| (p.completed, p.total))
+}
+
+/// When a finished build finished: kept from the recorded status while the phase and the
+/// generation stay, else now.
+fn completion_time(scope: &Scope<'_>, phase: BuildPhase) -> Option<Time> {
+    let previous = &scope.previous;
+    phase.is_finished().then(|| {
+        previous
+            .completion_time
+            .clone()
+            .filter(|_| previous.phase == Some(phase) && previous.observed_generation == Some(scope.generation))
+            .unwrap_or(Time(scope.now))
+    })
 }
 
 /// The attempts the status reports on: with one slot only its latest attempt (earlier nodes

@@ -11,7 +11,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Resource;
 use kube::api::ObjectMeta;
 
-use super::judge::{Attempt, Outcome, Slots, is_renewal, name};
+use super::judge::{Attempt, Outcome, Slots, failed_attempts, is_renewal, name};
 use super::naming::{CACHE_KEY_LABEL, GENERATION_LABEL, cache_key, node_build_name};
 use super::plan::{Event, Next, Observed, Plan, Scope};
 use super::schedule::{Unschedulable, choose};
@@ -141,9 +141,8 @@ fn after_failure(
     plan: &mut Plan,
     next: &mut Next,
 ) -> SlotState {
-    let Some(last) = attempts.last() else {
-        return (Some(BuildPhase::Pending), None);
-    };
+    let pending = (Some(BuildPhase::Pending), None);
+    let Some(last) = attempts.last() else { return pending };
     let Outcome::Failed {
         reason,
         message,
@@ -151,34 +150,14 @@ fn after_failure(
         permanent,
     } = &last.outcome
     else {
-        return (Some(BuildPhase::Pending), None);
+        return pending;
     };
-    let build = scope.build;
-    let limit = build.spec.backoff_limit();
-    // A lost or outdated image is no failure of the build: it does not use up `backoffLimit`.
-    let failures = attempts
-        .iter()
-        .filter(|a| matches!(a.outcome, Outcome::Failed { .. }) && !is_renewal(&a.outcome))
-        .count();
-    let failures = i32::try_from(failures).unwrap_or(i32::MAX);
-    if *permanent || failures > limit {
-        let why = if *permanent {
-            String::new()
-        } else {
-            format!(" (gave up after {failures} attempt(s); backoffLimit {limit})")
-        };
-        return (
-            Some(BuildPhase::Failed),
-            Some((reason.clone(), format!("{message}{why}"))),
-        );
+    let failures = failed_attempts(attempts.iter().copied());
+    if let Some(failed) = given_up(scope.build, failures, reason, message, *permanent) {
+        return failed;
     }
-    // A renewal is no failure to back off from: it goes at once.
     let renewal = is_renewal(&last.outcome);
-    let due = if renewal {
-        *at
-    } else {
-        at.saturating_add(backoff(failures)).unwrap_or(*at)
-    };
+    let due = retry_due(*at, failures, renewal);
     if scope.now < due {
         next.requeue.push(until(scope.now, due));
         let note = format!(
@@ -187,58 +166,109 @@ fn after_failure(
         );
         return (Some(BuildPhase::Pending), Some(("Retrying".into(), note)));
     }
-    let placement = build.spec.placement.clone().unwrap_or_default();
-    // A restore or a new revision goes where the image was: that node's pods expect it there.
-    let pinned = slot
-        .clone()
-        .or(placement.node_name.clone())
-        .or_else(|| renewal.then(|| last.nb.spec.node_name.clone()));
-    let avoid: Vec<String> = if reason == "NodeLost" {
-        vec![last.nb.spec.node_name.clone()]
-    } else {
-        Vec::new()
-    };
-    let target = match &pinned {
-        Some(node) if scope.beats.get(node.as_str()).is_some_and(|h| h.is_fresh(scope.now)) => Ok(vec![node.clone()]),
-        Some(node) => Err(Unschedulable::no_builder(format!(
-            "node {node:?} has no ready builder for the retry"
-        ))),
-        None => choose(
-            Some(&placement),
-            &build.spec.recipe.platforms,
-            &o.candidates,
-            &avoid,
-            o.affinity.as_deref(),
-            build.spec.pool(),
-            scope.now,
-        ),
-    };
-    match target {
+    match retry_nodes(o, scope, slot, last, reason, renewal) {
         Ok(nodes) => {
             let attempt = last.nb.spec.attempt + 1;
             for node in nodes {
-                plan.events.push(if renewal {
-                    Event {
-                        warning: false,
-                        reason: "Rebuilding",
-                        note: format!("{message} ({reason}): attempt {attempt}"),
-                    }
-                } else {
-                    Event {
-                        warning: true,
-                        reason: "Retrying",
-                        note: format!(
-                            "attempt {} failed ({reason}); attempt {attempt} on node {node}",
-                            last.nb.spec.attempt
-                        ),
-                    }
-                });
+                plan.events.push(retry_event(last, reason, message, renewal, &node));
                 plan.create.push(node_build(scope, &node, attempt, deadline));
             }
         }
         Err(why) => next.unschedulable = Some(why),
     }
-    (Some(BuildPhase::Pending), None)
+    pending
+}
+
+/// The slot's end when the failure is permanent or `backoffLimit` is used up: `Failed`, with
+/// the attempt's reason and message (and, for a used-up limit, how many attempts it took).
+fn given_up(build: &ImageBuild, failures: i32, reason: &str, message: &str, permanent: bool) -> Option<SlotState> {
+    let limit = build.spec.backoff_limit();
+    if !permanent && failures <= limit {
+        return None;
+    }
+    let why = if permanent {
+        String::new()
+    } else {
+        format!(" (gave up after {failures} attempt(s); backoffLimit {limit})")
+    };
+    Some((
+        Some(BuildPhase::Failed),
+        Some((reason.to_owned(), format!("{message}{why}"))),
+    ))
+}
+
+/// When the retry of an attempt that ended `at` is due: a renewal is no failure to back off
+/// from and goes at once; a failure waits its backoff.
+fn retry_due(at: Timestamp, failures: i32, renewal: bool) -> Timestamp {
+    if renewal {
+        at
+    } else {
+        at.saturating_add(backoff(failures)).unwrap_or(at)
+    }
+}
+
+/// Where a retry goes. Pinned when the slot is a node's (allNodes), when the build names its
+/// node, or for a renewal (a restore or a new revision goes where the image was: that node's
+/// pods expect it there), and then only if that node's builder is ready; otherwise where the
+/// scheduler says, away from a node that was lost.
+fn retry_nodes(
+    o: &Observed<'_>,
+    scope: &Scope<'_>,
+    slot: &Option<String>,
+    last: &Attempt<'_>,
+    reason: &str,
+    renewal: bool,
+) -> Result<Vec<String>, Unschedulable> {
+    let build = scope.build;
+    let placement = build.spec.placement.clone().unwrap_or_default();
+    let pinned = slot
+        .clone()
+        .or(placement.node_name.clone())
+        .or_else(|| renewal.then(|| last.nb.spec.node_name.clone()));
+    match pinned {
+        Some(node) if scope.beats.get(node.as_str()).is_some_and(|h| h.is_fresh(scope.now)) => Ok(vec![node]),
+        Some(node) => Err(Unschedulable::no_builder(format!(
+            "node {node:?} has no ready builder for the retry"
+        ))),
+        None => {
+            let avoid: Vec<String> = if reason == "NodeLost" {
+                vec![last.nb.spec.node_name.clone()]
+            } else {
+                Vec::new()
+            };
+            choose(
+                Some(&placement),
+                &build.spec.recipe.platforms,
+                &o.candidates,
+                &avoid,
+                o.affinity.as_deref(),
+                build.spec.pool(),
+                scope.now,
+            )
+        }
+    }
+}
+
+/// The event for the retry of `last` on `node`: `Rebuilding` for a renewal, else a warning,
+/// `Retrying`.
+fn retry_event(last: &Attempt<'_>, reason: &str, message: &str, renewal: bool, node: &str) -> Event {
+    let attempt = last.nb.spec.attempt + 1;
+    if renewal {
+        Event {
+            warning: false,
+            reason: "Rebuilding",
+            note: format!("{message} ({reason}): attempt {attempt}"),
+        }
+    } else {
+        Event {
+            warning: true,
+            reason: "Retrying",
+            note: format!(
+                "attempt {} failed ({reason}); attempt {attempt} on node {node}",
+                last.nb.spec.attempt
+            ),
+        }
+    }
 }
 
 /// When a slot's time is up: `timeoutSeconds` from its first attempt (now, for a first

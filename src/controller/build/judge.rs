@@ -39,6 +39,16 @@ pub(super) fn is_renewal(outcome: &Outcome) -> bool {
     matches!(outcome, Outcome::Failed { reason, .. } if reason == IMAGE_MISSING || reason == NEW_REVISION)
 }
 
+/// How many of `attempts` count as failed: a lost or outdated image is no failure of the
+/// build, so it neither uses up `backoffLimit` nor shows in `failedAttempts`.
+pub(super) fn failed_attempts<'a, 'n: 'a>(attempts: impl IntoIterator<Item = &'a Attempt<'n>>) -> i32 {
+    let failed = attempts
+        .into_iter()
+        .filter(|a| matches!(a.outcome, Outcome::Failed { .. }) && !is_renewal(&a.outcome))
+        .count();
+    i32::try_from(failed).unwrap_or(i32::MAX)
+}
+
 /// How an attempt stands, as the controller judges it.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) enum Outcome {

@@ -86,18 +86,35 @@ pub fn choose(
 ) -> Result<Vec<String>, Unschedulable> {
     let default = Placement::default();
     let placement = placement.unwrap_or(&default);
+    let matching = matching(placement, platforms, candidates, pool, now)?;
+    if placement.all_nodes {
+        let mut nodes: Vec<String> = matching.iter().map(|c| c.heartbeat.node.clone()).collect();
+        nodes.sort();
+        return Ok(nodes);
+    }
+    one(matching, placement, avoid, affinity, pool)
+}
+
+/// The builders with a fresh heartbeat that fit the placement (`nodeName`, `nodeSelector`) and
+/// build every platform, or what is missing.
+fn matching<'c, 'a>(
+    placement: &Placement,
+    platforms: &[String],
+    candidates: &'c [Candidate<'a>],
+    pool: &str,
+    now: Timestamp,
+) -> Result<Vec<&'c Candidate<'a>>, Unschedulable> {
     if candidates.is_empty() {
         return Err(Unschedulable::no_builder(format!(
             "pool {pool:?} has no builders: check that the BuilderPool exists and its agents run"
         )));
     }
-    let fresh: Vec<&Candidate<'_>> = candidates.iter().filter(|c| c.heartbeat.is_fresh(now)).collect();
-    if fresh.is_empty() {
+    let mut matching: Vec<&Candidate<'_>> = candidates.iter().filter(|c| c.heartbeat.is_fresh(now)).collect();
+    if matching.is_empty() {
         return Err(Unschedulable::no_builder(format!(
             "no builder of pool {pool:?} is ready (no fresh heartbeat)"
         )));
     }
-    let mut matching: Vec<&Candidate<'_>> = fresh.clone();
     if let Some(node) = &placement.node_name {
         matching.retain(|c| &c.heartbeat.node == node);
         if matching.is_empty() {
@@ -132,11 +149,19 @@ pub fn choose(
             )));
         }
     }
-    if placement.all_nodes {
-        let mut nodes: Vec<String> = matching.iter().map(|c| c.heartbeat.node.clone()).collect();
-        nodes.sort();
-        return Ok(nodes);
-    }
+    Ok(matching)
+}
+
+/// The one node for a single-node build among `matching`: not one an earlier attempt lost
+/// (unless the build names its node, or there is no other), with room in its queue; of those,
+/// one not yet full, then the cache's node (`affinity`), then the least loaded, then by name.
+fn one(
+    mut matching: Vec<&Candidate<'_>>,
+    placement: &Placement,
+    avoid: &[String],
+    affinity: Option<&str>,
+    pool: &str,
+) -> Result<Vec<String>, Unschedulable> {
     if placement.node_name.is_none() && matching.len() > 1 {
         matching.retain(|c| !avoid.contains(&c.heartbeat.node));
         if matching.is_empty() {
