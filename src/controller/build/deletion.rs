@@ -12,14 +12,16 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::warn;
 
-use super::reconcile::{CANCEL_GRACE, FINALIZER, cancel, publish};
+use super::apply::{cancel, publish};
+use super::reconcile::{CANCEL_GRACE, FINALIZER};
 use super::{grants, removal};
 use crate::api::image_build::{ImageBuild, ImageBuildSpec};
 use crate::api::node_build::{NodeBuild, NodeBuildPhase};
 use crate::controller::{Context, Error};
 
-/// Deletion: cancel unfinished attempts, wait for the agents (bounded), delete the attempts,
-/// then release the finalizer.
+/// Deletion: cancel unfinished attempts, wait for the agents (bounded), remove the images
+/// with `cleanup: Delete` (bounded), delete the attempts, revoke the grant, then release the
+/// finalizer.
 pub(super) async fn cleanup(
     ctx: &Context,
     builds: &Api<ImageBuild>,
@@ -47,23 +49,7 @@ pub(super) async fn cleanup(
         .map(|t| Timestamp::now().duration_since(t.0).as_secs_f64())
         .unwrap_or_default();
     if !unfinished.is_empty() && waited < CANCEL_GRACE.as_secs_f64() {
-        for nb in &unfinished {
-            if !nb.spec.cancel {
-                cancel(&api, &nb.name_any()).await?;
-                publish(
-                    ctx,
-                    build,
-                    false,
-                    "Cancelled",
-                    &format!(
-                        "cancelling {} on node {} (ImageBuild deleted)",
-                        nb.name_any(),
-                        nb.spec.node_name
-                    ),
-                )
-                .await;
-            }
-        }
+        cancel_unfinished(ctx, &api, build, &unfinished).await?;
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     if !unfinished.is_empty() {
@@ -83,6 +69,30 @@ pub(super) async fn cleanup(
     if grants::reads_secrets(&build.spec.recipe) {
         grants::revoke(ctx, build).await?;
     }
+    release_finalizer(builds, build).await
+}
+
+/// Asks the agents of the attempts not asked yet to cancel, with an event for each.
+async fn cancel_unfinished(
+    ctx: &Context,
+    api: &Api<NodeBuild>,
+    build: &ImageBuild,
+    unfinished: &[&NodeBuild],
+) -> Result<(), Error> {
+    for nb in unfinished.iter().filter(|nb| !nb.spec.cancel) {
+        cancel(api, &nb.name_any()).await?;
+        let note = format!(
+            "cancelling {} on node {} (ImageBuild deleted)",
+            nb.name_any(),
+            nb.spec.node_name
+        );
+        publish(ctx, build, false, "Cancelled", &note).await;
+    }
+    Ok(())
+}
+
+/// Removes kiln's finalizer (guarded by the resource version read), so the build goes.
+async fn release_finalizer(builds: &Api<ImageBuild>, build: &ImageBuild) -> Result<Action, Error> {
     let remaining: Vec<String> = build.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
     let patch = json!({"metadata": {"finalizers": remaining, "resourceVersion": build.resource_version()}});
     match builds

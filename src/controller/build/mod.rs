@@ -2,6 +2,7 @@
 //! cancels and expires them, and aggregates their results into the ImageBuild's status.
 
 mod aggregate;
+mod apply;
 mod deletion;
 mod dispatch;
 pub mod grants;

@@ -1,9 +1,9 @@
 //! ImageBuild reconcile: read → validate → decide (`plan`) → apply → status.
 //!
-//! This file does the reconcile's I/O (with `grants` for Secret access, and `deletion` for the
-//! finalizer's work); the decision is pure (`plan`). Creating a NodeBuild is the dispatch;
-//! names are deterministic, so `AlreadyExists` means an earlier reconcile (or controller)
-//! already did it. A finalizer makes deletion cancel running attempts, wait (bounded) for
+//! This file reads what the decision needs (the attempts, heartbeats, node labels, cache
+//! affinity) and runs the steps; the decision is pure (`plan`), and carrying it out is
+//! `apply` (with `grants` for Secret access). Creating a NodeBuild is the dispatch; names are
+//! deterministic, so `AlreadyExists` means an earlier reconcile (or controller) already did it. A finalizer makes deletion cancel running attempts, wait (bounded) for
 //! their agents, and remove images with `cleanup: Delete` (`deletion.rs`).
 
 use std::collections::BTreeMap;
@@ -13,30 +13,29 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
+use super::apply::{apply, publish, write_status};
 use super::deletion::cleanup;
 use super::index::Index;
 use super::memory::{
-    assigned_load, confirm_created, finalizer_added, forget_created, just_created, just_created_attempts, known_for,
-    observe_timings, remember_created, remember_finalizer, remember_written, remembered_status,
+    assigned_load, finalizer_added, just_created_attempts, observe_timings, remember_finalizer, remembered_status,
 };
 use super::plan::{self, Observed, Plan};
+use super::policy;
 use super::schedule::Candidate;
-use super::{grants, pacing, policy};
 use crate::api::conditions::{self, Desired, READY, STALLED, Status};
 use crate::api::heartbeat::Heartbeat;
 use crate::api::image_build::{BuildPhase, ImageBuild};
 use crate::api::image_policy::Decision;
 use crate::api::node_build::{NodeBuild, NodeBuildPhase};
 use crate::api::validation;
-use crate::controller::{Context, Error, STATUS_FIELD_MANAGER};
+use crate::controller::{Context, Error};
 
 /// Finalizer that lets deletion cancel running builds first.
 pub const FINALIZER: &str = "kiln.dev/cancel-builds";
@@ -221,128 +220,6 @@ fn may_dispatch(ctx: &Context, build: &ImageBuild) -> bool {
     !finished && !under_way
 }
 
-/// The apiserver refused a create because the namespace is being deleted.
-fn namespace_terminating(status: &kube::core::Status) -> bool {
-    status
-        .details
-        .as_ref()
-        .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
-}
-
-async fn apply(ctx: &Context, builds: &Api<ImageBuild>, build: &ImageBuild, plan: Plan) -> Result<Action, Error> {
-    let ns = build.namespace().unwrap_or_default();
-    let node_builds: Api<NodeBuild> = Api::namespaced(ctx.client.clone(), &ns);
-    let finished = matches!(
-        plan.status.phase,
-        Some(crate::api::image_build::BuildPhase::Succeeded | crate::api::image_build::BuildPhase::Failed)
-    );
-    // Attempts created by an earlier reconcile that the watch cache does not show yet are
-    // skipped; the rest are counted on their nodes now, before the first await.
-    let to_create: Vec<&NodeBuild> = plan.create.iter().filter(|nb| !just_created(ctx, nb)).collect();
-    for nb in &to_create {
-        remember_created(ctx, nb);
-    }
-    let needs_secrets = grants::reads_secrets(&build.spec.recipe);
-    let created = create_attempts(ctx, &node_builds, build, &to_create, needs_secrets).await;
-    if let Err(failed_from) = &created {
-        for nb in &to_create[failed_from.0..] {
-            forget_created(ctx, nb);
-        }
-    }
-    match created {
-        Ok(()) => {}
-        Err((_, None)) => return Ok(Action::await_change()),
-        Err((_, Some(e))) => return Err(e),
-    }
-    for name in &plan.cancel {
-        cancel(&node_builds, name).await?;
-    }
-    for event in &plan.events {
-        publish(ctx, build, event.warning, event.reason, &event.note).await;
-    }
-    if needs_secrets && finished && plan.create.is_empty() && !grants::polls_with_secret(&build.spec.recipe) {
-        grants::revoke(ctx, build).await?;
-    }
-    if finished && build.status.as_ref().and_then(|s| s.phase) != plan.status.phase {
-        let seconds = match (&plan.status.start_time, &plan.status.completion_time) {
-            (Some(s), Some(c)) => c.0.duration_since(s.0).as_secs_f64(),
-            _ => 0.0,
-        };
-        let result = if plan.status.phase == Some(crate::api::image_build::BuildPhase::Succeeded) {
-            "succeeded"
-        } else {
-            "failed"
-        };
-        ctx.metrics.build_finished(result, seconds);
-    }
-    let mut requeue = plan.requeue;
-    let previous = build.status.clone().unwrap_or_default();
-    if previous != plan.status {
-        let at = pacing::Moment {
-            known_for: known_for(ctx, build),
-            delay: ctx.status_delay,
-            created: !to_create.is_empty(),
-        };
-        match pacing::when(&previous, &plan.status, at) {
-            pacing::Write::Now => {
-                write_status(builds, build, &plan.status).await?;
-                remember_written(ctx, build, &plan.status);
-            }
-            pacing::Write::After(wait) => requeue = Some(requeue.map_or(wait, |r| r.min(wait))),
-            pacing::Write::Again => requeue = Some(Duration::ZERO),
-        }
-    }
-    if plan.delete {
-        info!(build = %build.name_any(), "ttlSecondsAfterFinished passed; deleting");
-        builds
-            .delete(&build.name_any(), &DeleteParams::background())
-            .await
-            .map_err(Error::kube("delete expired ImageBuild"))?;
-        return Ok(Action::await_change());
-    }
-    Ok(requeue.map(Action::requeue).unwrap_or_else(Action::await_change))
-}
-
-/// Creates the attempts in order. On failure, returns the index of the first one not created,
-/// and the error (none when the namespace is being deleted: nothing to start, no error).
-async fn create_attempts(
-    ctx: &Context,
-    node_builds: &Api<NodeBuild>,
-    build: &ImageBuild,
-    attempts: &[&NodeBuild],
-    needs_secrets: bool,
-) -> Result<(), (usize, Option<Error>)> {
-    if needs_secrets && !attempts.is_empty() {
-        grants::ensure(ctx, build).await.map_err(|e| (0, Some(e)))?;
-    }
-    for (i, nb) in attempts.iter().enumerate() {
-        match node_builds.create(&PostParams::default(), nb).await {
-            Ok(created) => {
-                info!(build = %build.name_any(), node_build = %nb.name_any(), node = %nb.spec.node_name, "dispatched");
-                confirm_created(ctx, created);
-            }
-            Err(kube::Error::Api(s)) if s.is_already_exists() => {}
-            Err(kube::Error::Api(s)) if namespace_terminating(&s) => {
-                debug!(build = %build.name_any(), "namespace terminating; not dispatching");
-                return Err((i, None));
-            }
-            Err(e) => return Err((i, Some(Error::kube("create NodeBuild")(e)))),
-        }
-    }
-    Ok(())
-}
-
-pub(super) async fn cancel(node_builds: &Api<NodeBuild>, name: &str) -> Result<(), Error> {
-    let patch = json!({"spec": {"cancel": true}});
-    match node_builds
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-    {
-        Ok(_) | Err(kube::Error::Api(_)) => Ok(()),
-        Err(e) => Err(Error::kube("cancel NodeBuild")(e)),
-    }
-}
-
 /// The build's attempts in the NodeBuild cache as it is now.
 fn cached_attempts(ctx: &Context, build: &ImageBuild) -> Vec<Arc<NodeBuild>> {
     let index = ctx
@@ -452,36 +329,5 @@ impl Stall {
             publish(ctx, build, true, self.reason, &self.message).await;
         }
         Ok(Action::await_change())
-    }
-}
-
-async fn write_status(
-    builds: &Api<ImageBuild>,
-    build: &ImageBuild,
-    status: &crate::api::image_build::ImageBuildStatus,
-) -> Result<(), Error> {
-    let patch = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild", "status": status});
-    builds
-        .patch_status(
-            &build.name_any(),
-            &PatchParams::apply(STATUS_FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::kube("write ImageBuild status"))?;
-    debug!(build = %build.name_any(), phase = ?status.phase, "status written");
-    Ok(())
-}
-
-pub(super) async fn publish(ctx: &Context, build: &ImageBuild, warning: bool, reason: &str, note: &str) {
-    let event = KubeEvent {
-        type_: if warning { EventType::Warning } else { EventType::Normal },
-        reason: reason.to_owned(),
-        note: Some(note.to_owned()),
-        action: "Build".to_owned(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &build.object_ref(&())).await {
-        warn!(error = %e, reason, "cannot publish event");
     }
 }
