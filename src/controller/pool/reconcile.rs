@@ -27,6 +27,7 @@ use super::status::{self, SelectedNode};
 use crate::api::BuilderPool;
 use crate::api::builder_pool::{BuilderPoolStatus, RuntimeKind};
 use crate::api::conditions::{self, Desired, READY, STALLED, Status};
+use crate::api::heartbeat::Heartbeat;
 use crate::api::validation;
 use crate::controller::{Context, Error, FIELD_MANAGER, STATUS_FIELD_MANAGER};
 
@@ -35,58 +36,25 @@ pub const NODE_FIELD_MANAGER: &str = "kiln-controller-nodes";
 /// Re-check pools at least this often even when nothing happens.
 const RESYNC: Duration = Duration::from_secs(300);
 
-/// Reconciles one BuilderPool.
+/// Reconciles one BuilderPool: validate → select and label its nodes → one DaemonSet per
+/// runtime flavour among them → status from the nodes and their heartbeats.
 pub async fn reconcile(pool: Arc<BuilderPool>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let name = pool.name_any();
     if pool.meta().deletion_timestamp.is_some() {
         // Owner references let the garbage collector remove the DaemonSets.
         return Ok(Action::await_change());
     }
     if let Err(invalid) = validation::builder_pool(&pool.spec) {
-        warn!(pool = %name, %invalid, "invalid BuilderPool");
-        let conditions = vec![
-            Desired::new(READY, Status::False, "InvalidSpec", invalid.to_string()),
-            Desired::new(STALLED, Status::True, "InvalidSpec", invalid.to_string()),
-        ];
-        let mut next = pool.status.clone().unwrap_or_default();
-        next.observed_generation = pool.metadata.generation;
-        next.conditions = conditions::merge(&next.conditions, &conditions, pool.metadata.generation, &now_time());
-        write_status(&ctx, &pool, next).await?;
+        stall_invalid(&ctx, &pool, &invalid.to_string()).await?;
         return Ok(Action::await_change());
     }
-
     ctx.pool.ready().await?;
     let (mut selected, labelled) = select_nodes(&ctx, &pool);
-    let detected = pool.spec.runtime.as_ref().is_none_or(|r| r.kind == RuntimeKind::Auto);
-    if detected {
-        label_nodes(&ctx, &selected, &labelled).await?;
-    }
-    let flavours: BTreeSet<RuntimeKind> = match pool.spec.runtime.as_ref().map(|r| r.kind) {
-        Some(kind) if kind != RuntimeKind::Auto => BTreeSet::from([kind]),
-        _ => selected
-            .iter()
-            .filter_map(|n| n.runtime.as_ref().ok().copied())
-            .collect(),
-    };
-    apply_builders(&ctx, &pool, &flavours, detected).await?;
-    prune_builders(&ctx, &name, &flavours).await?;
-
+    ensure_builders(&ctx, &pool, &selected, &labelled).await?;
     // `ready` waited for the heartbeat watch to list; the table is the one the build controller
     // reads, and this pool's snapshot is shared with its reconciles.
-    let heartbeats = crate::controller::heartbeats::of_pool(&ctx.heartbeats, &name);
+    let heartbeats = crate::controller::heartbeats::of_pool(&ctx.heartbeats, &pool.name_any());
     let now = Timestamp::now();
-    // Pod problems only explain builders that are not ready: while every builder heartbeats
-    // (the usual case, and every renewal reconciles the pool) the pods are not read.
-    let all_ready = selected
-        .iter()
-        .filter(|n| n.runtime.is_ok())
-        .all(|n| heartbeats.iter().any(|h| h.node == n.name && h.is_fresh(now)));
-    if !all_ready {
-        let problems = pod_problems(&ctx, &name).await?;
-        for node in &mut selected {
-            node.pod_problem = problems.get(&node.name).cloned();
-        }
-    }
+    explain_unready(&ctx, &pool.name_any(), &mut selected, &heartbeats, now).await?;
     let next = status::derive(
         pool.metadata.generation,
         &selected,
@@ -97,12 +65,75 @@ pub async fn reconcile(pool: Arc<BuilderPool>, ctx: Arc<Context>) -> Result<Acti
     if pool.status.as_ref() != Some(&next) {
         write_status(&ctx, &pool, next).await?;
     }
-    let requeue = status::next_expiry(&heartbeats, now)
+    Ok(Action::requeue(next_check(&heartbeats, now)))
+}
+
+/// An invalid spec: `Stalled` with what is wrong; nothing is rendered.
+async fn stall_invalid(ctx: &Context, pool: &BuilderPool, invalid: &str) -> Result<(), Error> {
+    warn!(pool = %pool.name_any(), %invalid, "invalid BuilderPool");
+    let conditions = vec![
+        Desired::new(READY, Status::False, "InvalidSpec", invalid.to_owned()),
+        Desired::new(STALLED, Status::True, "InvalidSpec", invalid.to_owned()),
+    ];
+    let mut next = pool.status.clone().unwrap_or_default();
+    next.observed_generation = pool.metadata.generation;
+    next.conditions = conditions::merge(&next.conditions, &conditions, pool.metadata.generation, &now_time());
+    write_status(ctx, pool, next).await
+}
+
+/// Labels the selected nodes with their detected runtime (when the pool detects it), applies
+/// a DaemonSet per runtime flavour among them and prunes those of flavours no longer there.
+async fn ensure_builders(
+    ctx: &Context,
+    pool: &BuilderPool,
+    selected: &[SelectedNode],
+    labelled: &BTreeMap<String, String>,
+) -> Result<(), Error> {
+    let detected = pool.spec.runtime.as_ref().is_none_or(|r| r.kind == RuntimeKind::Auto);
+    if detected {
+        label_nodes(ctx, selected, labelled).await?;
+    }
+    let flavours: BTreeSet<RuntimeKind> = match pool.spec.runtime.as_ref().map(|r| r.kind) {
+        Some(kind) if kind != RuntimeKind::Auto => BTreeSet::from([kind]),
+        _ => selected
+            .iter()
+            .filter_map(|n| n.runtime.as_ref().ok().copied())
+            .collect(),
+    };
+    apply_builders(ctx, pool, &flavours, detected).await?;
+    prune_builders(ctx, &pool.name_any(), &flavours).await
+}
+
+/// Pod problems only explain builders that are not ready: while every builder heartbeats (the
+/// usual case, and every renewal reconciles the pool) the pods are not read.
+async fn explain_unready(
+    ctx: &Context,
+    pool: &str,
+    selected: &mut [SelectedNode],
+    heartbeats: &[Heartbeat],
+    now: Timestamp,
+) -> Result<(), Error> {
+    let all_ready = selected
+        .iter()
+        .filter(|n| n.runtime.is_ok())
+        .all(|n| heartbeats.iter().any(|h| h.node == n.name && h.is_fresh(now)));
+    if all_ready {
+        return Ok(());
+    }
+    let problems = pod_problems(ctx, pool).await?;
+    for node in selected {
+        node.pod_problem = problems.get(&node.name).cloned();
+    }
+    Ok(())
+}
+
+/// Just after the next heartbeat expires (a builder may turn unready), at most [`RESYNC`].
+fn next_check(heartbeats: &[Heartbeat], now: Timestamp) -> Duration {
+    status::next_expiry(heartbeats, now)
         .and_then(|t| t.duration_since(now).try_into().ok())
         .map(|d: Duration| d + Duration::from_millis(200))
         .unwrap_or(RESYNC)
-        .min(RESYNC);
-    Ok(Action::requeue(requeue))
+        .min(RESYNC)
 }
 
 /// What the kubelet reports about the pool's builder pods that are not running, by node.

@@ -42,45 +42,77 @@ pub fn derive(
     previous: Option<&BuilderPoolStatus>,
     now: Timestamp,
 ) -> BuilderPoolStatus {
-    let mut out = Vec::with_capacity(nodes.len());
-    let mut unsupported = Vec::new();
     let refresh = record_due(nodes, heartbeats, previous, now);
-    for node in nodes {
-        let prev = previous.and_then(|p| p.nodes.iter().find(|n| n.name == node.name));
-        let beat = heartbeats.iter().find(|h| h.node == node.name);
-        let entry = match &node.runtime {
-            Err(u) => {
-                unsupported.push(node.name.clone());
-                BuilderNode {
-                    name: node.name.clone(),
-                    ready: false,
-                    message: Some(format!(
-                        "{} ({})",
-                        u.reason,
-                        if u.runtime_version.is_empty() {
-                            "unknown"
-                        } else {
-                            &u.runtime_version
-                        }
-                    )),
-                    ..Default::default()
-                }
-            }
-            Ok(kind) => {
-                let mut entry = builder_node(&node.name, *kind, beat, prev, now, refresh);
-                if let (false, Some(problem)) = (entry.ready, &node.pod_problem) {
-                    entry.message = Some(problem.clone());
-                }
-                entry
-            }
-        };
-        out.push(entry);
-    }
+    let mut out: Vec<BuilderNode> = nodes
+        .iter()
+        .map(|node| {
+            let prev = previous.and_then(|p| p.nodes.iter().find(|n| n.name == node.name));
+            let beat = heartbeats.iter().find(|h| h.node == node.name);
+            node_entry(node, beat, prev, now, refresh)
+        })
+        .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
+    let unsupported: Vec<&str> = nodes
+        .iter()
+        .filter(|n| n.runtime.is_err())
+        .map(|n| n.name.as_str())
+        .collect();
     let desired = i32::try_from(nodes.len() - unsupported.len()).unwrap_or(i32::MAX);
     let ready = i32::try_from(out.iter().filter(|n| n.ready).count()).unwrap_or(i32::MAX);
+    let wanted = desired_conditions(nodes, &out, &unsupported, desired, ready);
+    let existing = previous.map(|p| p.conditions.as_slice()).unwrap_or_default();
+    BuilderPoolStatus {
+        observed_generation: generation,
+        desired_nodes: desired,
+        ready_nodes: ready,
+        nodes: out,
+        conditions: conditions::merge(existing, &wanted, generation, &Time(now)),
+    }
+}
 
-    let mut desired_conditions = Vec::new();
+/// One node's entry: why kiln cannot build there, or its builder's state from its heartbeat,
+/// with what keeps its builder pod from running when it is not ready.
+fn node_entry(
+    node: &SelectedNode,
+    beat: Option<&Heartbeat>,
+    prev: Option<&BuilderNode>,
+    now: Timestamp,
+    refresh: bool,
+) -> BuilderNode {
+    match &node.runtime {
+        Err(u) => {
+            let version = if u.runtime_version.is_empty() {
+                "unknown"
+            } else {
+                &u.runtime_version
+            };
+            BuilderNode {
+                name: node.name.clone(),
+                ready: false,
+                message: Some(format!("{} ({version})", u.reason)),
+                ..Default::default()
+            }
+        }
+        Ok(kind) => {
+            let mut entry = builder_node(&node.name, *kind, beat, prev, now, refresh);
+            if let (false, Some(problem)) = (entry.ready, &node.pod_problem) {
+                entry.message = Some(problem.clone());
+            }
+            entry
+        }
+    }
+}
+
+/// The pool's kstatus conditions: `Ready` when every node that can run a builder has a ready
+/// one; otherwise which builders it waits for and, from the kubelet, why the first of them
+/// waits (`Reconciling`); `NoNodes` when no node can run one.
+fn desired_conditions(
+    nodes: &[SelectedNode],
+    out: &[BuilderNode],
+    unsupported: &[&str],
+    desired: i32,
+    ready: i32,
+) -> Vec<Desired> {
     let unsupported_note = if unsupported.is_empty() {
         String::new()
     } else {
@@ -92,41 +124,31 @@ pub fn derive(
         } else {
             format!("no node can run a builder{unsupported_note}")
         };
-        desired_conditions.push(Desired::new(READY, Status::False, "NoNodes", message));
-    } else if ready == desired {
-        desired_conditions.push(Desired::new(
-            READY,
-            Status::True,
-            "BuildersReady",
-            format!("{ready}/{desired} builders ready{unsupported_note}"),
-        ));
-    } else {
-        let waiting: Vec<&str> = out
-            .iter()
-            .filter(|n| !n.ready && n.runtime.is_some())
-            .map(|n| n.name.as_str())
-            .collect();
-        // The first builder the kubelet has something to say about explains the wait.
-        let cause = nodes
-            .iter()
-            .filter(|n| waiting.contains(&n.name.as_str()))
-            .find_map(|n| n.pod_problem.as_ref().map(|p| format!(" ({}: {p})", n.name)))
-            .unwrap_or_default();
-        let message = format!(
-            "{ready}/{desired} builders ready; waiting for {}{cause}{unsupported_note}",
-            waiting.join(", ")
-        );
-        desired_conditions.push(Desired::new(READY, Status::False, "BuildersNotReady", message.clone()));
-        desired_conditions.push(Desired::new(RECONCILING, Status::True, "BuildersNotReady", message));
+        return vec![Desired::new(READY, Status::False, "NoNodes", message)];
     }
-    let existing = previous.map(|p| p.conditions.as_slice()).unwrap_or_default();
-    BuilderPoolStatus {
-        observed_generation: generation,
-        desired_nodes: desired,
-        ready_nodes: ready,
-        nodes: out,
-        conditions: conditions::merge(existing, &desired_conditions, generation, &Time(now)),
+    if ready == desired {
+        let message = format!("{ready}/{desired} builders ready{unsupported_note}");
+        return vec![Desired::new(READY, Status::True, "BuildersReady", message)];
     }
+    let waiting: Vec<&str> = out
+        .iter()
+        .filter(|n| !n.ready && n.runtime.is_some())
+        .map(|n| n.name.as_str())
+        .collect();
+    // The first builder the kubelet has something to say about explains the wait.
+    let cause = nodes
+        .iter()
+        .filter(|n| waiting.contains(&n.name.as_str()))
+        .find_map(|n| n.pod_problem.as_ref().map(|p| format!(" ({}: {p})", n.name)))
+        .unwrap_or_default();
+    let message = format!(
+        "{ready}/{desired} builders ready; waiting for {}{cause}{unsupported_note}",
+        waiting.join(", ")
+    );
+    vec![
+        Desired::new(READY, Status::False, "BuildersNotReady", message.clone()),
+        Desired::new(RECONCILING, Status::True, "BuildersNotReady", message),
+    ]
 }
 
 /// Whether some ready node's recorded `lastHeartbeat` is [`HEARTBEAT_RECORD_INTERVAL`] old: then
