@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use bollard_buildkit_proto::moby::buildkit::v1::control_client::ControlClient;
-use bollard_buildkit_proto::moby::buildkit::v1::{ListWorkersRequest, SolveRequest, StatusRequest};
+use bollard_buildkit_proto::moby::buildkit::v1::{ListWorkersRequest, SolveRequest, StatusRequest, StatusResponse};
 use futures::Stream;
 use tokio::sync::{OnceCell, mpsc, oneshot};
 use tokio_stream::StreamExt;
@@ -244,6 +244,8 @@ impl Driver {
         }
     }
 
+    /// Runs the Solve while following its status, until it ends or is cancelled; then takes
+    /// the status that is still coming (bounded), ends the session, and reads the result.
     async fn run(
         self,
         solve_req: SolveRequest,
@@ -251,12 +253,52 @@ impl Driver {
         session: Session,
     ) -> Result<BuildOutput, Error> {
         let mut tracker = Tracker::new(self.redactor.clone());
+        let (mut status_rx, status_task) = self.follow_status();
+        let mut solve_client = self.control.clone();
+        let mut solve = Box::pin(async move { solve_client.solve(solve_req).await });
+        let mut status_open = true;
+        let outcome = loop {
+            tokio::select! {
+                res = &mut solve => break Some(res),
+                // An explicit cancel, or the handle was dropped.
+                _ = &mut cancel => break None,
+                msg = status_rx.recv(), if status_open => match msg {
+                    Some(m) => self.emit(tracker.apply(m)),
+                    None => status_open = false,
+                },
+            }
+        };
+        // Dropping the Solve call resets its HTTP/2 stream; BuildKit cancels
+        // the job's context and kills running steps.
+        drop(solve);
+        let cancelled = outcome.is_none();
+        if status_open {
+            let drain = async {
+                while let Some(m) = status_rx.recv().await {
+                    self.emit(tracker.apply(m));
+                }
+            };
+            let limit = if cancelled { CANCEL_DRAIN } else { STATUS_DRAIN };
+            if tokio::time::timeout(limit, drain).await.is_err() {
+                status_task.abort();
+            }
+        }
+        self.emit(tracker.finish());
+        drop(session);
+        match outcome {
+            None => Err(Error::Cancelled),
+            Some(Ok(resp)) => self.output(resp.into_inner().exporter_response.into_iter().collect(), &tracker),
+            Some(Err(status)) => Err(self.solve_error(&status, &tracker)),
+        }
+    }
 
-        // Status for the same ref, read concurrently with Solve.
-        let (status_tx, mut status_rx) = mpsc::channel(64);
+    /// The build's status stream (the same ref), read concurrently with the Solve: its
+    /// messages, and the task that reads them.
+    fn follow_status(&self) -> (mpsc::Receiver<StatusResponse>, tokio::task::JoinHandle<()>) {
+        let (status_tx, status_rx) = mpsc::channel(64);
         let mut status_client = self.control.clone();
         let status_ref = self.build_ref.clone();
-        let status_task = tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut stream = match status_client.status(StatusRequest { r#ref: status_ref }).await {
                 Ok(s) => s.into_inner(),
                 Err(e) => {
@@ -278,67 +320,21 @@ impl Driver {
                 }
             }
         });
+        (status_rx, task)
+    }
 
-        let mut solve_client = self.control.clone();
-        let mut solve = Box::pin(async move { solve_client.solve(solve_req).await });
-        let mut status_open = true;
-        let mut cancelled = false;
-        let outcome = loop {
-            tokio::select! {
-                res = &mut solve => break Some(res),
-                c = &mut cancel => {
-                    // An explicit cancel, or the handle was dropped.
-                    let _ = c;
-                    cancelled = true;
-                    break None;
-                }
-                msg = status_rx.recv(), if status_open => match msg {
-                    Some(m) => self.emit(tracker.apply(m)),
-                    None => status_open = false,
-                },
-            }
-        };
-        // Dropping the Solve call resets its HTTP/2 stream; BuildKit cancels
-        // the job's context and kills running steps.
-        drop(solve);
-
-        if status_open {
-            let drain = async {
-                while let Some(m) = status_rx.recv().await {
-                    self.emit(tracker.apply(m));
-                }
+    /// What a failed Solve means: BuildKit unreachable (the transport failed, or it answered
+    /// Unavailable before any step), or the build's own failure, with its failed step.
+    fn solve_error(&self, status: &tonic::Status, tracker: &Tracker) -> Error {
+        let msg = self.redactor.redact(status.message());
+        tracing::debug!(build_ref = %self.build_ref, code = ?status.code(), error = %msg, "BuildKit solve failed");
+        if is_transport_failure(status) || (status.code() == tonic::Code::Unavailable && tracker.summary().total == 0) {
+            return Error::Unreachable {
+                endpoint: self.endpoint.to_string(),
+                reason: self.redactor.redact(&error_chain(status)),
             };
-            let limit = if cancelled { CANCEL_DRAIN } else { STATUS_DRAIN };
-            if tokio::time::timeout(limit, drain).await.is_err() {
-                status_task.abort();
-            }
         }
-        self.emit(tracker.finish());
-        drop(session);
-
-        let outcome = match outcome {
-            None => return Err(Error::Cancelled),
-            Some(o) => o,
-        };
-        match outcome {
-            Ok(resp) => self.output(resp.into_inner().exporter_response.into_iter().collect(), &tracker),
-            Err(status) => {
-                if cancelled {
-                    return Err(Error::Cancelled);
-                }
-                let msg = self.redactor.redact(status.message());
-                tracing::debug!(build_ref = %self.build_ref, code = ?status.code(), error = %msg, "BuildKit solve failed");
-                if is_transport_failure(&status)
-                    || (status.code() == tonic::Code::Unavailable && tracker.summary().total == 0)
-                {
-                    return Err(Error::Unreachable {
-                        endpoint: self.endpoint.to_string(),
-                        reason: self.redactor.redact(&error_chain(&status)),
-                    });
-                }
-                Err(classify(&msg, status.code(), tracker.failed_step()))
-            }
-        }
+        classify(&msg, status.code(), tracker.failed_step())
     }
 
     fn output(&self, response: BTreeMap<String, String>, tracker: &Tracker) -> Result<BuildOutput, Error> {

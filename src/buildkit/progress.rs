@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bollard_buildkit_proto::google::protobuf::Timestamp;
-use bollard_buildkit_proto::moby::buildkit::v1::StatusResponse;
+use bollard_buildkit_proto::moby::buildkit::v1::{StatusResponse, Vertex, VertexLog, VertexStatus};
 
 use super::error::FailedStep;
 use super::redact::Redactor;
@@ -205,78 +205,16 @@ impl Tracker {
         let mut out = Vec::new();
         let mut touched = Vec::new();
         for vx in resp.vertexes {
-            let started = vx.started.as_ref().and_then(to_system_time);
-            let completed = vx.completed.as_ref().and_then(to_system_time);
-            if let Some(s) = started {
-                self.earliest = Some(self.earliest.map_or(s, |e| e.min(s)));
-            }
-            if let Some(c) = completed {
-                self.latest = Some(self.latest.map_or(c, |l| l.max(c)));
-            }
-            let name = self.redactor.redact(&vx.name);
-            let error = self.redactor.redact(&vx.error);
-            {
-                let v = self.vertex(&vx.digest);
-                v.name = name;
-                v.cached |= vx.cached;
-                // A vertex that starts again after finishing was restarted.
-                if v.finished && completed.is_none() && started.is_some() {
-                    v.finished = false;
-                    v.announced_start = false;
-                    v.error.clear();
-                }
-                v.started = started.or(v.started);
-                v.completed = completed;
-                v.done_once |= completed.is_some();
-                if !error.is_empty() {
-                    v.error = error;
-                }
-            }
-            let wants_start = {
-                let v = &self.vertices[&vx.digest];
-                !v.announced_start && (v.started.is_some() || v.cached || v.completed.is_some())
-            };
-            if wants_start {
-                let step = self.number(&vx.digest);
-                let v = self.vertex(&vx.digest);
-                v.announced_start = true;
-                out.push(ProgressEvent::StepStarted {
-                    step,
-                    name: v.name.clone(),
-                });
-            }
+            self.update_vertex(&vx, &mut out);
             if !touched.contains(&vx.digest) {
                 touched.push(vx.digest);
             }
         }
         for st in resp.statuses {
-            if st.completed.is_none() {
-                continue;
-            }
-            let step = self.number(&st.vertex);
-            let id = self.redactor.redact(&st.id);
-            let v = self.vertex(&st.vertex);
-            if v.status_done.insert(id.clone()) {
-                out.push(ProgressEvent::StepStatus {
-                    step,
-                    id,
-                    current: st.current,
-                    total: (st.total > 0).then_some(st.total),
-                });
-            }
+            self.sub_task(st, &mut out);
         }
         for log in resp.logs {
-            let mut buf = {
-                let v = self.vertex(&log.vertex);
-                let mut b = v.partial.remove(&log.stream).unwrap_or_default();
-                b.extend_from_slice(&log.msg);
-                b
-            };
-            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=pos).collect();
-                self.push_line(&log.vertex, log.stream, &line[..line.len() - 1], &mut out);
-            }
-            self.vertex(&log.vertex).partial.insert(log.stream, buf);
+            self.log(log, &mut out);
         }
         for w in resp.warnings {
             let step = self.number(&w.vertex);
@@ -284,37 +222,7 @@ impl Tracker {
             out.push(ProgressEvent::Warning { step, message });
         }
         for digest in touched {
-            let done = self
-                .vertices
-                .get(&digest)
-                .is_some_and(|v| !v.finished && v.completed.is_some());
-            if !done {
-                continue;
-            }
-            self.flush_logs(&digest, &mut out);
-            let step = self.number(&digest);
-            let v = self.vertex(&digest);
-            v.finished = true;
-            let duration = match (v.started, v.completed) {
-                (Some(s), Some(c)) => c.duration_since(s).ok(),
-                _ => None,
-            };
-            if v.error.is_empty() {
-                out.push(ProgressEvent::StepCompleted {
-                    step,
-                    name: v.name.clone(),
-                    cached: v.cached,
-                    duration,
-                });
-            } else {
-                out.push(ProgressEvent::StepFailed {
-                    step,
-                    name: v.name.clone(),
-                    error: v.error.clone(),
-                    canceled: v.error.ends_with("context canceled"),
-                    duration,
-                });
-            }
+            self.end_step_if_done(&digest, &mut out);
         }
         let summary = self.summary();
         if summary != self.last_summary {
@@ -322,6 +230,110 @@ impl Tracker {
             out.push(ProgressEvent::Progress(summary));
         }
         out
+    }
+
+    /// Records a vertex's state (a vertex that starts again after finishing was restarted),
+    /// and announces its step the first time it starts, is cached or completes.
+    fn update_vertex(&mut self, vx: &Vertex, out: &mut Vec<ProgressEvent>) {
+        let started = vx.started.as_ref().and_then(to_system_time);
+        let completed = vx.completed.as_ref().and_then(to_system_time);
+        if let Some(s) = started {
+            self.earliest = Some(self.earliest.map_or(s, |e| e.min(s)));
+        }
+        if let Some(c) = completed {
+            self.latest = Some(self.latest.map_or(c, |l| l.max(c)));
+        }
+        let name = self.redactor.redact(&vx.name);
+        let error = self.redactor.redact(&vx.error);
+        let v = self.vertex(&vx.digest);
+        v.name = name;
+        v.cached |= vx.cached;
+        if v.finished && completed.is_none() && started.is_some() {
+            v.finished = false;
+            v.announced_start = false;
+            v.error.clear();
+        }
+        v.started = started.or(v.started);
+        v.completed = completed;
+        v.done_once |= completed.is_some();
+        if !error.is_empty() {
+            v.error = error;
+        }
+        let wants_start = !v.announced_start && (v.started.is_some() || v.cached || v.completed.is_some());
+        if wants_start {
+            let step = self.number(&vx.digest);
+            let v = self.vertex(&vx.digest);
+            v.announced_start = true;
+            out.push(ProgressEvent::StepStarted {
+                step,
+                name: v.name.clone(),
+            });
+        }
+    }
+
+    /// A sub-task's result (a layer pulled, a context transferred), once, when it completes.
+    fn sub_task(&mut self, st: VertexStatus, out: &mut Vec<ProgressEvent>) {
+        if st.completed.is_none() {
+            return;
+        }
+        let step = self.number(&st.vertex);
+        let id = self.redactor.redact(&st.id);
+        let v = self.vertex(&st.vertex);
+        if v.status_done.insert(id.clone()) {
+            out.push(ProgressEvent::StepStatus {
+                step,
+                id,
+                current: st.current,
+                total: (st.total > 0).then_some(st.total),
+            });
+        }
+    }
+
+    /// A chunk of a step's output: whole lines are events, the rest waits for its line's end.
+    fn log(&mut self, log: VertexLog, out: &mut Vec<ProgressEvent>) {
+        let mut buf = self.vertex(&log.vertex).partial.remove(&log.stream).unwrap_or_default();
+        buf.extend_from_slice(&log.msg);
+        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=pos).collect();
+            self.push_line(&log.vertex, log.stream, &line[..line.len() - 1], out);
+        }
+        self.vertex(&log.vertex).partial.insert(log.stream, buf);
+    }
+
+    /// Ends a step that completed and is not ended yet: its unterminated output first, then
+    /// `StepCompleted`, or `StepFailed` with its error.
+    fn end_step_if_done(&mut self, digest: &str, out: &mut Vec<ProgressEvent>) {
+        let done = self
+            .vertices
+            .get(digest)
+            .is_some_and(|v| !v.finished && v.completed.is_some());
+        if !done {
+            return;
+        }
+        self.flush_logs(digest, out);
+        let step = self.number(digest);
+        let v = self.vertex(digest);
+        v.finished = true;
+        let duration = match (v.started, v.completed) {
+            (Some(s), Some(c)) => c.duration_since(s).ok(),
+            _ => None,
+        };
+        out.push(if v.error.is_empty() {
+            ProgressEvent::StepCompleted {
+                step,
+                name: v.name.clone(),
+                cached: v.cached,
+                duration,
+            }
+        } else {
+            ProgressEvent::StepFailed {
+                step,
+                name: v.name.clone(),
+                error: v.error.clone(),
+                canceled: v.error.ends_with("context canceled"),
+                duration,
+            }
+        });
     }
 
     /// Flushes unterminated log lines (at the end of the stream).

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use bollard_buildkit_proto::moby::buildkit::v1 as control;
+use bollard_buildkit_proto::pb;
 
 use super::Error;
 use super::build_context::Context;
@@ -250,11 +251,33 @@ pub(crate) fn solve_request(
     worker: WorkerKind,
 ) -> Result<control::SolveRequest, Error> {
     req.validate()?;
+    let (mut attrs, inputs) = source_inputs(req);
+    let entitlements = build_options(req, &mut attrs);
+    let (exporter, exporter_attrs) = exporter_for(&req.export, worker)?;
+    Ok(control::SolveRequest {
+        r#ref: build_ref.to_string(),
+        session: session_id.to_string(),
+        frontend: "dockerfile.v0".to_string(),
+        frontend_attrs: attrs,
+        frontend_inputs: inputs,
+        exporter_deprecated: exporter.clone(),
+        exporter_attrs_deprecated: exporter_attrs.clone(),
+        exporters: vec![control::Exporter {
+            r#type: exporter,
+            attrs: exporter_attrs,
+        }],
+        entitlements,
+        ..Default::default()
+    })
+}
+
+/// Where the frontend finds the context and the Dockerfile: attributes (`context`,
+/// `contextsubdir`, `filename`) and LLB inputs, by the kind of Dockerfile and context.
+fn source_inputs(req: &BuildRequest) -> (HashMap<String, String>, HashMap<String, pb::Definition>) {
     let context = &req.context;
     let git_token = req.secrets.contains_key(GIT_AUTH_TOKEN);
     let mut attrs: HashMap<String, String> = HashMap::new();
     let mut inputs = HashMap::new();
-
     let subdir = context.subdir();
     if let Some(d) = &subdir {
         attrs.insert("contextsubdir".into(), d.clone());
@@ -295,6 +318,12 @@ pub(crate) fn solve_request(
             );
         }
     }
+    (attrs, inputs)
+}
+
+/// The build's options as frontend attributes (target, build args, labels, platforms, cache,
+/// resolve mode, network, extra attributes); returns the entitlements they need.
+fn build_options(req: &BuildRequest, attrs: &mut HashMap<String, String>) -> Vec<String> {
     if let Some(t) = req.target.as_deref().filter(|t| !t.is_empty()) {
         attrs.insert("target".into(), t.to_string());
     }
@@ -325,23 +354,7 @@ pub(crate) fn solve_request(
     for (k, v) in &req.extra_frontend_attrs {
         attrs.insert(k.clone(), v.clone());
     }
-
-    let (exporter, exporter_attrs) = exporter_for(&req.export, worker)?;
-    Ok(control::SolveRequest {
-        r#ref: build_ref.to_string(),
-        session: session_id.to_string(),
-        frontend: "dockerfile.v0".to_string(),
-        frontend_attrs: attrs,
-        frontend_inputs: inputs,
-        exporter_deprecated: exporter.clone(),
-        exporter_attrs_deprecated: exporter_attrs.clone(),
-        exporters: vec![control::Exporter {
-            r#type: exporter,
-            attrs: exporter_attrs,
-        }],
-        entitlements,
-        ..Default::default()
-    })
+    entitlements
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use bollard_buildkit_proto::moby::filesync::v1::{
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
@@ -192,7 +192,8 @@ pub(crate) async fn start_docker(socket: &Path, id: String, data: SessionData) -
     Ok(Session { tasks: vec![task] })
 }
 
-/// Opens session `id` over the `Control.Session` stream (buildkitd).
+/// Opens session `id` over the `Control.Session` stream (buildkitd): the stream's messages
+/// carry the bytes of an HTTP/2 connection on which this side serves the session.
 pub(crate) async fn start_grpc(
     control: &ControlClient<Channel>,
     id: String,
@@ -200,9 +201,19 @@ pub(crate) async fn start_grpc(
 ) -> Result<Session, Error> {
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
     let (out_tx, out_rx) = mpsc::channel::<BytesMessage>(16);
-
     let mut request = Request::new(ReceiverStream::new(out_rx));
-    let md = request.metadata_mut();
+    session_headers(request.metadata_mut(), &id)?;
+    let (read_half, write_half) = tokio::io::split(theirs);
+    let inbound = tokio::spawn(daemon_to_us(control.clone(), request, write_half));
+    let outbound = tokio::spawn(us_to_daemon(read_half, out_tx));
+    let server = tokio::spawn(serve(TokioIo::new(ours), data));
+    Ok(Session {
+        tasks: vec![inbound, outbound, server],
+    })
+}
+
+/// The headers that expose the session: its id (also the shared key), name and methods.
+fn session_headers(md: &mut tonic::metadata::MetadataMap, id: &str) -> Result<(), Error> {
     let mut insert = |k: &'static str, v: &str| -> Result<(), Error> {
         let value = v
             .parse()
@@ -210,61 +221,58 @@ pub(crate) async fn start_grpc(
         md.append(tonic::metadata::MetadataKey::from_static(k), value);
         Ok(())
     };
-    insert("x-docker-expose-session-uuid", &id)?;
+    insert("x-docker-expose-session-uuid", id)?;
     insert("x-docker-expose-session-name", "kiln")?;
-    insert("x-docker-expose-session-sharedkey", &id)?;
+    insert("x-docker-expose-session-sharedkey", id)?;
     for m in METHODS {
         insert("x-docker-expose-session-grpc-method", m)?;
     }
+    Ok(())
+}
 
-    let (mut read_half, mut write_half) = tokio::io::split(theirs);
-    let mut control = control.clone();
-    // Daemon → us: BytesMessages into the duplex.
-    let inbound = tokio::spawn(async move {
-        let mut stream = match control.session(request).await {
-            Ok(r) => r.into_inner(),
-            Err(e) => {
-                tracing::warn!(error = %e, "BuildKit refused the session stream");
-                return;
-            }
-        };
-        while let Some(msg) = stream.next().await {
-            match msg {
-                Ok(m) => {
-                    if write_half.write_all(&m.data).await.is_err() {
-                        break;
-                    }
+/// Daemon → us: opens the stream and writes its messages' bytes into the duplex.
+async fn daemon_to_us<W: AsyncWrite + Unpin>(
+    mut control: ControlClient<Channel>,
+    request: Request<ReceiverStream<BytesMessage>>,
+    mut write_half: W,
+) {
+    let mut stream = match control.session(request).await {
+        Ok(r) => r.into_inner(),
+        Err(e) => {
+            tracing::warn!(error = %e, "BuildKit refused the session stream");
+            return;
+        }
+    };
+    while let Some(msg) = stream.next().await {
+        match msg {
+            Ok(m) => {
+                if write_half.write_all(&m.data).await.is_err() {
+                    break;
                 }
-                Err(e) => {
-                    tracing::debug!(error = %e, "session stream ended");
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "session stream ended");
+                break;
+            }
+        }
+    }
+    let _ = write_half.shutdown().await;
+}
+
+/// Us → daemon: the duplex's bytes as the stream's messages.
+async fn us_to_daemon<R: AsyncRead + Unpin>(mut read_half: R, out_tx: mpsc::Sender<BytesMessage>) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        match read_half.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let message = BytesMessage {
+                    data: buf[..n].to_vec(),
+                };
+                if out_tx.send(message).await.is_err() {
                     break;
                 }
             }
         }
-        let _ = write_half.shutdown().await;
-    });
-    // Us → daemon: duplex bytes into BytesMessages.
-    let outbound = tokio::spawn(async move {
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            match read_half.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if out_tx
-                        .send(BytesMessage {
-                            data: buf[..n].to_vec(),
-                        })
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    let server = tokio::spawn(serve(TokioIo::new(ours), data));
-    Ok(Session {
-        tasks: vec![inbound, outbound, server],
-    })
+    }
 }
