@@ -34,25 +34,7 @@ pub async fn build_request(
     contexts_url: &str,
     revision: Option<&str>,
 ) -> Result<BuildRequest, Refusal> {
-    let context = match &recipe.source {
-        BuildSource::Git(g) => Context::Git {
-            url: g.url.clone(),
-            reference: revision.map(str::to_owned).or_else(|| g.reference.clone()),
-            subdir: g.sub_path.clone(),
-        },
-        BuildSource::Http(h) => Context::Http { url: h.url.clone() },
-        BuildSource::Upload(u) => {
-            let digest = ContextDigest::parse(&u.digest).ok_or_else(|| {
-                (
-                    "InvalidSpec",
-                    format!("upload digest {:?} is not sha256:<64 hex>", u.digest),
-                )
-            })?;
-            Context::Http {
-                url: format!("{contexts_url}/{}", digest.file_name()),
-            }
-        }
-    };
+    let context = context(recipe, contexts_url, revision)?;
     let dockerfile = match (&recipe.dockerfile_inline, &recipe.dockerfile) {
         (Some(text), _) => Dockerfile::Inline(text.clone()),
         (None, Some(path)) => Dockerfile::Path(path.clone()),
@@ -61,16 +43,7 @@ pub async fn build_request(
     let mut request = BuildRequest::new(context, dockerfile);
     request.target = recipe.target.clone();
     request.build_args = recipe.build_args.clone();
-    request.labels = recipe.labels.clone();
-    if let (BuildSource::Git(g), Some(commit)) = (&recipe.source, revision) {
-        let oci = [
-            (REVISION_LABEL, commit.to_owned()),
-            (SOURCE_LABEL, crate::git::without_credentials(&g.url)),
-        ];
-        for (key, value) in oci {
-            request.labels.entry(key.to_owned()).or_insert(value);
-        }
-    }
+    request.labels = labels(recipe, revision);
     request.platforms = recipe.platforms.clone();
     request.no_cache = recipe.no_cache;
     request.pull = match recipe.pull.unwrap_or_default() {
@@ -89,16 +62,54 @@ pub async fn build_request(
         unpack: true,
     };
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let mut values = BTreeMap::new();
     for s in &recipe.secrets {
         let value = secret_value(&secrets, &s.secret_key_ref.name, &s.secret_key_ref.key).await?;
-        values.insert(s.id.clone(), value);
+        request.secrets.insert(s.id.clone(), value);
     }
-    request.secrets = values;
     if let Some(auth) = recipe.push.as_ref().and_then(|p| p.secret_ref.as_ref()) {
         request.registry_auth = Some(secret_value(&secrets, &auth.name, ".dockerconfigjson").await?);
     }
     Ok(request)
+}
+
+/// Where BuildKit fetches the context: the git repository at `revision` (else the recipe's
+/// ref), the HTTP URL, or, for an upload, this agent's own URL for its digest.
+fn context(recipe: &BuildRecipe, contexts_url: &str, revision: Option<&str>) -> Result<Context, Refusal> {
+    Ok(match &recipe.source {
+        BuildSource::Git(g) => Context::Git {
+            url: g.url.clone(),
+            reference: revision.map(str::to_owned).or_else(|| g.reference.clone()),
+            subdir: g.sub_path.clone(),
+        },
+        BuildSource::Http(h) => Context::Http { url: h.url.clone() },
+        BuildSource::Upload(u) => {
+            let digest = ContextDigest::parse(&u.digest).ok_or_else(|| {
+                (
+                    "InvalidSpec",
+                    format!("upload digest {:?} is not sha256:<64 hex>", u.digest),
+                )
+            })?;
+            Context::Http {
+                url: format!("{contexts_url}/{}", digest.file_name()),
+            }
+        }
+    })
+}
+
+/// The image's labels: the recipe's, and for a git source the commit built and where from
+/// (OCI's `revision` and `source`), unless the recipe sets them.
+fn labels(recipe: &BuildRecipe, revision: Option<&str>) -> BTreeMap<String, String> {
+    let mut labels = recipe.labels.clone();
+    if let (BuildSource::Git(g), Some(commit)) = (&recipe.source, revision) {
+        let oci = [
+            (REVISION_LABEL, commit.to_owned()),
+            (SOURCE_LABEL, crate::git::without_credentials(&g.url)),
+        ];
+        for (key, value) in oci {
+            labels.entry(key.to_owned()).or_insert(value);
+        }
+    }
+    labels
 }
 
 /// A key of a Secret. The controller grants this agent read access in the build's namespace

@@ -96,27 +96,42 @@ pub(super) struct Args {
 }
 
 pub(super) fn run(args: Args) -> u8 {
-    let buildkit = match Endpoint::parse(&args.buildkit_addr) {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("error: --buildkit-addr: {e}");
+    let settings = match settings(args) {
+        Ok(s) => s,
+        Err(message) => {
+            eprintln!("error: {message}");
             return exit::INVALID;
         }
     };
-    let tls = match args.buildkit_tls_dir.as_ref().map(TlsConfig::from_dir).transpose() {
-        Ok(tls) => tls,
-        Err(e) => {
-            eprintln!("error: --buildkit-tls-dir: {e}");
-            return exit::INVALID;
+    super::block_on(async move {
+        let Some(client) = super::kube_client().await else {
+            return exit::FAILURE;
+        };
+        match agent::run(client, settings).await {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::FAILURE
+            }
         }
-    };
-    let Ok(keep) = args.context_keep.parse::<kube::core::Duration>() else {
-        eprintln!(
-            "error: --context-keep {:?} is not a duration such as 24h or 90m",
+    })
+}
+
+/// The agent's settings from its flags, or which flag is wrong and why.
+fn settings(args: Args) -> Result<Settings, String> {
+    let buildkit = Endpoint::parse(&args.buildkit_addr).map_err(|e| format!("--buildkit-addr: {e}"))?;
+    let tls = args
+        .buildkit_tls_dir
+        .as_ref()
+        .map(TlsConfig::from_dir)
+        .transpose()
+        .map_err(|e| format!("--buildkit-tls-dir: {e}"))?;
+    let keep = args.context_keep.parse::<kube::core::Duration>().map_err(|_| {
+        format!(
+            "--context-keep {:?} is not a duration such as 24h or 90m",
             args.context_keep
-        );
-        return exit::INVALID;
-    };
+        )
+    })?;
     let mib = |m: i64| u64::try_from(m).unwrap_or(0) * 1024 * 1024;
     let context_limits = Limits {
         max_context: mib(args.max_context_mib),
@@ -136,44 +151,32 @@ pub(super) fn run(args: Args) -> u8 {
         pod,
         port: i32::from(args.listen.port()),
     });
-    super::block_on(async move {
-        let Some(client) = super::kube_client().await else {
-            return exit::FAILURE;
-        };
-        let settings = Settings {
-            pool: args.pool,
-            node: args.node_name,
-            namespace: args.namespace,
-            identity: args.identity.unwrap_or_else(super::default_identity),
-            buildkit,
-            tls,
-            runtime: args.runtime,
-            max_concurrent_builds: args.max_concurrent_builds,
-            listen: args.listen,
-            lease_duration: Duration::from_secs(args.lease_duration_seconds),
-            network: match args.network.as_str() {
-                "none" => Network::None,
-                "host" => Network::Host,
-                _ => Network::Default,
-            },
-            log_dir: args.log_dir,
-            endpoint,
-            contexts_dir: args.contexts_dir,
-            context_limits,
-            upload_wait: Duration::from_secs(u64::try_from(args.upload_wait_seconds).unwrap_or(1)),
-            context_listen: args.context_listen,
-            buildkit_tmp: args.buildkit_tmp,
-            progress_delay: Duration::from_millis(args.progress_delay_ms),
-            simulated: None,
-            image_store,
-            presence_interval: Duration::from_secs(args.presence_interval_seconds),
-        };
-        match agent::run(client, settings).await {
-            Ok(()) => exit::OK,
-            Err(e) => {
-                eprintln!("error: {e}");
-                exit::FAILURE
-            }
-        }
+    Ok(Settings {
+        pool: args.pool,
+        node: args.node_name,
+        namespace: args.namespace,
+        identity: args.identity.unwrap_or_else(super::default_identity),
+        buildkit,
+        tls,
+        runtime: args.runtime,
+        max_concurrent_builds: args.max_concurrent_builds,
+        listen: args.listen,
+        lease_duration: Duration::from_secs(args.lease_duration_seconds),
+        network: match args.network.as_str() {
+            "none" => Network::None,
+            "host" => Network::Host,
+            _ => Network::Default,
+        },
+        log_dir: args.log_dir,
+        endpoint,
+        contexts_dir: args.contexts_dir,
+        context_limits,
+        upload_wait: Duration::from_secs(u64::try_from(args.upload_wait_seconds).unwrap_or(1)),
+        context_listen: args.context_listen,
+        buildkit_tmp: args.buildkit_tmp,
+        progress_delay: Duration::from_millis(args.progress_delay_ms),
+        simulated: None,
+        image_store,
+        presence_interval: Duration::from_secs(args.presence_interval_seconds),
     })
 }

@@ -53,18 +53,7 @@ pub(super) fn run(args: Args) -> u8 {
                 return exit::FAILURE;
             }
         };
-        let mut latest: BTreeMap<String, NodeBuild> = BTreeMap::new();
-        for nb in attempts {
-            if args.node.as_ref().is_some_and(|n| *n != nb.spec.node_name) {
-                continue;
-            }
-            let newer = latest
-                .get(&nb.spec.node_name)
-                .is_none_or(|o| (o.spec.generation, o.spec.attempt) < (nb.spec.generation, nb.spec.attempt));
-            if newer {
-                latest.insert(nb.spec.node_name.clone(), nb);
-            }
-        }
+        let latest = latest_per_node(attempts, args.node.as_deref());
         if latest.is_empty() {
             eprintln!(
                 "error: imagebuild/{} in namespace {} has no attempt{} yet",
@@ -80,33 +69,61 @@ pub(super) fn run(args: Args) -> u8 {
         let prefix = latest.len() > 1;
         let mut code = exit::OK;
         for (node, nb) in latest {
-            let Some(agent) = nb.status.as_ref().and_then(|s| s.agent_endpoint.clone()) else {
-                eprintln!("error: the attempt on {node} has not started; no log yet");
+            if let Err(message) = print_log(&agents, &conn.namespace, &node, &nb, args.follow, prefix).await {
+                eprintln!("error: {message}");
                 code = exit::FAILURE;
-                continue;
-            };
-            match agents.log(&agent, &conn.namespace, &nb.name_any(), args.follow).await {
-                Ok(mut stream) => {
-                    let mut out = std::io::stdout().lock();
-                    while let Some(Ok(chunk)) = stream.next().await {
-                        let text = String::from_utf8_lossy(&chunk);
-                        let text = if prefix {
-                            prefixed(&node, &text)
-                        } else {
-                            text.into_owned()
-                        };
-                        let _ = out.write_all(text.as_bytes());
-                        let _ = out.flush();
-                    }
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    code = exit::FAILURE;
-                }
             }
         }
         code
     })
+}
+
+/// The latest attempt on each node (of the latest generation), or on `only` that node.
+fn latest_per_node(attempts: Vec<NodeBuild>, only: Option<&str>) -> BTreeMap<String, NodeBuild> {
+    let mut latest: BTreeMap<String, NodeBuild> = BTreeMap::new();
+    for nb in attempts {
+        if only.is_some_and(|n| n != nb.spec.node_name) {
+            continue;
+        }
+        let newer = latest
+            .get(&nb.spec.node_name)
+            .is_none_or(|o| (o.spec.generation, o.spec.attempt) < (nb.spec.generation, nb.spec.attempt));
+        if newer {
+            latest.insert(nb.spec.node_name.clone(), nb);
+        }
+    }
+    latest
+}
+
+/// Copies the log of attempt `nb` on `node` from its agent to stdout (each line prefixed with
+/// the node when several are shown), following it while it grows if `follow`.
+async fn print_log(
+    agents: &AgentClient,
+    namespace: &str,
+    node: &str,
+    nb: &NodeBuild,
+    follow: bool,
+    prefix: bool,
+) -> Result<(), String> {
+    let Some(agent) = nb.status.as_ref().and_then(|s| s.agent_endpoint.clone()) else {
+        return Err(format!("the attempt on {node} has not started; no log yet"));
+    };
+    let mut stream = agents
+        .log(&agent, namespace, &nb.name_any(), follow)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut out = std::io::stdout().lock();
+    while let Some(Ok(chunk)) = stream.next().await {
+        let text = String::from_utf8_lossy(&chunk);
+        let text = if prefix {
+            prefixed(node, &text)
+        } else {
+            text.into_owned()
+        };
+        let _ = out.write_all(text.as_bytes());
+        let _ = out.flush();
+    }
+    Ok(())
 }
 
 fn prefixed(node: &str, text: &str) -> String {
