@@ -257,8 +257,10 @@ async fn cleanup_delete_removes_the_image_unless_a_pod_uses_it() {
     );
 }
 
+/// `kiln rmi`: an image no build names changes nothing (exit 2); an image two builds name is
+/// removed through both, each reported, and both builds are gone (exit 0).
 #[tokio::test]
-async fn kiln_rmi_removes_an_image_and_the_build_that_keeps_it() {
+async fn kiln_rmi_removes_an_image_and_the_builds_that_keep_it() {
     let rig = rig().await;
     let ns = rig.server.namespace(&rig.client().await, "rmi").await;
     let image = format!("kiln.local/{ns}/tool:v1");
@@ -281,20 +283,44 @@ async fn kiln_rmi_removes_an_image_and_the_build_that_keeps_it() {
     );
     assert!(rig.docker.image_id(&image).is_some(), "nothing changed");
 
+    // A second build of the same recipe names the same image: rmi deletes both, waits for
+    // both, and reports each.
+    let url = rig.context(&format!("{ns}-tool"), &[("marker.txt", b"tool")]);
+    let twin = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild",
+        "metadata": {"name": "tool-twin", "namespace": &*ns},
+        "spec": {"image": &image, "source": {"http": {"url": url}},
+                 "dockerfileInline": "FROM kiln-test/busybox:latest\nCOPY marker.txt /marker.txt\n"}});
+    rig.server.apply_manifests(&twin.to_string());
+    rig.wait_for(&ns, "tool-twin", BUILD_WAIT, "Ready", |b| is(b, READY))
+        .await;
+
     let out = kiln(&["rmi", &image, "-o", "json"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let outcomes: serde_json::Value = serde_json::from_slice(&out.stdout).expect("kiln rmi -o json parses");
-    assert_eq!(outcomes[0]["build"], "tool", "{outcomes}");
-    assert_eq!(outcomes[0]["result"], "ImageRemoved", "{outcomes}");
+    let reported: Vec<(&str, &str)> = outcomes
+        .as_array()
+        .expect("a list of outcomes")
+        .iter()
+        .map(|o| {
+            (
+                o["build"].as_str().unwrap_or_default(),
+                o["result"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reported,
+        [("tool", "ImageRemoved"), ("tool-twin", "ImageRemoved")],
+        "{outcomes}"
+    );
     assert!(
         rig.docker.image_id(&image).is_none(),
         "{image} is still in Docker's store"
     );
-    assert!(rig.node_builds(&ns, "tool").await.is_empty());
     let builds: kube::Api<ImageBuild> = kube::Api::namespaced(rig.client().await, &ns);
-    assert!(
-        builds.get_opt("tool").await.expect("get").is_none(),
-        "the build is deleted"
-    );
+    for name in ["tool", "tool-twin"] {
+        assert!(rig.node_builds(&ns, name).await.is_empty());
+        assert!(builds.get_opt(name).await.expect("get").is_none(), "{name} is deleted");
+    }
 }
