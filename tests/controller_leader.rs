@@ -38,50 +38,20 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_dies() {
     let client = server.client().await;
     let ns = server.namespace(&client, "leader").await;
     let lease_arg = format!("--lease-duration-seconds={LEASE_SECONDS}");
-    let mut first = ControllerProcess::start(server, &ns, "replica-a", &[&lease_arg]);
+    let start = |name: &str| ControllerProcess::start(server, &ns, name, &[&lease_arg]);
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
-    let leader = eventually(Duration::from_secs(20), "a leader", || async {
-        leases
-            .get_opt("kiln-controller")
-            .await
-            .ok()
-            .flatten()
-            .and_then(|l| holder(&l))
-    })
-    .await;
-    assert_eq!(leader, "replica-a");
-    let mut second = ControllerProcess::start(server, &ns, "replica-b", &[&lease_arg]);
+    let mut first = start("replica-a");
+    wait_for_holder(&leases, "replica-a", Duration::from_secs(20)).await;
+    let mut second = start("replica-b");
     eventually(Duration::from_secs(10), "replica-b serving probes", || async {
         second.get("/healthz")
     })
     .await;
-
-    // Work arrives: only the leader acts on it.
-    let name = format!("lead-{ns}");
-    let pool = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "BuilderPool", "metadata": {"name": name},
-                      "spec": {"nodeSelector": {"kiln.dev/test": ns}}});
-    Api::<BuilderPool>::all(client.clone())
-        .patch(&name, &PatchParams::apply("kiln-test"), &Patch::Apply(&pool))
-        .await
-        .expect("pool");
-    eventually(Duration::from_secs(20), "the leader reconciling", || async {
-        (first.counter("kiln_reconciles_total", &["builderpool"]) > 0.0).then_some(())
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        second.counter("kiln_reconciles_total", &["builderpool"]),
-        0.0,
-        "the standby must not act"
-    );
-    assert_eq!(
-        holder(&leases.get("kiln-controller").await.expect("lease")).as_deref(),
-        Some("replica-a")
-    );
+    only_the_leader_acts(&client, &ns, &leases, &first, &second).await;
 
     // A standby told to stop while it waits for leadership (SIGTERM, as on a rollout) stops at
     // once instead of waiting out the pod's grace period.
-    let mut third = ControllerProcess::start(server, &ns, "replica-c", &[&lease_arg]);
+    let mut third = start("replica-c");
     eventually(Duration::from_secs(10), "replica-c ready, standing by", || async {
         third.get("/readyz")
     })
@@ -93,11 +63,7 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_dies() {
     // The leader dies without a word; the standby takes over within the lease duration.
     let killed = Instant::now();
     first.process.kill();
-    eventually(Duration::from_secs(LEASE_SECONDS * 3), "replica-b leading", || async {
-        let l = leases.get("kiln-controller").await.ok()?;
-        (holder(&l).as_deref() == Some("replica-b")).then_some(())
-    })
-    .await;
+    wait_for_holder(&leases, "replica-b", Duration::from_secs(LEASE_SECONDS * 3)).await;
     println!(
         "standby took over {:?} after the leader was killed (lease {LEASE_SECONDS}s)",
         killed.elapsed()
@@ -109,7 +75,7 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_dies() {
 
     // The new leader is stopped as a rollout stops it (SIGTERM): it gives the Lease up on its
     // way out, so a standby need not wait for it to expire.
-    let standby = ControllerProcess::start(server, &ns, "replica-d", &[&lease_arg]);
+    let standby = start("replica-d");
     eventually(Duration::from_secs(10), "replica-d ready, standing by", || async {
         standby.get("/readyz")
     })
@@ -122,9 +88,46 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_dies() {
         "a leader that stopped gracefully still holds the Lease:\n{}",
         second.log_tail()
     );
-    eventually(Duration::from_secs(LEASE_SECONDS * 3), "replica-d leading", || async {
-        let l = leases.get("kiln-controller").await.ok()?;
-        (holder(&l).as_deref() == Some("replica-d")).then_some(())
+    wait_for_holder(&leases, "replica-d", Duration::from_secs(LEASE_SECONDS * 3)).await;
+}
+
+/// Waits until the leader Lease names `replica`.
+async fn wait_for_holder(leases: &Api<Lease>, replica: &str, within: Duration) {
+    eventually(within, &format!("{replica} leading"), || async {
+        let l = leases.get_opt("kiln-controller").await.ok().flatten()?;
+        (holder(&l).as_deref() == Some(replica)).then_some(())
     })
     .await;
+}
+
+/// Work arrives (a pool): the leader reconciles it, the standby does not, and the leader keeps
+/// the Lease.
+async fn only_the_leader_acts(
+    client: &kube::Client,
+    ns: &str,
+    leases: &Api<Lease>,
+    leader: &ControllerProcess,
+    standby: &ControllerProcess,
+) {
+    let name = format!("lead-{ns}");
+    let pool = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "BuilderPool", "metadata": {"name": name},
+                      "spec": {"nodeSelector": {"kiln.dev/test": ns}}});
+    Api::<BuilderPool>::all(client.clone())
+        .patch(&name, &PatchParams::apply("kiln-test"), &Patch::Apply(&pool))
+        .await
+        .expect("pool");
+    eventually(Duration::from_secs(20), "the leader reconciling", || async {
+        (leader.counter("kiln_reconciles_total", &["builderpool"]) > 0.0).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        standby.counter("kiln_reconciles_total", &["builderpool"]),
+        0.0,
+        "the standby must not act"
+    );
+    assert_eq!(
+        holder(&leases.get("kiln-controller").await.expect("lease")).as_deref(),
+        Some("replica-a")
+    );
 }

@@ -118,6 +118,21 @@ async fn each_runtime_gets_a_daemonset_with_its_own_mounts_and_node_affinity() {
     let name = format!("mixed-{t}");
     pool(&client, &name, json!({"nodeSelector": sel})).await;
 
+    containerd_flavours_mount_their_own_paths(&client, &name, &t).await;
+    docker_nodes_use_the_docker_socket(&client, &name).await;
+    nodes_are_labelled_and_cri_o_is_reported(&client, &name, &t).await;
+    assert_eq!(
+        ctl.counter("kiln_reconcile_errors_total", &[]),
+        0.0,
+        "{}",
+        ctl.log_tail()
+    );
+}
+
+/// containerd, k3s and microk8s nodes each get a DaemonSet pinned to their flavour (node
+/// affinity on the runtime label, beside the pool's selector), whose buildkitd mounts that
+/// flavour's state directory and the pool's, and whose config points at that flavour's socket.
+async fn containerd_flavours_mount_their_own_paths(client: &Client, name: &str, t: &str) {
     let expect = [
         ("containerd", "/run/containerd/containerd.sock", "/var/lib/containerd"),
         ("k3s", "/run/k3s/containerd/containerd.sock", "/var/lib/rancher"),
@@ -128,7 +143,7 @@ async fn each_runtime_gets_a_daemonset_with_its_own_mounts_and_node_affinity() {
         ),
     ];
     for (flavour, socket, state) in expect {
-        let ds = daemonset(&client, &format!("kiln-builder-{name}-{flavour}")).await;
+        let ds = daemonset(client, &format!("kiln-builder-{name}-{flavour}")).await;
         let terms = &ds["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
             ["nodeSelectorTerms"];
         assert_eq!(
@@ -161,7 +176,11 @@ async fn each_runtime_gets_a_daemonset_with_its_own_mounts_and_node_affinity() {
         assert!(toml.contains(&format!("address = \"{socket}\"")), "{flavour}: {toml}");
         assert!(toml.contains("namespace = \"k8s.io\""), "{toml}");
     }
-    let docker = daemonset(&client, &format!("kiln-builder-{name}-docker")).await;
+}
+
+/// Docker nodes need no buildkitd: one container, the agent, on the node's Docker socket.
+async fn docker_nodes_use_the_docker_socket(client: &Client, name: &str) {
+    let docker = daemonset(client, &format!("kiln-builder-{name}-docker")).await;
     let containers = docker["spec"]["template"]["spec"]["containers"]
         .as_array()
         .expect("containers");
@@ -173,15 +192,18 @@ async fn each_runtime_gets_a_daemonset_with_its_own_mounts_and_node_affinity() {
             .contains(&json!("--buildkit-addr=docker-unix:///var/run/docker.sock"))
     );
     assert!(mount_paths(&docker, "agent").contains(&("/var/run/docker.sock".into(), "None".into())));
+}
 
-    // Nodes carry their detected runtime; the CRI-O node is reported, not skipped.
+/// Nodes carry their detected runtime; the CRI-O node is reported in the pool's status, not
+/// skipped, and not counted as a node that should have a builder.
+async fn nodes_are_labelled_and_cri_o_is_reported(client: &Client, name: &str, t: &str) {
     let nodes: Api<Node> = Api::all(client.clone());
     let k3s = nodes.get(&format!("k3s-{t}")).await.expect("node");
     assert_eq!(k3s.labels().get("kiln.dev/runtime").map(String::as_str), Some("k3s"));
     let pools: Api<BuilderPool> = Api::all(client.clone());
     let status = eventually(WAIT, "pool status", || async {
         pools
-            .get(&name)
+            .get(name)
             .await
             .ok()
             .and_then(|p| p.status)
@@ -195,12 +217,6 @@ async fn each_runtime_gets_a_daemonset_with_its_own_mounts_and_node_affinity() {
         .find(|n| n.name == format!("crio-{t}"))
         .expect("cri-o node listed");
     assert!(crio.message.as_deref().is_some_and(|m| m.contains("CRI-O")), "{crio:?}");
-    assert_eq!(
-        ctl.counter("kiln_reconcile_errors_total", &[]),
-        0.0,
-        "{}",
-        ctl.log_tail()
-    );
 }
 
 #[tokio::test]
@@ -236,9 +252,33 @@ async fn pool_changes_roll_into_the_daemonset_and_an_unchanged_pool_writes_nothi
     );
     assert_eq!(owner["controller"], true);
 
+    an_edit_rolls_the_daemonset(&client, &name, &t, &first).await;
+    an_unchanged_pool_writes_nothing(&client, ctl, &name, &t).await;
+
+    // Deleting the pool leaves the DaemonSet to the garbage collector (none runs here).
+    Api::<BuilderPool>::all(client.clone())
+        .delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let api: Api<DaemonSet> = Api::namespaced(client.clone(), NS);
+    let orphan = api
+        .get(&ds_name)
+        .await
+        .expect("DaemonSet still there without a garbage collector");
+    assert_eq!(
+        orphan.owner_references()[0].uid,
+        created.metadata.uid.clone().unwrap_or_default()
+    );
+}
+
+/// A new BuildKit image, tolerations and GC settings reach the DaemonSet and its config; the
+/// config's hash on the pod template changes, so the pods roll.
+async fn an_edit_rolls_the_daemonset(client: &Client, name: &str, t: &str, first: &Value) {
+    let ds_name = format!("kiln-builder-{name}-containerd");
     pool(
-        &client,
-        &name,
+        client,
+        name,
         json!({"nodeSelector": {"kiln.dev/test": t}, "runtime": {"kind": "Containerd"},
                "buildkitImage": "moby/buildkit:v0.18.1",
                "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "builds", "effect": "NoSchedule"}],
@@ -273,15 +313,20 @@ async fn pool_changes_roll_into_the_daemonset_and_an_unchanged_pool_writes_nothi
         toml.contains("keepDuration = 86400") && toml.contains("gckeepstorage = 512"),
         "{toml}"
     );
+}
 
-    // Let the controller settle, then make it reconcile an unchanged pool: nothing is written.
+/// Once the controller has settled, a reconcile of an unchanged pool (an annotation touched)
+/// writes neither the DaemonSet nor the pool's status.
+async fn an_unchanged_pool_writes_nothing(client: &Client, ctl: &ControllerProcess, name: &str, t: &str) {
+    let ds_name = format!("kiln-builder-{name}-containerd");
+    let api: Api<DaemonSet> = Api::namespaced(client.clone(), NS);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = api.get(&ds_name).await.expect("ds").resource_version();
-    let pool_before = Api::<BuilderPool>::all(client.clone()).get(&name).await.expect("pool");
+    let pool_before = Api::<BuilderPool>::all(client.clone()).get(name).await.expect("pool");
     let reconciles = ctl.counter("kiln_reconciles_total", &["builderpool", "success"]);
     let touch = json!({"metadata": {"annotations": {"test/touch": t}}});
     Api::<BuilderPool>::all(client.clone())
-        .patch(&name, &PatchParams::default(), &Patch::Merge(&touch))
+        .patch(name, &PatchParams::default(), &Patch::Merge(&touch))
         .await
         .expect("touch pool");
     eventually(WAIT, "another reconcile", || async {
@@ -293,23 +338,8 @@ async fn pool_changes_roll_into_the_daemonset_and_an_unchanged_pool_writes_nothi
         before,
         "re-applying the same DaemonSet wrote nothing"
     );
-    let pool_after = Api::<BuilderPool>::all(client.clone()).get(&name).await.expect("pool");
+    let pool_after = Api::<BuilderPool>::all(client.clone()).get(name).await.expect("pool");
     assert_eq!(pool_after.status, pool_before.status, "status unchanged");
-
-    // Deleting the pool leaves the DaemonSet to the garbage collector (none runs here).
-    Api::<BuilderPool>::all(client.clone())
-        .delete(&name, &DeleteParams::default())
-        .await
-        .expect("delete");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let orphan = api
-        .get(&ds_name)
-        .await
-        .expect("DaemonSet still there without a garbage collector");
-    assert_eq!(
-        orphan.owner_references()[0].uid,
-        created.metadata.uid.clone().unwrap_or_default()
-    );
 }
 
 #[tokio::test]

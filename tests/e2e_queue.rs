@@ -54,16 +54,46 @@ async fn a_full_node_queue_holds_builds_in_the_controller_and_loses_none() {
     let rig = Rig::start_tuned(&["queue-a"], tuning).await;
     let client = rig.client().await;
     let pools: Api<BuilderPool> = Api::all(client.clone());
-    let limit = json!({"spec": {"maxQueuedBuilds": 1}});
-    pools
-        .patch(POOL, &PatchParams::default(), &Patch::Merge(&limit))
-        .await
-        .expect("set the pool's queue limit");
-
+    set_queue_limit(&pools, 1, "set").await;
     let ns = rig.server.namespace(&client, "queue").await;
     let builds: Api<ImageBuild> = Api::namespaced(client.clone(), &ns);
     let history = record_statuses(builds.clone());
-    let manifests: String = (0..BUILDS)
+    rig.server.apply_manifests(&queued_builds(&rig, &ns));
+
+    let seen = follow_until_all_ready(&rig, &ns, &builds).await;
+    assert!(
+        seen.most_on_node <= 2,
+        "the node held {} unfinished attempts; one slot plus one queued allowed",
+        seen.most_on_node
+    );
+    let message = seen.held_message.expect("a build was held with reason QueueFull");
+    assert!(
+        message.contains("spec.maxQueuedBuilds") && message.contains("queue-a"),
+        "the held build says why and where: {message}"
+    );
+    let history = history.lock().map(|h| h.clone()).unwrap_or_default();
+    next_status_after_queue_full_names_node_and_start(&history);
+    for i in 0..BUILDS {
+        let file = rig.docker.image_file(&format!("kiln.local/{ns}/q:{i}"), "marker.txt");
+        assert_eq!(file, Some(format!("build {i}").into_bytes()), "build {i}'s own image");
+        let nbs = rig.node_builds(&ns, &format!("q-{i}")).await;
+        assert_eq!(nbs.len(), 1, "build {i} ran once: {nbs:?}");
+    }
+    raising_the_limit_releases_a_held_build(&rig, &ns, &pools, &builds).await;
+}
+
+async fn set_queue_limit(pools: &Api<BuilderPool>, limit: i32, what: &str) {
+    let patch = json!({"spec": {"maxQueuedBuilds": limit}});
+    pools
+        .patch(POOL, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap_or_else(|e| panic!("{what} the pool's queue limit: {e}"));
+}
+
+/// [`BUILDS`] ImageBuilds, each its own context and image, each with a RUN step of
+/// [`STEP_SECONDS`], as one manifest.
+fn queued_builds(rig: &Rig, ns: &str) -> String {
+    (0..BUILDS)
         .map(|i| {
             let url = rig.context(&format!("{ns}-{i}"), &[("marker.txt", format!("build {i}").as_bytes())]);
             let build = json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild",
@@ -73,11 +103,25 @@ async fn a_full_node_queue_holds_builds_in_the_controller_and_loses_none() {
                              "FROM kiln-test/busybox:latest\nCOPY marker.txt /marker.txt\nRUN sleep {STEP_SECONDS} && echo {ns}-{i}\n")}});
             format!("---\n{build}\n")
         })
-        .collect();
-    rig.server.apply_manifests(&manifests);
+        .collect()
+}
 
-    let attempts: Api<NodeBuild> = Api::namespaced(client.clone(), &ns);
-    let (mut most_on_node, mut held_message) = (0, None::<String>);
+/// What the test saw while the builds ran.
+struct Seen {
+    /// The most unfinished attempts the node held at once.
+    most_on_node: usize,
+    /// The message of a build held with reason `QueueFull`, if one was.
+    held_message: Option<String>,
+}
+
+/// Looks every 100 ms until every build is Ready (at most [`RUN_WAIT`]): how many attempts the
+/// node holds, and what a held build says (it is never Stalled).
+async fn follow_until_all_ready(rig: &Rig, ns: &str, builds: &Api<ImageBuild>) -> Seen {
+    let attempts: Api<NodeBuild> = Api::namespaced(rig.client().await, ns);
+    let mut seen = Seen {
+        most_on_node: 0,
+        held_message: None,
+    };
     let deadline = Instant::now() + RUN_WAIT;
     loop {
         let nbs = attempts.list(&ListParams::default()).await.expect("list NodeBuilds");
@@ -91,14 +135,14 @@ async fn a_full_node_queue_holds_builds_in_the_controller_and_loses_none() {
                     .is_some_and(|p| p.is_finished())
             })
             .count();
-        most_on_node = most_on_node.max(unfinished);
+        seen.most_on_node = seen.most_on_node.max(unfinished);
         let list = builds.list(&ListParams::default()).await.expect("list ImageBuilds");
         if let Some(held) = list.items.iter().find(|b| reason(b) == Some("QueueFull")) {
             assert!(!is(held, STALLED), "a held build is not Stalled: {:?}", held.status);
-            held_message = held.status.as_ref().and_then(|s| s.message.clone());
+            seen.held_message = held.status.as_ref().and_then(|s| s.message.clone());
         }
         if list.items.iter().filter(|b| is(b, READY)).count() == BUILDS {
-            break;
+            return seen;
         }
         assert!(
             Instant::now() < deadline,
@@ -111,18 +155,12 @@ async fn a_full_node_queue_holds_builds_in_the_controller_and_loses_none() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
 
-    assert!(
-        most_on_node <= 2,
-        "the node held {most_on_node} unfinished attempts; one slot plus one queued allowed"
-    );
-    let message = held_message.expect("a build was held with reason QueueFull");
-    assert!(
-        message.contains("spec.maxQueuedBuilds") && message.contains("queue-a"),
-        "the held build says why and where: {message}"
-    );
-    let history = history.lock().map(|h| h.clone()).unwrap_or_default();
-    for (name, statuses) in &history {
+/// A held build's next status, after `QueueFull`, names the node it went to and its start:
+/// no status in between without them.
+fn next_status_after_queue_full_names_node_and_start(history: &BTreeMap<String, Vec<ImageBuildStatus>>) {
+    for (name, statuses) in history {
         let Some(held) = statuses.iter().position(|s| s.reason.as_deref() == Some("QueueFull")) else {
             continue;
         };
@@ -134,19 +172,18 @@ async fn a_full_node_queue_holds_builds_in_the_controller_and_loses_none() {
             "{name}'s next status after QueueFull names its node and start: {next:?}\nall: {statuses:?}"
         );
     }
-    for i in 0..BUILDS {
-        let file = rig.docker.image_file(&format!("kiln.local/{ns}/q:{i}"), "marker.txt");
-        assert_eq!(file, Some(format!("build {i}").into_bytes()), "build {i}'s own image");
-        let nbs = rig.node_builds(&ns, &format!("q-{i}")).await;
-        assert_eq!(nbs.len(), 1, "build {i} ran once: {nbs:?}");
-    }
+}
 
-    // Raising the limit lets a held build go at once, not when a slot frees or at its re-check.
-    let limit = |n: i32| json!({"spec": {"maxQueuedBuilds": n}});
-    pools
-        .patch(POOL, &PatchParams::default(), &Patch::Merge(&limit(0)))
-        .await
-        .expect("lower the pool's queue limit");
+/// Raising the limit lets a held build go at once, not when a slot frees or at its re-check:
+/// with the limit at 0 and a long build running, a second build is held; raised to 1, it is
+/// dispatched within [`RAISE_WAIT`], while the long one still runs.
+async fn raising_the_limit_releases_a_held_build(
+    rig: &Rig,
+    ns: &str,
+    pools: &Api<BuilderPool>,
+    builds: &Api<ImageBuild>,
+) {
+    set_queue_limit(pools, 0, "lower").await;
     let url = rig.context(&format!("{ns}-raise"), &[("marker.txt", b"raise")]);
     let build = |name: &str, step: &str| {
         json!({"apiVersion": "kiln.dev/v1alpha1", "kind": "ImageBuild",
@@ -156,20 +193,17 @@ async fn a_full_node_queue_holds_builds_in_the_controller_and_loses_none() {
     };
     rig.server
         .apply_manifests(&build("long", &format!("sleep {LONG_STEP_SECONDS}")).to_string());
-    rig.wait_for(&ns, "long", RUN_WAIT, "Building", |b| {
+    rig.wait_for(ns, "long", RUN_WAIT, "Building", |b| {
         b.status.as_ref().and_then(|s| s.phase) == Some(kiln::api::image_build::BuildPhase::Building)
     })
     .await;
     rig.server.apply_manifests(&build("held", "true").to_string());
-    rig.wait_for(&ns, "held", RUN_WAIT, "QueueFull", |b| reason(b) == Some("QueueFull"))
+    rig.wait_for(ns, "held", RUN_WAIT, "QueueFull", |b| reason(b) == Some("QueueFull"))
         .await;
     let raised = Instant::now();
-    pools
-        .patch(POOL, &PatchParams::default(), &Patch::Merge(&limit(1)))
-        .await
-        .expect("raise the pool's queue limit");
+    set_queue_limit(pools, 1, "raise").await;
     support::kiln::eventually(RAISE_WAIT, "the held build dispatched", || async {
-        (!rig.node_builds(&ns, "held").await.is_empty()).then_some(())
+        (!rig.node_builds(ns, "held").await.is_empty()).then_some(())
     })
     .await;
     let long = builds.get("long").await.expect("long");
