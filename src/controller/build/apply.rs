@@ -18,14 +18,6 @@ use crate::api::image_build::{BuildPhase, ImageBuild, ImageBuildStatus};
 use crate::api::node_build::NodeBuild;
 use crate::controller::{Context, Error, STATUS_FIELD_MANAGER};
 
-/// The apiserver refused a create because the namespace is being deleted.
-fn namespace_terminating(status: &kube::core::Status) -> bool {
-    status
-        .details
-        .as_ref()
-        .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
-}
-
 /// Carries out `plan` in order: create the attempts, cancel, publish the events, revoke a
 /// finished build's Secret grants, count a build that just finished, write (or pace) the
 /// status, delete a build whose TTL ran out.
@@ -85,8 +77,7 @@ async fn create_planned(
     for nb in &to_create {
         remember_created(ctx, nb);
     }
-    let needs_secrets = grants::reads_secrets(&build.spec.recipe);
-    match create_attempts(ctx, node_builds, build, &to_create, needs_secrets).await {
+    match create_attempts(ctx, node_builds, build, &to_create).await {
         Ok(()) => Ok(!to_create.is_empty()),
         Err((failed_from, e)) => {
             for nb in &to_create[failed_from..] {
@@ -142,16 +133,16 @@ async fn pace_status(
     })
 }
 
-/// Creates the attempts in order. On failure, returns the index of the first one not created,
-/// and the error (none when the namespace is being deleted: nothing to start, no error).
+/// Creates the attempts in order, after granting the agents the build's Secrets if it reads
+/// any. On failure, returns the index of the first one not created, and the error (none when
+/// the namespace is being deleted: nothing to start, no error).
 async fn create_attempts(
     ctx: &Context,
     node_builds: &Api<NodeBuild>,
     build: &ImageBuild,
     attempts: &[&NodeBuild],
-    needs_secrets: bool,
 ) -> Result<(), (usize, Option<Error>)> {
-    if needs_secrets && !attempts.is_empty() {
+    if !attempts.is_empty() && grants::reads_secrets(&build.spec.recipe) {
         grants::ensure(ctx, build).await.map_err(|e| (0, Some(e)))?;
     }
     for (i, nb) in attempts.iter().enumerate() {
@@ -169,6 +160,14 @@ async fn create_attempts(
         }
     }
     Ok(())
+}
+
+/// The apiserver refused a create because the namespace is being deleted.
+fn namespace_terminating(status: &kube::core::Status) -> bool {
+    status
+        .details
+        .as_ref()
+        .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
 }
 
 pub(super) async fn cancel(node_builds: &Api<NodeBuild>, name: &str) -> Result<(), Error> {
